@@ -1,0 +1,34 @@
+# Entry points. A newcomer needs two: `make demo` and `make test` (README.md). Both run as root: the test
+# world lives in network namespaces.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+
+.PHONY: help deps plane demo test lint fmt clean-cluster
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+deps: ## install the Debian packages and toolchain components the tests need
+	scripts/install-deps.sh
+
+plane: deps ## build (or find cached) etcd + Kubernetes binaries, kubectl and helm
+	e2e/controlplane/build.sh >/dev/null
+	e2e/kubetools.py >/dev/null
+
+demo: plane ## bring up the three-master control plane, show it, fail a master over, tear down
+	e2e/demo.sh
+
+test: plane ## run every test: unit, integration and the e2e tests on the real control plane
+	$(CARGO) test --workspace --all-targets
+
+lint: deps ## formatting and clippy, as CI checks them
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+clean-cluster: ## stop and remove whatever a test or demo left running
+	e2e/cluster down

@@ -1,0 +1,606 @@
+//! The three-master control plane and its fault primitives.
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use nix::fcntl::{Flock, FlockArg};
+use serde_json::json;
+
+use crate::error::{Error, IoContext as _, Result};
+use crate::net::{self, CLIENTS, Host, NODES, Node, SERVICE_CIDR};
+use crate::pki::Pki;
+use crate::process::{self, Daemon};
+
+/// The Leases in kube-system that say which master runs the active controller-manager and scheduler.
+pub const LEASES: [&str; 2] = ["kube-controller-manager", "kube-scheduler"];
+
+/// Leader-election timings of the controllers: shorter than the defaults (15 s / 10 s / 2 s) so failover
+/// tests are quick, still with client-go's margins (duration > deadline > 1.2 × retry).
+const LEASE_DURATION: &str = "8s";
+const RENEW_DEADLINE: &str = "6s";
+const RETRY_PERIOD: &str = "2s";
+
+/// Three API servers, three etcds and six controllers share two cores: starting together is slow.
+const START_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// A process that runs on every master.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Component {
+    /// The node's etcd member.
+    Etcd,
+    /// The node's kube-apiserver.
+    KubeApiserver,
+    /// The node's kube-controller-manager (leader-elected).
+    KubeControllerManager,
+    /// The node's kube-scheduler (leader-elected).
+    KubeScheduler,
+}
+
+impl Component {
+    /// Every component, in start order.
+    pub const ALL: [Component; 4] = [
+        Component::Etcd,
+        Component::KubeApiserver,
+        Component::KubeControllerManager,
+        Component::KubeScheduler,
+    ];
+
+    /// The binary's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Etcd => "etcd",
+            Component::KubeApiserver => "kube-apiserver",
+            Component::KubeControllerManager => "kube-controller-manager",
+            Component::KubeScheduler => "kube-scheduler",
+        }
+    }
+
+    /// The controllers exit when they lose their lease; the kubelet would restart them, and so does a
+    /// supervisor here. etcd and the API server stay down when stopped, as a fault test wants.
+    fn restarts(self) -> bool {
+        matches!(
+            self,
+            Component::KubeControllerManager | Component::KubeScheduler
+        )
+    }
+}
+
+/// Held while a test or a command owns the cluster; the cluster is one per machine.
+#[derive(Debug)]
+pub struct ClusterLock {
+    _lock: Flock<File>,
+}
+
+/// The test cluster: where its state lives and which binaries it runs.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    dir: PathBuf,
+    bins: PathBuf,
+    tools: PathBuf,
+    pki: Pki,
+}
+
+impl Cluster {
+    /// Finds (building on first use) the control-plane binaries and kubectl/helm. The state lives in
+    /// `$KUBEHA_E2E_DIR` (default `/tmp/kubeha-e2e`).
+    pub fn open() -> Result<Self> {
+        let e2e = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let bins = PathBuf::from(last_line(process::output(
+            Command::new(e2e.join("controlplane/build.sh")).stderr(Stdio::inherit()),
+        )?));
+        let tools = PathBuf::from(last_line(process::output(
+            Command::new(e2e.join("kubetools.py")).stderr(Stdio::inherit()),
+        )?));
+        let dir = std::env::var_os("KUBEHA_E2E_DIR")
+            .map_or_else(|| PathBuf::from("/tmp/kubeha-e2e"), PathBuf::from);
+        let pki = Pki::new(dir.join("pki"));
+        Ok(Self {
+            dir,
+            bins,
+            tools,
+            pki,
+        })
+    }
+
+    /// Waits for exclusive use of the cluster (tests run one at a time against it).
+    pub fn lock(&self) -> Result<ClusterLock> {
+        let path = self.dir.with_extension("lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ctx(|| format!("opening {}", path.display()))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Io {
+            what: format!("locking {}", path.display()),
+            source: errno.into(),
+        })?;
+        Ok(ClusterLock { _lock: lock })
+    }
+
+    /// The admin kubeconfig: contexts `n1`, `n2`, `n3` reach each master's API server directly.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.pki.admin_kubeconfig()
+    }
+
+    /// Where logs, pidfiles, certificates and etcd data live.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// kubectl from the pinned wheel, with the admin kubeconfig.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(self.tools.join("kubectl"));
+        cmd.env("KUBECONFIG", self.kubeconfig());
+        cmd
+    }
+
+    /// helm from the pinned wheel, with the admin kubeconfig.
+    pub fn helm(&self) -> Command {
+        let mut cmd = Command::new(self.tools.join("helm"));
+        cmd.env("KUBECONFIG", self.kubeconfig());
+        cmd
+    }
+
+    /// Where kubectl and helm are.
+    pub fn tools_dir(&self) -> &Path {
+        &self.tools
+    }
+
+    /// Tears down leftovers, then starts three etcds, three API servers, registers the Nodes, starts the
+    /// controllers, and returns once all three API servers are ready and both controller Leases are held.
+    pub async fn up(&self) -> Result<()> {
+        self.down()?;
+        if self.dir.exists() {
+            fs::remove_dir_all(&self.dir).ctx(|| format!("removing {}", self.dir.display()))?;
+        }
+        fs::create_dir_all(&self.dir).ctx(|| format!("creating {}", self.dir.display()))?;
+        net::setup()?;
+        self.pki.generate()?;
+        for node in NODES {
+            self.start(&node, Component::Etcd)?;
+        }
+        for node in NODES {
+            self.wait_for(&format!("etcd on {node} healthy"), || async move {
+                etcd_healthy(&node)
+            })
+            .await?;
+        }
+        for node in NODES {
+            self.start(&node, Component::KubeApiserver)?;
+        }
+        for node in NODES {
+            self.wait_ready(&node).await?;
+        }
+        self.register_nodes().await?;
+        for node in NODES {
+            self.start(&node, Component::KubeControllerManager)?;
+            self.start(&node, Component::KubeScheduler)?;
+        }
+        for lease in LEASES {
+            self.wait_for(&format!("Lease kube-system/{lease} held"), || async move {
+                self.lease_holder(lease).await.ok().flatten().is_some()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Stops every process in the test world's namespaces (SIGTERM, then SIGKILL) and removes its namespaces,
+    /// bridge, links and route. Safe to call when nothing is up.
+    pub fn down(&self) -> Result<()> {
+        for host in NODES.iter().chain(CLIENTS.iter()) {
+            process::kill_all_in(host, false, Duration::from_secs(5))?;
+        }
+        net::teardown();
+        let _ = fs::remove_dir_all(self.dir.join("run"));
+        let left = self.leftovers();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Usage(format!(
+                "down left behind: {}",
+                left.join(", ")
+            )))
+        }
+    }
+
+    /// What of the test world exists right now: namespaces, links, and processes running the control-plane
+    /// binaries anywhere on the machine. Empty after [`Cluster::down`].
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut left = net::leftovers();
+        for pid in process::running_from(&self.bins) {
+            left.push(format!("process {pid}"));
+        }
+        left
+    }
+
+    /// Starts whatever of the node's components is not running and waits for its API server to be ready.
+    /// etcd rejoins with the data it had.
+    pub async fn start_node(&self, node: &Node) -> Result<()> {
+        master(node)?;
+        for c in Component::ALL {
+            if self.daemon(node, c).pid().is_none() {
+                self.start(node, c)?;
+            }
+        }
+        self.wait_ready(node).await
+    }
+
+    /// SIGKILLs every process of the node (everything in its network namespace), like a power loss.
+    pub fn kill_node(&self, node: &Node) -> Result<()> {
+        master(node)?;
+        process::kill_all_in(node, true, Duration::ZERO)?;
+        for c in Component::ALL {
+            let _ = fs::remove_file(self.daemon(node, c).pidfile);
+        }
+        Ok(())
+    }
+
+    /// Cuts the host's link: it keeps its address and routes, but reaches nobody and nobody reaches it.
+    pub fn partition(&self, host: &Host) -> Result<()> {
+        net::ip(&["link", "set", &host.bridge_port(), "down"])
+    }
+
+    /// Restores the host's link.
+    pub fn heal(&self, host: &Host) -> Result<()> {
+        net::ip(&["link", "set", &host.bridge_port(), "up"])
+    }
+
+    /// Stops the node's API server gracefully (SIGTERM; SIGKILL after 15 s).
+    pub fn stop_apiserver(&self, node: &Node) -> Result<()> {
+        master(node)?;
+        self.daemon(node, Component::KubeApiserver)
+            .stop(Duration::from_secs(15));
+        Ok(())
+    }
+
+    /// Starts the node's API server (if it is not running) and waits until it is ready.
+    pub async fn start_apiserver(&self, node: &Node) -> Result<()> {
+        master(node)?;
+        if self.daemon(node, Component::KubeApiserver).pid().is_none() {
+            self.start(node, Component::KubeApiserver)?;
+        }
+        self.wait_ready(node).await
+    }
+
+    /// Runs a command on a host (its network namespace and hostname), with this process's stdio.
+    pub fn exec(&self, host: &Host, argv: &[String]) -> Result<ExitStatus> {
+        let program = argv
+            .first()
+            .ok_or_else(|| Error::Usage("exec needs a command".into()))?;
+        let mut cmd = Command::new(program);
+        cmd.args(&argv[1..]).env("KUBECONFIG", self.kubeconfig());
+        process::enter(&mut cmd, host, false)?;
+        cmd.status().ctx(|| format!("running {program} on {host}"))
+    }
+
+    /// A kube client that talks to this master's API server directly, as the admin.
+    pub async fn client(&self, node: &Node) -> Result<Client> {
+        let kubeconfig = Kubeconfig::read_from(self.kubeconfig())?;
+        let options = KubeConfigOptions {
+            context: Some(node.name()),
+            ..KubeConfigOptions::default()
+        };
+        let mut config = Config::from_custom_kubeconfig(kubeconfig, &options).await?;
+        // A partitioned master must fail a call quickly, not hang a test.
+        config.connect_timeout = Some(Duration::from_secs(2));
+        config.read_timeout = Some(Duration::from_secs(10));
+        config.write_timeout = Some(Duration::from_secs(10));
+        Ok(Client::try_from(config)?)
+    }
+
+    /// Whether the master's API server answers /readyz with 200, asked from inside the node (so it works
+    /// while the node is partitioned), with the admin certificate (anonymous /readyz is refused while RBAC
+    /// bootstraps).
+    pub async fn readyz(&self, node: &Node) -> bool {
+        let Ok(mut cmd) = self.local_kubectl(node) else {
+            return false;
+        };
+        cmd.args(["get", "--raw", "/readyz"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        tokio::process::Command::from(cmd)
+            .status()
+            .await
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Waits until the master's API server is ready.
+    pub async fn wait_ready(&self, node: &Node) -> Result<()> {
+        self.wait_for(&format!("kube-apiserver on {node} ready"), || {
+            self.readyz(node)
+        })
+        .await
+    }
+
+    /// The master (n1…) whose controller holds the Lease kube-system/`name` right now, asked through any
+    /// ready API server. `None` when nobody holds it or it has expired.
+    pub async fn lease_holder(&self, name: &str) -> Result<Option<String>> {
+        let mut last = None;
+        for node in NODES {
+            let leases: Api<Lease> = Api::namespaced(self.client(&node).await?, "kube-system");
+            match leases.get_opt(name).await {
+                Ok(lease) => return Ok(lease.and_then(|l| holder_node(&l))),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map_or_else(|| Error::Usage("no master to ask".into()), Error::from))
+    }
+
+    /// A report of every node, component and Lease, for people (`e2e/cluster status`).
+    pub async fn status(&self) -> String {
+        let mut out = String::new();
+        for node in NODES {
+            let link = if !Path::new("/run/netns").join(node.netns()).exists() {
+                "absent"
+            } else if net::link_up(&node) {
+                "up"
+            } else {
+                "partitioned"
+            };
+            let _ = write!(
+                out,
+                "{node} {:<15} link={link:<11}",
+                node.ipv4().to_string()
+            );
+            for c in Component::ALL {
+                let state = self
+                    .daemon(&node, c)
+                    .pid()
+                    .map_or_else(|| "stopped".to_string(), |p| format!("pid {p}"));
+                let _ = write!(out, " {}={state}", c.name());
+            }
+            let ready = if self.readyz(&node).await {
+                "ready"
+            } else {
+                "not ready"
+            };
+            let _ = writeln!(out, " /readyz={ready}");
+        }
+        for lease in LEASES {
+            let holder = match self.lease_holder(lease).await {
+                Ok(Some(h)) => h,
+                Ok(None) => "nobody".into(),
+                Err(e) => format!("unknown ({e})"),
+            };
+            let _ = writeln!(out, "lease kube-system/{lease}: {holder}");
+        }
+        let left = net::leftovers();
+        let _ = writeln!(
+            out,
+            "network: {}",
+            if left.is_empty() {
+                "down".to_string()
+            } else {
+                left.join(", ")
+            }
+        );
+        out
+    }
+
+    /// kubectl run inside the node against its own API server on 127.0.0.1.
+    fn local_kubectl(&self, node: &Node) -> Result<Command> {
+        let mut cmd = self.kubectl();
+        cmd.args([
+            "--server",
+            "https://127.0.0.1:6443",
+            "--request-timeout",
+            "3s",
+        ]);
+        process::enter(&mut cmd, node, false)?;
+        Ok(cmd)
+    }
+
+    async fn wait_for<F, Fut>(&self, what: &str, mut check: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            if check().await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(Error::Timeout {
+            what: what.into(),
+            after: START_TIMEOUT,
+            logs: self.dir.join("logs"),
+        })
+    }
+
+    /// Registers n1–n3 as Nodes with their InternalIP and the control-plane role label, as kubelets
+    /// would; no kubelet exists here.
+    async fn register_nodes(&self) -> Result<()> {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client(&NODES[0]).await?);
+        let apply = PatchParams::apply("kubeha-e2e").force();
+        for node in NODES {
+            let name = node.name();
+            let object = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {
+                "node-role.kubernetes.io/control-plane": "",
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+            }}});
+            nodes.patch(&name, &apply, &Patch::Apply(object)).await?;
+            let status = json!({"apiVersion": "v1", "kind": "Node", "status": {"addresses": [
+                {"type": "InternalIP", "address": node.ipv4().to_string()},
+                {"type": "InternalIP", "address": node.ipv6().to_string()},
+                {"type": "Hostname", "address": name},
+            ]}});
+            // A merge patch, as the kubelet's: server-side apply keys addresses by type and refuses a
+            // dual-stack node's two InternalIPs.
+            nodes
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn daemon(&self, node: &Node, c: Component) -> Daemon {
+        Daemon {
+            pidfile: self
+                .dir
+                .join("run")
+                .join(node.name())
+                .join(format!("{}.pid", c.name())),
+            log: self
+                .dir
+                .join("logs")
+                .join(node.name())
+                .join(format!("{}.log", c.name())),
+        }
+    }
+
+    fn start(&self, node: &Node, c: Component) -> Result<()> {
+        let mut argv = vec![self.bins.join(c.name()).display().to_string()];
+        argv.extend(self.args(node, c));
+        if c.restarts() {
+            let mut supervised: Vec<String> = [
+                "/bin/sh",
+                "-c",
+                "while :; do \"$@\"; sleep 1; done",
+                "supervise",
+            ]
+            .map(String::from)
+            .to_vec();
+            supervised.append(&mut argv);
+            argv = supervised;
+        }
+        self.daemon(node, c).spawn(node, &argv).map(drop)
+    }
+
+    fn args(&self, node: &Node, c: Component) -> Vec<String> {
+        let p = |f: &str| self.pki.path(f).display().to_string();
+        let ip = node.ipv4();
+        let name = node.name();
+        let state = self.dir.join(&name);
+        let mut args: Vec<String> = match c {
+            Component::Etcd => {
+                let peers: Vec<String> = NODES
+                    .iter()
+                    .map(|n| format!("{n}=http://{}:2380", n.ipv4()))
+                    .collect();
+                vec![
+                    format!("--name={name}"),
+                    format!("--data-dir={}", state.join("etcd").display()),
+                    format!("--listen-client-urls=http://{ip}:2379,http://127.0.0.1:2379"),
+                    format!("--advertise-client-urls=http://{ip}:2379"),
+                    format!("--listen-peer-urls=http://{ip}:2380"),
+                    format!("--initial-advertise-peer-urls=http://{ip}:2380"),
+                    format!("--initial-cluster={}", peers.join(",")),
+                    "--initial-cluster-state=new".into(),
+                    "--initial-cluster-token=kubeha-e2e".into(),
+                    // Six control-plane processes share two cores; the defaults (100 ms / 1 s) elect spuriously.
+                    "--heartbeat-interval=200".into(),
+                    "--election-timeout=2000".into(),
+                    "--unsafe-no-fsync".into(),
+                    "--log-level=warn".into(),
+                ]
+            }
+            Component::KubeApiserver => {
+                let etcds: Vec<String> = NODES
+                    .iter()
+                    .map(|n| format!("http://{}:2379", n.ipv4()))
+                    .collect();
+                vec![
+                    format!("--advertise-address={ip}"),
+                    "--bind-address=0.0.0.0".into(),
+                    "--secure-port=6443".into(),
+                    format!("--etcd-servers={}", etcds.join(",")),
+                    format!("--tls-cert-file={}", p("apiserver.crt")),
+                    format!("--tls-private-key-file={}", p("apiserver.key")),
+                    format!("--client-ca-file={}", p("ca.crt")),
+                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                    format!("--service-account-key-file={}", p("sa.pub")),
+                    format!("--service-account-signing-key-file={}", p("sa.key")),
+                    format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+                    "--authorization-mode=Node,RBAC".into(),
+                    "--allow-privileged=true".into(),
+                    "--enable-aggregator-routing=true".into(),
+                    format!("--cert-dir={}", state.join("apiserver").display()),
+                    "--profiling=false".into(),
+                ]
+            }
+            Component::KubeControllerManager | Component::KubeScheduler => {
+                let kubeconfig = self.pki.kubeconfig(c.name()).display().to_string();
+                let mut args = vec![
+                    format!("--kubeconfig={kubeconfig}"),
+                    format!("--authentication-kubeconfig={kubeconfig}"),
+                    format!("--authorization-kubeconfig={kubeconfig}"),
+                    "--bind-address=0.0.0.0".into(),
+                    format!("--cert-dir={}", state.join(c.name()).display()),
+                    "--leader-elect=true".into(),
+                    format!("--leader-elect-lease-duration={LEASE_DURATION}"),
+                    format!("--leader-elect-renew-deadline={RENEW_DEADLINE}"),
+                    format!("--leader-elect-retry-period={RETRY_PERIOD}"),
+                    "--profiling=false".into(),
+                ];
+                if c == Component::KubeControllerManager {
+                    args.extend([
+                        "--use-service-account-credentials=true".into(),
+                        format!("--service-account-private-key-file={}", p("sa.key")),
+                        format!("--root-ca-file={}", p("ca.crt")),
+                        format!("--cluster-signing-cert-file={}", p("ca.crt")),
+                        format!("--cluster-signing-key-file={}", p("ca.key")),
+                        "--cluster-name=kubeha-e2e".into(),
+                    ]);
+                }
+                args
+            }
+        };
+        args.shrink_to_fit();
+        args
+    }
+}
+
+fn master(host: &Host) -> Result<()> {
+    if host.is_master() {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!("{host} is a client, not a master")))
+    }
+}
+
+/// `n2_5b0c…` → `n2`: client-go's holder identity is the hostname, an underscore and a UUID. A Lease whose
+/// holder let it expire (renewTime + duration in the past) counts as held by nobody.
+fn holder_node(lease: &Lease) -> Option<String> {
+    let spec = lease.spec.as_ref()?;
+    let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty())?;
+    let renewed = spec.renew_time.as_ref()?.0;
+    let duration = i64::from(spec.lease_duration_seconds?);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    if renewed.as_second() + duration < now.as_second() {
+        return None;
+    }
+    Some(holder.split('_').next().unwrap_or(holder).to_string())
+}
+
+/// etcd's /health on the member's client URL: true once it is part of a cluster with a leader.
+fn etcd_healthy(node: &Node) -> bool {
+    let addr = SocketAddr::from((node.ipv4(), 2379));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+    if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.contains("\"health\":\"true\"")
+}
+
+fn last_line(s: String) -> String {
+    s.lines().last().unwrap_or_default().trim().to_string()
+}

@@ -1,0 +1,16 @@
+//! The test world of kubeha: a real three-master Kubernetes control plane in network namespaces on one
+//! bridge, and the fault primitives (kill a node, cut its link, stop its API server, …) that tests and people
+//! use on it. The `kubeha-e2e` binary (behind `e2e/cluster`) exposes the same primitives on the command line.
+//!
+//! Everything here treats the Kubernetes and kubeha binaries as black boxes: processes, addresses and the
+//! API are all it looks at.
+
+mod cluster;
+mod error;
+mod net;
+mod pki;
+mod process;
+
+pub use cluster::{Cluster, ClusterLock, Component, LEASES};
+pub use error::{Error, Result};
+pub use net::{CLIENTS, Host, NODES, Node, SERVICE_CIDR, VIP_V4, VIP_V6};

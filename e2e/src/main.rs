@@ -1,0 +1,96 @@
+//! `e2e/cluster`: the three-master test control plane and its faults, for people and scripts.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use kubeha_e2e::{Cluster, Host};
+
+/// The kubeha test world: three masters (n1–n3, 198.51.100.11–13) each running etcd, kube-apiserver,
+/// kube-controller-manager and kube-scheduler in its own network namespace, plus a client (c1) on the same
+/// bridge. State lives in $KUBEHA_E2E_DIR (default /tmp/kubeha-e2e). Needs root.
+#[derive(Debug, Parser)]
+#[command(name = "e2e/cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Start the cluster from scratch (removing any leftovers first); prints the admin kubeconfig path.
+    Up,
+    /// Stop every process and remove the namespaces, bridge, links and routes.
+    Down,
+    /// Show each node's link, processes and /readyz, and who holds the controller Leases.
+    Status,
+    /// Print the admin kubeconfig path (contexts n1, n2, n3).
+    Kubeconfig,
+    /// SIGKILL every process of a master, like a power loss.
+    KillNode { node: String },
+    /// Start a master's stopped processes and wait until its API server is ready.
+    StartNode { node: String },
+    /// Cut a host's link to the bridge.
+    Partition { host: String },
+    /// Restore a host's link to the bridge.
+    Heal { host: String },
+    /// Stop a master's kube-apiserver gracefully.
+    StopApiserver { node: String },
+    /// Start a master's kube-apiserver and wait until it is ready.
+    StartApiserver { node: String },
+    /// Run a command on a host: `e2e/cluster exec n1 -- ip addr`.
+    Exec {
+        host: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("e2e/cluster: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cluster = Cluster::open().context("preparing binaries")?;
+    match cli.command {
+        Cmd::Up => {
+            let _lock = cluster.lock()?;
+            let started = std::time::Instant::now();
+            cluster.up().await?;
+            eprintln!(
+                "e2e/cluster: 3/3 API servers ready in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            println!("{}", cluster.kubeconfig().display());
+        }
+        Cmd::Down => {
+            let _lock = cluster.lock()?;
+            cluster.down()?;
+        }
+        Cmd::Status => print!("{}", cluster.status().await),
+        Cmd::Kubeconfig => println!("{}", cluster.kubeconfig().display()),
+        Cmd::KillNode { node } => cluster.kill_node(&Host::parse(&node)?)?,
+        Cmd::StartNode { node } => cluster.start_node(&Host::parse(&node)?).await?,
+        Cmd::Partition { host } => cluster.partition(&Host::parse(&host)?)?,
+        Cmd::Heal { host } => cluster.heal(&Host::parse(&host)?)?,
+        Cmd::StopApiserver { node } => cluster.stop_apiserver(&Host::parse(&node)?)?,
+        Cmd::StartApiserver { node } => cluster.start_apiserver(&Host::parse(&node)?).await?,
+        Cmd::Exec { host, command } => {
+            let status = cluster.exec(&Host::parse(&host)?, &command)?;
+            return Ok(ExitCode::from(
+                status
+                    .code()
+                    .and_then(|c| u8::try_from(c).ok())
+                    .unwrap_or(1),
+            ));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

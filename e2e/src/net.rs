@@ -1,0 +1,219 @@
+//! Names and addresses of the test world, and the network namespaces, bridge and links that make it.
+//!
+//! Only documentation ranges and names with a `kh` prefix are used, and teardown removes exactly the names
+//! listed here, so nothing outside the test world is ever touched.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::process::Command;
+
+use crate::error::{Error, Result};
+
+/// The bridge every host of the test world is plugged into.
+pub(crate) const BRIDGE: &str = "kh-br0";
+/// The root namespace's address on the bridge: how tests and people on the machine reach the hosts.
+pub(crate) const GATEWAY_V4: &str = "198.51.100.1/24";
+pub(crate) const GATEWAY_V6: &str = "2001:db8::1/64";
+/// The Service ClusterIP range. Blackholed in the root namespace: no kube-proxy exists, and a packet to a
+/// ClusterIP must die on this machine instead of following the default route out of it.
+pub const SERVICE_CIDR: &str = "203.0.113.128/25";
+/// The VIP the test world reserves for kubeha (in every API server certificate).
+pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// The IPv6 VIP the test world reserves for kubeha (in every API server certificate).
+pub const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+
+/// A host of the test world: a network namespace with one link (`eth0`) on the bridge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Host {
+    kind: HostKind,
+    index: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum HostKind {
+    Master,
+    Client,
+}
+
+/// A master node: `n1`, `n2`, `n3`.
+pub type Node = Host;
+
+/// The three masters, at 198.51.100.11–13 and 2001:db8::11–13.
+pub const NODES: [Node; 3] = [Host::master(1), Host::master(2), Host::master(3)];
+/// Client hosts on the same bridge, at 198.51.100.21 and up.
+pub const CLIENTS: [Host; 1] = [Host::client(1)];
+
+impl Host {
+    const fn master(index: u8) -> Self {
+        Self {
+            kind: HostKind::Master,
+            index,
+        }
+    }
+
+    const fn client(index: u8) -> Self {
+        Self {
+            kind: HostKind::Client,
+            index,
+        }
+    }
+
+    /// Looks a host up by its name (`n2`, `c1`); what `e2e/cluster` accepts on its command line.
+    pub fn parse(name: &str) -> Result<Self> {
+        let known = || NODES.iter().chain(CLIENTS.iter());
+        known().find(|h| h.name() == name).copied().ok_or_else(|| {
+            let names: Vec<String> = known().map(|h| h.name()).collect();
+            Error::Usage(format!(
+                "unknown host '{name}': the test world has {}",
+                names.join(", ")
+            ))
+        })
+    }
+
+    /// The host name its processes see (`n1`): lease holders and logs name the node.
+    pub fn name(&self) -> String {
+        match self.kind {
+            HostKind::Master => format!("n{}", self.index),
+            HostKind::Client => format!("c{}", self.index),
+        }
+    }
+
+    /// Whether this is a master (runs etcd and the control plane) rather than a client.
+    pub fn is_master(&self) -> bool {
+        self.kind == HostKind::Master
+    }
+
+    /// The network namespace (`kh-n1`).
+    pub fn netns(&self) -> String {
+        format!("kh-{}", self.name())
+    }
+
+    /// The root-namespace end of the host's link, a port of the bridge (`kh-n1-br`). Cutting it is a
+    /// partition: the host keeps its address and routes but hears and reaches nobody.
+    pub fn bridge_port(&self) -> String {
+        format!("kh-{}-br", self.name())
+    }
+
+    /// The host's IPv4 address on the bridge.
+    pub fn ipv4(&self) -> Ipv4Addr {
+        Ipv4Addr::new(198, 51, 100, self.last_octet())
+    }
+
+    /// The host's IPv6 address on the bridge.
+    pub fn ipv6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(self.last_octet()))
+    }
+
+    fn last_octet(&self) -> u8 {
+        match self.kind {
+            HostKind::Master => 10 + self.index,
+            HostKind::Client => 20 + self.index,
+        }
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// Runs `ip` with the given arguments.
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
+    crate::process::run(Command::new("ip").args(args))
+}
+
+/// Creates the bridge, every host's namespace and link, and the blackhole route. Expects a clean slate
+/// (call [`teardown`] first).
+pub(crate) fn setup() -> Result<()> {
+    // No multicast snooping: VRRP adverts to 224.0.0.18 / ff02::12 must reach every port without an IGMP
+    // querier on the segment.
+    ip(&[
+        "link",
+        "add",
+        BRIDGE,
+        "type",
+        "bridge",
+        "mcast_snooping",
+        "0",
+    ])?;
+    ip(&["addr", "add", GATEWAY_V4, "dev", BRIDGE])?;
+    ip(&["-6", "addr", "add", GATEWAY_V6, "dev", BRIDGE, "nodad"])?;
+    ip(&["link", "set", BRIDGE, "up"])?;
+    ip(&["route", "add", "blackhole", SERVICE_CIDR])?;
+    for host in NODES.iter().chain(CLIENTS.iter()) {
+        let (ns, port) = (host.netns(), host.bridge_port());
+        ip(&["netns", "add", &ns])?;
+        ip(&[
+            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])?;
+        ip(&["link", "set", &port, "master", BRIDGE, "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/24", host.ipv4()),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&[
+            "-n",
+            &ns,
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", host.ipv6()),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+    }
+    Ok(())
+}
+
+/// Removes every namespace, link and route [`setup`] creates, whichever of them exist. Processes must be
+/// gone first: a namespace with processes in it outlives its name.
+pub(crate) fn teardown() {
+    for host in NODES.iter().chain(CLIENTS.iter()) {
+        // Deleting the namespace deletes its eth0 and with it the veth peer in the root namespace.
+        let _ = ip(&["netns", "delete", &host.netns()]);
+        let _ = ip(&["link", "delete", &host.bridge_port()]);
+    }
+    let _ = ip(&["link", "delete", BRIDGE]);
+    let _ = ip(&["route", "delete", "blackhole", SERVICE_CIDR]);
+}
+
+/// Which of the test world's namespaces and links exist right now (for `status` and leak checks).
+pub(crate) fn leftovers() -> Vec<String> {
+    let mut found = Vec::new();
+    for host in NODES.iter().chain(CLIENTS.iter()) {
+        if std::path::Path::new("/run/netns")
+            .join(host.netns())
+            .exists()
+        {
+            found.push(format!("netns {}", host.netns()));
+        }
+        if link_exists(&host.bridge_port()) {
+            found.push(format!("link {}", host.bridge_port()));
+        }
+    }
+    if link_exists(BRIDGE) {
+        found.push(format!("link {BRIDGE}"));
+    }
+    found
+}
+
+pub(crate) fn link_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Whether the host's bridge port is administratively up (i.e. the host is not partitioned).
+pub(crate) fn link_up(host: &Host) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{}/flags", host.bridge_port()))
+        .ok()
+        .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|flags| flags & 1 == 1) // IFF_UP
+}

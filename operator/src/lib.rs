@@ -1,0 +1,5 @@
+//! The kubeha operator: resolves each `HighAvailabilityCluster`'s masters, renders one
+//! `HighAvailabilityMember` per master, and folds what the agents report back into the cluster's status.
+//!
+//! The operator never touches sockets or the node's network; everything that happens on a node is the
+//! agent's business.

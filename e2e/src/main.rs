@@ -62,11 +62,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Up => {
             let _lock = cluster.lock()?;
-            let started = std::time::Instant::now();
-            cluster.up().await?;
+            let t = cluster.up().await?;
             eprintln!(
-                "e2e/cluster: 3/3 API servers ready in {:.1} s",
-                started.elapsed().as_secs_f64()
+                "e2e/cluster: etcd 3/3 healthy at {:.1} s, kube-apiserver 3/3 ready at {:.1} s, \
+                 controller leases held at {:.1} s",
+                t.etcd_healthy.as_secs_f64(),
+                t.apiservers_ready.as_secs_f64(),
+                t.leases_held.as_secs_f64()
             );
             println!("{}", cluster.kubeconfig().display());
         }

@@ -206,7 +206,13 @@ async fn a_partitioned_master_loses_readiness_while_the_majority_keeps_writing()
     .await;
 
     for (i, node) in [a, b].iter().enumerate() {
-        assert!(c.readyz(node).await, "{node} ready in the majority");
+        // If the isolated member led etcd, the majority elects a new leader first (election timeout 2 s).
+        wait_until(
+            &format!("{node} ready in the majority"),
+            Duration::from_secs(30),
+            || c.readyz(node),
+        )
+        .await;
         let maps: Api<ConfigMap> = Api::namespaced(c.client(node).await.unwrap(), "default");
         let mut cm = ConfigMap::default();
         cm.metadata.name = Some(format!("written-during-partition-{i}"));

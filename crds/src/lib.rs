@@ -1,5 +1,51 @@
-//! The kubeha.io API: `HighAvailabilityCluster` (the user's intent) and `HighAvailabilityMember` (one node's
-//! complete agent configuration and what that agent observes).
+//! The kubeha.io/v1alpha1 API: `HighAvailabilityCluster` (the user's intent) and `HighAvailabilityMember`
+//! (one node's complete agent configuration and what that agent observes).
 //!
 //! This crate holds types only: no Kubernetes client, no runtime, no I/O, so both binaries and the chart
-//! generator can depend on it without pulling either in.
+//! generator can depend on it without pulling either in. Validation lives in the schema as CEL rules, so
+//! the API server rejects bad input with a message that names the field.
+
+mod cluster;
+mod interval;
+mod member;
+mod rules;
+
+pub use cluster::{
+    Balance, ElectionMode, ElectionSpec, Failover, GarpSpec, HighAvailabilityCluster,
+    HighAvailabilityClusterSpec, HighAvailabilityClusterStatus, LocalHealthSpec, Masters,
+    MemberSummary, ProxyHealthCheck, ProxySpec, VrrpSpec,
+};
+pub use interval::{Interval, IntervalError};
+pub use member::{
+    BackendStatus, CheckResult, HealthCheck, HighAvailabilityMember, HighAvailabilityMemberSpec,
+    HighAvailabilityMemberStatus, HttpsCheck, LinkCheck, MemberProxy, MemberVrrp, Metrics, Penalty,
+    TcpCheck, Transition, VrrpState,
+};
+
+/// The API group.
+pub const GROUP: &str = "kubeha.io";
+
+/// Fault tolerance of an etcd-style majority of `masters`: how many may fail with the rest keeping quorum,
+/// n − (⌊n/2⌋ + 1). One master tolerates nothing, and an even count tolerates no more than one fewer.
+pub fn fault_tolerance(masters: usize) -> usize {
+    masters.saturating_sub(masters / 2 + 1)
+}
+
+/// The CRDs as YAML documents, in the order they should be applied.
+pub fn crd_yaml() -> Vec<(&'static str, String)> {
+    use kube::CustomResourceExt as _;
+    let render = |crd| {
+        serde_norway::to_string(&crd)
+            .unwrap_or_else(|e| unreachable!("a CRD always serialises: {e}"))
+    };
+    vec![
+        (
+            "kubeha.io_highavailabilityclusters.yaml",
+            render(HighAvailabilityCluster::crd()),
+        ),
+        (
+            "kubeha.io_highavailabilitymembers.yaml",
+            render(HighAvailabilityMember::crd()),
+        ),
+    ]
+}

@@ -6,58 +6,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::{Api, PostParams};
-use kubeha_e2e::{Cluster, ClusterLock, LEASES, NODES};
+use kubeha_e2e::{Cluster, LEASES, NODES};
 
-/// A cluster brought up for one test and torn down when the test ends, pass or fail.
-struct Up {
-    cluster: Cluster,
-    _lock: ClusterLock,
-}
+mod common;
 
-impl Up {
-    async fn new() -> Self {
-        let cluster = Cluster::open().expect("control-plane binaries and kubectl");
-        let lock = cluster.lock().expect("cluster lock");
-        cluster.up().await.expect("e2e/cluster up");
-        Self {
-            cluster,
-            _lock: lock,
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Err(e) = self.cluster.down() {
-            eprintln!("teardown: {e}");
-        }
-    }
-}
-
-fn kubectl(cluster: &Cluster, args: &[&str]) -> String {
-    let out = cluster.kubectl().args(args).output().expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!("{what}: not within {within:?}");
-}
+use common::{Up, wait_until};
 
 #[tokio::test]
 async fn every_master_serves_the_cluster_and_one_holds_each_controller_lease() {
@@ -65,10 +18,7 @@ async fn every_master_serves_the_cluster_and_one_holds_each_controller_lease() {
     let c = &up.cluster;
 
     for node in NODES {
-        let names = kubectl(
-            c,
-            &["--context", &node.name(), "get", "nodes", "-o", "name"],
-        );
+        let names = up.kubectl(&["--context", &node.name(), "get", "nodes", "-o", "name"]);
         let names: BTreeSet<&str> = names.lines().collect();
         assert_eq!(
             names,
@@ -113,7 +63,7 @@ async fn every_master_serves_the_cluster_and_one_holds_each_controller_lease() {
         }
     }
 
-    let leases = kubectl(c, &["-n", "kube-system", "get", "leases", "-o", "name"]);
+    let leases = up.kubectl(&["-n", "kube-system", "get", "leases", "-o", "name"]);
     for lease in LEASES {
         assert!(
             leases.contains(&format!("lease.coordination.k8s.io/{lease}")),

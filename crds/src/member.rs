@@ -1,0 +1,402 @@
+//! `HighAvailabilityMember`: the complete configuration of one node's agent, and what that agent observes.
+//!
+//! The spec has exactly the shape of the agent's standalone config file (`kubeha-agent run --config FILE`):
+//! the operator writes members, a person or a bootstrap step writes the file, and the agent treats both alike.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{Balance, ElectionSpec, GarpSpec, ProxyHealthCheck};
+use crate::interval::Interval;
+use crate::rules;
+
+/// One master's share of a HighAvailabilityCluster: everything its agent needs to run, written by the
+/// operator and named `<cluster>-<node>`. The agent reports back in its status.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kubeha.io",
+    version = "v1alpha1",
+    kind = "HighAvailabilityMember",
+    plural = "highavailabilitymembers",
+    shortname = "ham",
+    category = "kubeha",
+    doc = "HighAvailabilityMember is one master's share of a HighAvailabilityCluster, named <cluster>-<node>: the complete configuration of that node's agent, written by the operator, and what the agent observes, written by the agent. Its spec has the same shape as the agent's standalone config file.",
+    status = "HighAvailabilityMemberStatus",
+    printcolumn = r#"{"name":"NODE","type":"string","jsonPath":".spec.nodeName"}"#,
+    printcolumn = r#"{"name":"STATE","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"VIP","type":"boolean","jsonPath":".status.holdsVIP"}"#,
+    printcolumn = r#"{"name":"PRIORITY","type":"integer","jsonPath":".spec.priority"}"#,
+    printcolumn = r#"{"name":"EFFECTIVE","type":"integer","jsonPath":".status.effectivePriority"}"#,
+    printcolumn = r#"{"name":"AGE","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = rules::with([
+    kube::core::Rule::new("has(self.vip) == has(self.vrid) && has(self.vip) == has(self.interface)")
+        .message("vip, vrid and interface go together: set all three for a VIP, or none for a proxy-only agent"),
+]))]
+pub struct HighAvailabilityMemberSpec {
+    /// The node this agent runs on.
+    #[schemars(length(min = 1, max = 253))]
+    pub node_name: String,
+
+    /// The interface that carries the VIP, e.g. eth0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 15), transform = rules::with([rules::interface("interface")]))]
+    pub interface: Option<String>,
+
+    /// The VIP with its prefix length. Absent: no VRRP, the agent runs only the proxy (a node-local API load
+    /// balancer on 127.0.0.1, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), transform = rules::with(rules::vip("vip")))]
+    pub vip: Option<String>,
+
+    /// The VRRP virtual router id, 1–255.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = rules::with([rules::vrid("vrid")]))]
+    pub vrid: Option<i32>,
+
+    /// This node's VRRP priority, 1–254 (255: the owner of the address). The highest effective priority
+    /// holds the VIP; ties go to the higher primary address.
+    #[serde(default = "default_priority")]
+    #[schemars(transform = rules::with([rules::range("priority", 1, 255, "the VRRP priority, 255 only for the address owner")]))]
+    pub priority: i32,
+
+    /// VRRP protocol settings.
+    #[serde(default)]
+    pub vrrp: MemberVrrp,
+
+    /// Announcements after taking the VIP.
+    #[serde(default)]
+    pub garp: GarpSpec,
+
+    /// Checks that lower the effective priority (by their weight) while they fail.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub health: Vec<HealthCheck>,
+
+    /// The L4 API proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<MemberProxy>,
+
+    /// Leader election and quorum fencing.
+    #[serde(default)]
+    pub election: ElectionSpec,
+
+    /// Prometheus metrics endpoint.
+    #[serde(default)]
+    pub metrics: Metrics,
+
+    /// Where the agent keeps its last-known-good configuration (default /var/lib/kubeha).
+    #[serde(default = "default_state_dir")]
+    #[schemars(length(max = 4096))]
+    pub state_dir: String,
+}
+
+fn default_priority() -> i32 {
+    100
+}
+
+fn default_state_dir() -> String {
+    "/var/lib/kubeha".into()
+}
+
+/// VRRP protocol settings of one member.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = rules::with(rules::advert_interval("vrrp")))]
+pub struct MemberVrrp {
+    /// 3 (default) or 2.
+    #[serde(default = "three")]
+    #[schemars(transform = rules::with([kube::core::Rule::new("self == 2 || self == 3").message("vrrp.version must be 2 or 3")]))]
+    pub version: i32,
+    /// How often a master advertises (default 100ms).
+    #[serde(default = "hundred_ms")]
+    pub advert_interval: Interval,
+    /// Whether a higher priority takes the VIP from a lower one (default true).
+    #[serde(default = "yes")]
+    pub preempt: bool,
+    /// Delay before preempting after start (default 0s).
+    #[serde(default)]
+    pub preempt_delay: Interval,
+    /// Unicast peers (the other members' addresses). Empty (default): multicast to 224.0.0.18 / ff02::12.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 45)), transform = rules::with([kube::core::Rule::new("self.all(p, isIP(p))")
+        .message("vrrp.peers must be IP addresses without prefix length, like 198.51.100.12")]))]
+    pub peers: Vec<String>,
+    /// Accept packets addressed to the VIP while master (RFC 9568 Accept_Mode). Default true: the proxy and
+    /// clients on the VIP need it.
+    #[serde(default = "yes")]
+    pub accept: bool,
+}
+
+fn three() -> i32 {
+    3
+}
+fn hundred_ms() -> Interval {
+    Interval::from_millis(100)
+}
+fn yes() -> bool {
+    true
+}
+
+/// One health check of the agent. Exactly one of https, tcp and link is set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = rules::with([
+    kube::core::Rule::new("[has(self.https), has(self.tcp), has(self.link)].filter(x, x).size() == 1")
+        .message("a health check needs exactly one of https, tcp or link"),
+]))]
+pub struct HealthCheck {
+    /// A name for logs, metrics and status (e.g. apiserver).
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// HTTPS GET: 200 is healthy; 401 and 403 count as alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<HttpsCheck>,
+    /// A TCP connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpCheck>,
+    /// The carrier of a network interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkCheck>,
+    /// Time between checks (default 1s).
+    #[serde(default = "second")]
+    pub interval: Interval,
+    /// How long one check may take (default 1s).
+    #[serde(default = "second")]
+    pub timeout: Interval,
+    /// Consecutive successes to become healthy (default 2).
+    #[serde(default = "two")]
+    #[schemars(transform = rules::with([rules::range("rise", 1, 10, "consecutive successes")]))]
+    pub rise: i32,
+    /// Consecutive failures to become unhealthy (default 3).
+    #[serde(default = "three")]
+    #[schemars(transform = rules::with([rules::range("fall", 1, 10, "consecutive failures")]))]
+    pub fall: i32,
+    /// Added to the priority while failing, −254 to 0; 0 means FAULT (give up the VIP).
+    #[serde(default)]
+    #[schemars(transform = rules::with([rules::range("weight", -254, 0, "negative lowers the priority, 0 gives up the VIP")]))]
+    pub weight: i32,
+}
+
+fn second() -> Interval {
+    Interval::from_secs(1)
+}
+fn two() -> i32 {
+    2
+}
+
+/// An HTTPS GET check.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpsCheck {
+    /// The URL, e.g. https://198.51.100.11:6443/readyz.
+    #[schemars(length(max = 2048), transform = rules::with([kube::core::Rule::new("isURL(self) && url(self).getScheme() == 'https'")
+        .message("https.url must be an https:// URL, like https://198.51.100.11:6443/readyz")]))]
+    pub url: String,
+    /// A PEM file of CAs to verify the server against; default: the cluster CA in cluster mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Do not verify the server certificate.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// A TCP connect check.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpCheck {
+    /// host:port, e.g. 127.0.0.1:2379.
+    #[schemars(length(max = 256))]
+    pub address: String,
+}
+
+/// A link (carrier) check.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkCheck {
+    /// The interface whose carrier must be up.
+    #[schemars(length(max = 15), transform = rules::with([rules::interface("link.interface")]))]
+    pub interface: String,
+}
+
+/// The member's API proxy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberProxy {
+    /// Whether to run it (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// address:port to listen on, e.g. 198.51.100.10:8443; it may be bound before the address is present.
+    #[schemars(length(max = 64))]
+    pub listen: String,
+    /// address:port of every kube-apiserver.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 64)))]
+    pub backends: Vec<String>,
+    /// RoundRobin (default) or LeastConnections.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Active health checks of the backends.
+    #[serde(default)]
+    pub health_check: ProxyHealthCheck,
+    /// Connect timeout per backend (default 1s).
+    #[serde(default = "second")]
+    pub connect_timeout: Interval,
+    /// Idle timeout; absent (default): none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Interval>,
+    /// Close connections to a backend that turns unhealthy (default true).
+    #[serde(default = "yes")]
+    pub close_on_backend_down: bool,
+}
+
+/// The metrics endpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Metrics {
+    /// address:port for /metrics (default 127.0.0.1:9641).
+    #[serde(default = "default_metrics")]
+    #[schemars(length(max = 64))]
+    pub listen: String,
+}
+
+fn default_metrics() -> String {
+    "127.0.0.1:9641".into()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            listen: default_metrics(),
+        }
+    }
+}
+
+impl Default for MemberVrrp {
+    fn default() -> Self {
+        Self {
+            version: three(),
+            advert_interval: hundred_ms(),
+            preempt: true,
+            preempt_delay: Interval::default(),
+            peers: Vec::new(),
+            accept: true,
+        }
+    }
+}
+
+/// A member's VRRP state.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum VrrpState {
+    /// Starting up, not yet in the protocol.
+    Initialize,
+    /// Listening to the master, ready to take over.
+    Backup,
+    /// Holding the VIP and advertising.
+    Master,
+    /// Gave up the VIP because a check with weight 0 fails or the interface is down.
+    Fault,
+    /// The agent has stopped reporting (its heartbeat Lease expired).
+    #[default]
+    Unknown,
+}
+
+/// What the agent observes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HighAvailabilityMemberStatus {
+    /// The metadata.generation of the spec the agent runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The VRRP state.
+    #[serde(default)]
+    pub state: VrrpState,
+    /// Whether the VIP is on this node's interface.
+    #[serde(default, rename = "holdsVIP")]
+    pub holds_vip: bool,
+    /// The priority advertised after penalties.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_priority: Option<i32>,
+    /// Why the effective priority is below the configured one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub penalties: Vec<Penalty>,
+    /// The address of the master this node hears, if another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_seen: Option<String>,
+    /// Results of the health checks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<CheckResult>,
+    /// The proxy's backends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_backends: Vec<BackendStatus>,
+    /// The latest state change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition: Option<Transition>,
+    /// The agent's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// When the agent last wrote this status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_time: Option<Time>,
+}
+
+/// A reduction of the effective priority.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Penalty {
+    /// What causes it: a health check's name, or QuorumFencing.
+    pub source: String,
+    /// How much it lowers the priority.
+    pub amount: i32,
+    /// A sentence for people.
+    pub reason: String,
+}
+
+/// The latest result of one health check.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckResult {
+    /// The check's name.
+    pub name: String,
+    /// Whether it counts as healthy (after rise/fall).
+    pub healthy: bool,
+    /// What the last attempt saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Since when it has been in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+}
+
+/// One proxy backend.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendStatus {
+    /// address:port.
+    pub address: String,
+    /// Whether it is in rotation.
+    pub healthy: bool,
+    /// Open client connections through it.
+    #[serde(default)]
+    pub active_connections: i64,
+    /// Since when it has been in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+}
+
+/// A VRRP state change.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Transition {
+    /// The state before.
+    pub from: VrrpState,
+    /// The state after.
+    pub to: VrrpState,
+    /// When.
+    pub at: Time,
+    /// Why: MasterDown, HigherPriority, Preempted, Shutdown, CheckFailed, …
+    pub reason: String,
+}

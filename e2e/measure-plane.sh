@@ -2,7 +2,7 @@
 # Measures the test control plane for docs/test-cluster.md:
 #   e2e/measure-plane.sh          warm build, `up` timeline, memory of every process after it settles
 #   e2e/measure-plane.sh --cold   also a cold build: empty Go module cache, build cache and binary cache
-#                                 (downloads everything again; about 10 minutes on 2 cores)
+#                                 (downloads everything again; about 8 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 settle=${SETTLE_SECONDS:-60}

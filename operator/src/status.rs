@@ -1,0 +1,804 @@
+//! The cluster's status from its members' statuses: who holds the VIP, conditions people can read, the
+//! latest failover, and the Events worth telling. Pure: previous status and members in, new status out.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kubeha_crds::{
+    Failover, HighAvailabilityCluster, HighAvailabilityClusterStatus, HighAvailabilityMember,
+    MemberSummary, VrrpState, fault_tolerance,
+};
+
+use crate::conflict::Conflict;
+use crate::desired::Problem;
+
+/// The condition types, in the order `kubectl describe` shows them.
+pub const CONDITIONS: [&str; 6] = [
+    "Ready",
+    "VIPAvailable",
+    "ProxyAvailable",
+    "Degraded",
+    "QuorumAtRisk",
+    "Conflict",
+];
+
+/// An Event to publish on the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedEvent {
+    /// Warning (something needs a look) or Normal.
+    pub warning: bool,
+    /// CamelCase reason: Failover, MemberJoined, MemberLeft, Conflict, QuorumAtRisk.
+    pub reason: &'static str,
+    /// A sentence for people.
+    pub note: String,
+}
+
+/// Everything the status is computed from.
+#[derive(Debug)]
+pub struct Inputs<'a> {
+    /// The cluster, with its current (previous) status.
+    pub hac: &'a HighAvailabilityCluster,
+    /// Its members as they are in the API, with the agents' statuses.
+    pub members: &'a [HighAvailabilityMember],
+    /// Selected masters that could not get a member.
+    pub problems: &'a [Problem],
+    /// Conflicts with other clusters.
+    pub conflicts: &'a [Conflict],
+    /// Now, by the operator's clock.
+    pub now: Timestamp,
+}
+
+/// The new status and the Events that go with the change.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The status to write.
+    pub status: HighAvailabilityClusterStatus,
+    /// Events to publish.
+    pub events: Vec<PlannedEvent>,
+}
+
+/// A member whose agent has not written its status within this long is Unknown: its node may be down.
+fn heartbeat_timeout(hac: &HighAvailabilityCluster) -> Duration {
+    hac.spec
+        .election
+        .lease_duration
+        .0
+        .max(Duration::from_secs(5))
+}
+
+struct View<'a> {
+    m: &'a HighAvailabilityMember,
+    state: VrrpState,
+    fresh: bool,
+    healthy: bool,
+}
+
+fn view<'a>(m: &'a HighAvailabilityMember, timeout: Duration, now: Timestamp) -> View<'a> {
+    let st = m.status.as_ref();
+    let fresh = st
+        .and_then(|s| s.heartbeat_time.as_ref())
+        .is_some_and(|t| now.duration_since(t.0).unsigned_abs() <= timeout);
+    let state = match st {
+        Some(s) if fresh => s.state,
+        _ => VrrpState::Unknown,
+    };
+    let healthy = fresh
+        && matches!(state, VrrpState::Master | VrrpState::Backup)
+        && st.is_some_and(|s| s.health.iter().all(|h| h.healthy) && s.penalties.is_empty());
+    View {
+        m,
+        state,
+        fresh,
+        healthy,
+    }
+}
+
+/// Computes the status and Events.
+pub fn aggregate(i: &Inputs<'_>) -> Outcome {
+    let hac = i.hac;
+    let prev = hac.status.clone().unwrap_or_default();
+    let views: Vec<View<'_>> = i
+        .members
+        .iter()
+        .map(|m| view(m, heartbeat_timeout(hac), i.now))
+        .collect();
+    let node = |v: &View<'_>| v.m.spec.node_name.clone();
+    let holders: Vec<String> = views
+        .iter()
+        .filter(|v| v.fresh && v.m.status.as_ref().is_some_and(|s| s.holds_vip))
+        .map(node)
+        .collect();
+    let active = (holders.len() == 1).then(|| holders[0].clone());
+    let masters = i.members.len()
+        + i.problems
+            .iter()
+            .filter(|p| matches!(p, Problem::NoAddress { .. }))
+            .count();
+    let healthy = views.iter().filter(|v| v.healthy).count();
+    let mut events = Vec::new();
+
+    let mut conds: Vec<(&str, bool, &str, String)> = Vec::new();
+    // VIPAvailable: exactly one member holds the VIP.
+    let vip = match holders.len() {
+        1 => (
+            true,
+            "Held",
+            format!("{} holds {}", holders[0], hac.spec.vip),
+        ),
+        0 if views.iter().all(|v| !v.fresh) => (
+            false,
+            "AwaitingAgents",
+            "no agent has reported yet".to_string(),
+        ),
+        0 => (
+            false,
+            "NoHolder",
+            format!("no member holds {}", hac.spec.vip),
+        ),
+        _ => (
+            false,
+            "MultipleHolders",
+            format!(
+                "{} all hold {}: a partition or a VRID collision",
+                holders.join(", "),
+                hac.spec.vip
+            ),
+        ),
+    };
+    conds.push(("VIPAvailable", vip.0, vip.1, vip.2));
+    // ProxyAvailable: the active member proxies to at least one healthy API server.
+    let proxy = if !hac.spec.proxy.enabled {
+        (
+            false,
+            "Disabled",
+            "spec.proxy.enabled is false: clients reach only the active master's API server".into(),
+        )
+    } else {
+        match views.iter().find(|v| Some(node(v)) == active) {
+            None => (
+                false,
+                "NoActiveNode",
+                "no member holds the VIP to serve the proxy on".into(),
+            ),
+            Some(v) => {
+                let backends =
+                    v.m.status
+                        .as_ref()
+                        .map(|s| s.proxy_backends.as_slice())
+                        .unwrap_or_default();
+                let up = backends.iter().filter(|b| b.healthy).count();
+                if up > 0 {
+                    (
+                        true,
+                        "Serving",
+                        format!(
+                            "{} proxies to {up} of {} API servers",
+                            node(v),
+                            backends.len()
+                        ),
+                    )
+                } else {
+                    (
+                        false,
+                        "NoHealthyBackend",
+                        format!("{} reports no healthy API server behind the proxy", node(v)),
+                    )
+                }
+            }
+        }
+    };
+    conds.push(("ProxyAvailable", proxy.0, proxy.1, proxy.2));
+    // Degraded: a master that cannot do its part.
+    let mut sick: Vec<String> = views
+        .iter()
+        .filter(|v| !v.healthy)
+        .map(|v| {
+            format!(
+                "{} is {}",
+                node(v),
+                if v.fresh {
+                    describe(v)
+                } else {
+                    "not reporting".into()
+                }
+            )
+        })
+        .collect();
+    sick.extend(i.problems.iter().map(ToString::to_string));
+    let degraded = if sick.is_empty() {
+        (
+            false,
+            "AllHealthy",
+            format!("all {} members healthy", views.len()),
+        )
+    } else {
+        (true, "MembersUnhealthy", sick.join("; "))
+    };
+    conds.push(("Degraded", degraded.0, degraded.1, degraded.2));
+    // QuorumAtRisk: one more failure would lose the majority (or there is no margin at all).
+    let quorum = masters / 2 + 1;
+    let risk = match masters {
+        0 => (true, "NoMasters", "no master is selected".to_string()),
+        1 => (
+            true,
+            "SingleMaster",
+            "with one master there is no failover: select three or five".into(),
+        ),
+        2 => (
+            true,
+            "TwoMasters",
+            "two masters tolerate no failure (etcd needs both): use three".into(),
+        ),
+        _ if healthy < quorum => (
+            true,
+            "QuorumLost",
+            format!("only {healthy} of {masters} masters healthy; {quorum} are needed for quorum"),
+        ),
+        _ if healthy == quorum => (
+            true,
+            "OneFailureFromQuorumLoss",
+            format!("{healthy} of {masters} masters healthy; {quorum} are needed for quorum"),
+        ),
+        n if n % 2 == 0 => (
+            false,
+            "EvenMasterCount",
+            format!(
+                "{n} masters tolerate {} failures, no more than {} would",
+                fault_tolerance(n),
+                n - 1
+            ),
+        ),
+        n => (
+            false,
+            "Tolerates",
+            format!("{} of {n} masters may fail", fault_tolerance(n)),
+        ),
+    };
+    conds.push(("QuorumAtRisk", risk.0, risk.1, risk.2));
+    let conflict = match i.conflicts.first() {
+        Some(c) => (true, c.reason, c.message.clone()),
+        None => (
+            false,
+            "NoConflict",
+            "no other cluster claims this VIP or VRID here".into(),
+        ),
+    };
+    conds.push(("Conflict", conflict.0, conflict.1, conflict.2));
+    let blocker = conds.iter().find(|(t, ok, _, _)| match *t {
+        "VIPAvailable" => !ok,
+        "ProxyAvailable" => !ok && hac.spec.proxy.enabled,
+        "Conflict" => *ok,
+        _ => false,
+    });
+    let ready = match blocker {
+        None => (
+            true,
+            "Ready",
+            format!(
+                "{} serves the API on {}",
+                active.clone().unwrap_or_default(),
+                hac.spec.vip
+            ),
+        ),
+        Some((t, _, reason, msg)) => (false, *reason, format!("{t}: {msg}")),
+    };
+    conds.insert(0, ("Ready", ready.0, ready.1, ready.2));
+
+    let generation = hac.metadata.generation;
+    let conditions: Vec<Condition> = conds
+        .into_iter()
+        .map(|(t, ok, reason, message)| {
+            condition(&prev.conditions, t, ok, reason, message, generation, i.now)
+        })
+        .collect();
+
+    // Events for what changed since the previous status.
+    for c in &conditions {
+        let was_true = prev
+            .conditions
+            .iter()
+            .any(|p| p.type_ == c.type_ && p.status == "True");
+        if c.status == "True"
+            && !was_true
+            && matches!(c.type_.as_str(), "Conflict" | "QuorumAtRisk")
+        {
+            events.push(PlannedEvent {
+                warning: true,
+                reason: if c.type_ == "Conflict" {
+                    "Conflict"
+                } else {
+                    "QuorumAtRisk"
+                },
+                note: c.message.clone(),
+            });
+        }
+    }
+    let before: BTreeSet<&str> = prev.members.iter().map(|m| m.node.as_str()).collect();
+    let after: BTreeSet<String> = views.iter().map(node).collect();
+    for n in after.iter().filter(|n| !before.contains(n.as_str())) {
+        events.push(PlannedEvent {
+            warning: false,
+            reason: "MemberJoined",
+            note: format!("{n} joined as a master"),
+        });
+    }
+    for n in before.iter().filter(|n| !after.contains(**n)) {
+        events.push(PlannedEvent {
+            warning: false,
+            reason: "MemberLeft",
+            note: format!("{n} is no longer a master"),
+        });
+    }
+
+    let mut last_failover = prev.last_failover.clone();
+    let mut failover_count = prev.failover_count;
+    // The holder before: the previous active node, or across a gap with no holder, the last one we knew.
+    let previous_holder = prev
+        .active_node
+        .clone()
+        .or_else(|| prev.last_failover.as_ref().map(|f| f.to.clone()));
+    if let (Some(to), Some(from)) = (&active, &previous_holder)
+        && to != from
+    {
+        let reason = failover_reason(
+            views.iter().find(|v| node(v) == *from),
+            views.iter().find(|v| node(v) == *to),
+        );
+        let at = views
+            .iter()
+            .find(|v| node(v) == *to)
+            .and_then(|v| {
+                v.m.status
+                    .as_ref()?
+                    .last_transition
+                    .as_ref()
+                    .map(|t| t.at.clone())
+            })
+            .unwrap_or(Time(i.now));
+        events.push(PlannedEvent {
+            warning: true,
+            reason: "Failover",
+            note: format!("VIP moved from {from} to {to}: {reason}"),
+        });
+        last_failover = Some(Failover {
+            from: Some(from.clone()),
+            to: to.clone(),
+            at,
+            reason: reason.into(),
+        });
+        failover_count += 1;
+    }
+
+    let members = views
+        .iter()
+        .map(|v| MemberSummary {
+            node: node(v),
+            state: v.state,
+            priority: v.m.spec.priority,
+            effective_priority: v.m.status.as_ref().and_then(|s| s.effective_priority),
+            healthy: v.healthy,
+            since: v
+                .m
+                .status
+                .as_ref()
+                .and_then(|s| s.last_transition.as_ref().map(|t| t.at.clone())),
+        })
+        .collect();
+    let status = HighAvailabilityClusterStatus {
+        observed_generation: generation,
+        conditions,
+        active_node: active,
+        members_ready: Some(format!("{healthy}/{masters}")),
+        members,
+        fault_tolerance: Some(i32::try_from(fault_tolerance(masters)).unwrap_or(i32::MAX)),
+        last_failover,
+        failover_count,
+    };
+    Outcome { status, events }
+}
+
+fn describe(v: &View<'_>) -> String {
+    let st = v.m.status.as_ref();
+    let failing: Vec<&str> = st
+        .map(|s| {
+            s.health
+                .iter()
+                .filter(|h| !h.healthy)
+                .map(|h| h.name.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !failing.is_empty() {
+        format!("{:?} with failing checks: {}", v.state, failing.join(", "))
+    } else if let Some(p) = st.and_then(|s| s.penalties.first()) {
+        format!(
+            "{:?}, priority lowered by {} ({})",
+            v.state, p.amount, p.reason
+        )
+    } else {
+        format!("{:?}", v.state)
+    }
+}
+
+fn failover_reason(from: Option<&View<'_>>, to: Option<&View<'_>>) -> &'static str {
+    let Some(from) = from else {
+        return "MemberRemoved";
+    };
+    let prio = |v: &View<'_>| {
+        v.m.status
+            .as_ref()
+            .and_then(|s| s.effective_priority)
+            .unwrap_or(v.m.spec.priority)
+    };
+    match from.state {
+        VrrpState::Unknown => "MasterDown",
+        VrrpState::Fault => "Unhealthy",
+        _ if from
+            .m
+            .status
+            .as_ref()
+            .is_some_and(|s| !s.penalties.is_empty() || s.health.iter().any(|h| !h.healthy)) =>
+        {
+            "Unhealthy"
+        }
+        VrrpState::Backup if to.is_some_and(|t| prio(t) > prio(from)) => "Preempted",
+        VrrpState::Initialize => "MasterRestarted",
+        _ => "MasterDown",
+    }
+}
+
+/// A metav1.Condition whose lastTransitionTime moves only when its status does.
+fn condition(
+    prev: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = prev
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| Time(now), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: since,
+        observed_generation: generation,
+    }
+}
+
+/// Whether two statuses differ in more than condition timestamps: when they do not, the write is skipped.
+pub fn meaningfully_different(
+    a: &HighAvailabilityClusterStatus,
+    b: &HighAvailabilityClusterStatus,
+) -> bool {
+    let strip = |s: &HighAvailabilityClusterStatus| {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
+        }
+        s
+    };
+    strip(a) != strip(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kubeha_crds::{BackendStatus, CheckResult, HighAvailabilityMemberStatus, Transition};
+    use serde_json::json;
+
+    use crate::desired::{
+        desired,
+        tests::{hac, node},
+    };
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn cluster(
+        spec: serde_json::Value,
+        n: usize,
+    ) -> (HighAvailabilityCluster, Vec<HighAvailabilityMember>) {
+        let nodes: Vec<_> = (1..=n)
+            .map(|i| node(&format!("n{i}"), &[&format!("198.51.100.1{i}")], true))
+            .collect();
+        let h = hac(spec);
+        let members = desired(&h, &nodes).members;
+        (h, members)
+    }
+
+    /// The member of node `i` (1-based) reports `state`, holding the VIP when `vip`.
+    fn report(members: &mut [HighAvailabilityMember], i: usize, state: VrrpState, vip: bool) {
+        let m = &mut members[i - 1];
+        m.status = Some(HighAvailabilityMemberStatus {
+            state,
+            holds_vip: vip,
+            effective_priority: Some(m.spec.priority),
+            health: vec![CheckResult {
+                name: "apiserver".into(),
+                healthy: true,
+                message: None,
+                since: None,
+            }],
+            proxy_backends: vec![BackendStatus {
+                address: "198.51.100.11:6443".into(),
+                healthy: true,
+                active_connections: 0,
+                since: None,
+            }],
+            last_transition: Some(Transition {
+                from: VrrpState::Backup,
+                to: state,
+                at: Time(now()),
+                reason: "test".into(),
+            }),
+            heartbeat_time: Some(Time(now())),
+            ..HighAvailabilityMemberStatus::default()
+        });
+    }
+
+    fn healthy_three() -> (HighAvailabilityCluster, Vec<HighAvailabilityMember>) {
+        let (h, mut ms) = cluster(json!({}), 3);
+        report(&mut ms, 1, VrrpState::Master, true);
+        report(&mut ms, 2, VrrpState::Backup, false);
+        report(&mut ms, 3, VrrpState::Backup, false);
+        (h, ms)
+    }
+
+    fn run(h: &HighAvailabilityCluster, ms: &[HighAvailabilityMember]) -> Outcome {
+        aggregate(&Inputs {
+            hac: h,
+            members: ms,
+            problems: &[],
+            conflicts: &[],
+            now: now(),
+        })
+    }
+
+    fn cond<'a>(s: &'a HighAvailabilityClusterStatus, t: &str) -> (&'a str, &'a str) {
+        let c = s.conditions.iter().find(|c| c.type_ == t).unwrap();
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn a_healthy_cluster_is_ready_with_one_active_node() {
+        let (h, ms) = healthy_three();
+        let s = run(&h, &ms).status;
+        let types: Vec<&str> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, CONDITIONS);
+        assert_eq!(cond(&s, "Ready"), ("True", "Ready"));
+        assert_eq!(cond(&s, "VIPAvailable"), ("True", "Held"));
+        assert_eq!(cond(&s, "ProxyAvailable"), ("True", "Serving"));
+        assert_eq!(cond(&s, "Degraded"), ("False", "AllHealthy"));
+        assert_eq!(cond(&s, "QuorumAtRisk"), ("False", "Tolerates"));
+        assert_eq!(cond(&s, "Conflict"), ("False", "NoConflict"));
+        assert_eq!(s.active_node.as_deref(), Some("n1"));
+        assert_eq!(s.members_ready.as_deref(), Some("3/3"));
+        assert_eq!(s.fault_tolerance, Some(1));
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == h.metadata.generation)
+        );
+    }
+
+    #[test]
+    fn two_holders_are_not_a_vip() {
+        let (h, mut ms) = healthy_three();
+        report(&mut ms, 2, VrrpState::Master, true);
+        let s = run(&h, &ms).status;
+        assert_eq!(cond(&s, "VIPAvailable"), ("False", "MultipleHolders"));
+        assert_eq!(cond(&s, "Ready"), ("False", "MultipleHolders"));
+        assert_eq!(s.active_node, None);
+    }
+
+    #[test]
+    fn before_any_agent_reports_the_cluster_awaits_them() {
+        let (h, ms) = cluster(json!({}), 3);
+        let s = run(&h, &ms).status;
+        assert_eq!(cond(&s, "VIPAvailable"), ("False", "AwaitingAgents"));
+        assert!(s.members.iter().all(|m| m.state == VrrpState::Unknown));
+        assert_eq!(s.members_ready.as_deref(), Some("0/3"));
+    }
+
+    #[test]
+    fn a_member_that_stops_reporting_is_unknown_and_degrades_the_cluster() {
+        let (h, mut ms) = healthy_three();
+        ms[2].status.as_mut().unwrap().heartbeat_time = Some(Time(now() - Duration::from_secs(60)));
+        let s = run(&h, &ms).status;
+        assert_eq!(s.members[2].state, VrrpState::Unknown);
+        assert_eq!(cond(&s, "Degraded"), ("True", "MembersUnhealthy"));
+        let msg = &s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .unwrap()
+            .message;
+        assert!(msg.contains("n3 is not reporting"), "{msg}");
+        // 2 of 3 healthy is exactly quorum: one more failure loses it.
+        assert_eq!(
+            cond(&s, "QuorumAtRisk"),
+            ("True", "OneFailureFromQuorumLoss")
+        );
+        assert_eq!(cond(&s, "Ready"), ("True", "Ready"), "still serving");
+    }
+
+    #[test]
+    fn a_moved_vip_is_a_failover_with_its_reason_and_event() {
+        let (mut h, mut ms) = healthy_three();
+        h.status = Some(run(&h, &ms).status);
+        ms[0].status.as_mut().unwrap().heartbeat_time = Some(Time(now() - Duration::from_secs(60)));
+        report(&mut ms, 2, VrrpState::Master, true);
+        let out = run(&h, &ms);
+        let f = out.status.last_failover.as_ref().unwrap();
+        assert_eq!(
+            (f.from.as_deref(), f.to.as_str(), f.reason.as_str()),
+            (Some("n1"), "n2", "MasterDown")
+        );
+        assert_eq!(out.status.failover_count, 1);
+        assert!(
+            out.events
+                .iter()
+                .any(|e| e.reason == "Failover" && e.note == "VIP moved from n1 to n2: MasterDown")
+        );
+        // The same state again is no new failover.
+        h.status = Some(out.status);
+        let again = run(&h, &ms);
+        assert_eq!(again.status.failover_count, 1);
+        assert!(again.events.iter().all(|e| e.reason != "Failover"));
+    }
+
+    #[test]
+    fn losing_the_vip_to_a_higher_priority_is_preemption() {
+        let (mut h, mut ms) = healthy_three();
+        report(&mut ms, 1, VrrpState::Backup, false);
+        report(&mut ms, 2, VrrpState::Master, true);
+        h.status = Some(run(&h, &ms).status);
+        report(&mut ms, 2, VrrpState::Backup, false);
+        report(&mut ms, 1, VrrpState::Master, true);
+        let f = run(&h, &ms).status.last_failover.unwrap();
+        assert_eq!(
+            (f.from.as_deref(), f.to.as_str(), f.reason.as_str()),
+            (Some("n2"), "n1", "Preempted")
+        );
+    }
+
+    #[test]
+    fn condition_times_move_only_when_their_status_does() {
+        let (mut h, mut ms) = healthy_three();
+        let first = run(&h, &ms).status;
+        h.status = Some(first.clone());
+        let later = aggregate(&Inputs {
+            hac: &h,
+            members: &ms,
+            problems: &[],
+            conflicts: &[],
+            now: now() + Duration::from_secs(10),
+        });
+        assert_eq!(first.conditions, later.status.conditions);
+        assert!(!meaningfully_different(&first, &later.status));
+        report(&mut ms, 1, VrrpState::Backup, false);
+        let flipped = aggregate(&Inputs {
+            hac: &h,
+            members: &ms,
+            problems: &[],
+            conflicts: &[],
+            now: now() + Duration::from_secs(10),
+        });
+        let t = |s: &HighAvailabilityClusterStatus, ty: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == ty)
+                .unwrap()
+                .last_transition_time
+                .0
+        };
+        assert_eq!(
+            t(&flipped.status, "VIPAvailable"),
+            now() + Duration::from_secs(10)
+        );
+        assert_eq!(t(&flipped.status, "Conflict"), now());
+        assert!(meaningfully_different(&first, &flipped.status));
+    }
+
+    #[test]
+    fn small_and_even_master_counts_are_flagged() {
+        for (n, status, reason, tolerance) in [
+            (1, "True", "SingleMaster", 0),
+            (2, "True", "TwoMasters", 0),
+            (4, "False", "EvenMasterCount", 1),
+            (5, "False", "Tolerates", 2),
+        ] {
+            let (h, mut ms) = cluster(json!({}), n);
+            for i in 1..=n {
+                report(
+                    &mut ms,
+                    i,
+                    if i == 1 {
+                        VrrpState::Master
+                    } else {
+                        VrrpState::Backup
+                    },
+                    i == 1,
+                );
+            }
+            let s = run(&h, &ms).status;
+            assert_eq!(cond(&s, "QuorumAtRisk"), (status, reason), "{n} masters");
+            assert_eq!(s.fault_tolerance, Some(tolerance), "{n} masters");
+        }
+    }
+
+    #[test]
+    fn joining_and_leaving_members_are_told() {
+        let (mut h, ms) = healthy_three();
+        h.status = Some(run(&h, &ms[..2]).status);
+        let out = run(&h, &ms[1..]);
+        let reasons: Vec<_> = out
+            .events
+            .iter()
+            .map(|e| (e.reason, e.note.as_str()))
+            .collect();
+        assert!(
+            reasons.contains(&("MemberJoined", "n3 joined as a master")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.contains(&("MemberLeft", "n1 is no longer a master")),
+            "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn a_conflict_blocks_readiness_and_warns_once() {
+        let (mut h, ms) = healthy_three();
+        let c = [Conflict {
+            with: "other".into(),
+            reason: "VRIDInUse",
+            message: "uses VRID 51".into(),
+            newer: true,
+        }];
+        let out = aggregate(&Inputs {
+            hac: &h,
+            members: &ms,
+            problems: &[],
+            conflicts: &c,
+            now: now(),
+        });
+        assert_eq!(cond(&out.status, "Conflict"), ("True", "VRIDInUse"));
+        assert_eq!(cond(&out.status, "Ready"), ("False", "VRIDInUse"));
+        assert!(
+            out.events
+                .iter()
+                .any(|e| e.warning && e.reason == "Conflict")
+        );
+        h.status = Some(out.status);
+        let again = aggregate(&Inputs {
+            hac: &h,
+            members: &ms,
+            problems: &[],
+            conflicts: &c,
+            now: now(),
+        });
+        assert!(again.events.iter().all(|e| e.reason != "Conflict"));
+    }
+
+    #[test]
+    fn without_the_proxy_readiness_needs_only_the_vip() {
+        let (h, mut ms) = cluster(json!({"proxy": {"enabled": false}}), 3);
+        report(&mut ms, 1, VrrpState::Master, true);
+        report(&mut ms, 2, VrrpState::Backup, false);
+        report(&mut ms, 3, VrrpState::Backup, false);
+        let s = run(&h, &ms).status;
+        assert_eq!(cond(&s, "ProxyAvailable"), ("False", "Disabled"));
+        assert_eq!(cond(&s, "Ready"), ("True", "Ready"));
+    }
+}

@@ -357,6 +357,11 @@ pub struct HighAvailabilityClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_node: Option<String>,
 
+    /// The most recent node that held the VIP; kept while nobody holds it, so that a failover across the
+    /// gap (the old master is gone before a backup takes over) is recognised as one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_holder: Option<String>,
+
     /// Healthy members out of all members, like 3/3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members_ready: Option<String>,

@@ -6,5 +6,6 @@
 //! [`controller`] only reads, calls them, and writes.
 
 pub mod conflict;
+pub mod controller;
 pub mod desired;
 pub mod status;

@@ -33,6 +33,8 @@ pub struct PlannedEvent {
     pub reason: &'static str,
     /// A sentence for people.
     pub note: String,
+    /// The node whose member the event is about, if one: Events are told apart by it.
+    pub node: Option<String>,
 }
 
 /// Everything the status is computed from.
@@ -73,6 +75,8 @@ struct View<'a> {
     state: VrrpState,
     fresh: bool,
     healthy: bool,
+    /// Created moments ago and not reported yet: its agent is starting, not failing.
+    pending: bool,
 }
 
 fn view<'a>(m: &'a HighAvailabilityMember, timeout: Duration, now: Timestamp) -> View<'a> {
@@ -87,11 +91,17 @@ fn view<'a>(m: &'a HighAvailabilityMember, timeout: Duration, now: Timestamp) ->
     let healthy = fresh
         && matches!(state, VrrpState::Master | VrrpState::Backup)
         && st.is_some_and(|s| s.health.iter().all(|h| h.healthy) && s.penalties.is_empty());
+    let young = m
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .is_none_or(|c| now.duration_since(c.0).unsigned_abs() <= timeout);
     View {
         m,
         state,
         fresh,
         healthy,
+        pending: st.is_none() && young,
     }
 }
 
@@ -119,7 +129,8 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     let healthy = views.iter().filter(|v| v.healthy).count();
     let mut events = Vec::new();
 
-    let mut conds: Vec<(&str, bool, &str, String)> = Vec::new();
+    // (type, status: None for Unknown, reason, message)
+    let mut conds: Vec<(&str, Option<bool>, &str, String)> = Vec::new();
     // VIPAvailable: exactly one member holds the VIP.
     let vip = match holders.len() {
         1 => (
@@ -147,7 +158,7 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
             ),
         ),
     };
-    conds.push(("VIPAvailable", vip.0, vip.1, vip.2));
+    conds.push(("VIPAvailable", Some(vip.0), vip.1, vip.2));
     // ProxyAvailable: the active member proxies to at least one healthy API server.
     let proxy = if !hac.spec.proxy.enabled {
         (
@@ -189,11 +200,11 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
             }
         }
     };
-    conds.push(("ProxyAvailable", proxy.0, proxy.1, proxy.2));
+    conds.push(("ProxyAvailable", Some(proxy.0), proxy.1, proxy.2));
     // Degraded: a master that cannot do its part.
     let mut sick: Vec<String> = views
         .iter()
-        .filter(|v| !v.healthy)
+        .filter(|v| !v.healthy && !v.pending)
         .map(|v| {
             format!(
                 "{} is {}",
@@ -216,33 +227,42 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     } else {
         (true, "MembersUnhealthy", sick.join("; "))
     };
-    conds.push(("Degraded", degraded.0, degraded.1, degraded.2));
+    conds.push(("Degraded", Some(degraded.0), degraded.1, degraded.2));
     // QuorumAtRisk: one more failure would lose the majority (or there is no margin at all).
     let quorum = masters / 2 + 1;
+    let waiting_for: Vec<String> = views.iter().filter(|v| v.pending).map(node).collect();
     let risk = match masters {
-        0 => (true, "NoMasters", "no master is selected".to_string()),
+        n if !waiting_for.is_empty() && n > 2 => (
+            None,
+            "AwaitingAgents",
+            format!(
+                "waiting for the agents on {} to report",
+                waiting_for.join(", ")
+            ),
+        ),
+        0 => (Some(true), "NoMasters", "no master is selected".to_string()),
         1 => (
-            true,
+            Some(true),
             "SingleMaster",
             "with one master there is no failover: select three or five".into(),
         ),
         2 => (
-            true,
+            Some(true),
             "TwoMasters",
             "two masters tolerate no failure (etcd needs both): use three".into(),
         ),
         _ if healthy < quorum => (
-            true,
+            Some(true),
             "QuorumLost",
             format!("only {healthy} of {masters} masters healthy; {quorum} are needed for quorum"),
         ),
         _ if healthy == quorum => (
-            true,
+            Some(true),
             "OneFailureFromQuorumLoss",
             format!("{healthy} of {masters} masters healthy; {quorum} are needed for quorum"),
         ),
         n if n % 2 == 0 => (
-            false,
+            Some(false),
             "EvenMasterCount",
             format!(
                 "{n} masters tolerate {} failures, no more than {} would",
@@ -251,7 +271,7 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
             ),
         ),
         n => (
-            false,
+            Some(false),
             "Tolerates",
             format!("{} of {n} masters may fail", fault_tolerance(n)),
         ),
@@ -265,12 +285,15 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
             "no other cluster claims this VIP or VRID here".into(),
         ),
     };
-    conds.push(("Conflict", conflict.0, conflict.1, conflict.2));
-    let blocker = conds.iter().find(|(t, ok, _, _)| match *t {
-        "VIPAvailable" => !ok,
-        "ProxyAvailable" => !ok && hac.spec.proxy.enabled,
-        "Conflict" => *ok,
-        _ => false,
+    conds.push(("Conflict", Some(conflict.0), conflict.1, conflict.2));
+    let blocker = conds.iter().find(|(t, status, _, _)| {
+        let ok = status.unwrap_or(false);
+        match *t {
+            "VIPAvailable" => !ok,
+            "ProxyAvailable" => !ok && hac.spec.proxy.enabled,
+            "Conflict" => ok,
+            _ => false,
+        }
     });
     let ready = match blocker {
         None => (
@@ -284,7 +307,7 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
         ),
         Some((t, _, reason, msg)) => (false, *reason, format!("{t}: {msg}")),
     };
-    conds.insert(0, ("Ready", ready.0, ready.1, ready.2));
+    conds.insert(0, ("Ready", Some(ready.0), ready.1, ready.2));
 
     let generation = hac.metadata.generation;
     let conditions: Vec<Condition> = conds
@@ -312,6 +335,7 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
                     "QuorumAtRisk"
                 },
                 note: c.message.clone(),
+                node: None,
             });
         }
     }
@@ -322,6 +346,7 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
             warning: false,
             reason: "MemberJoined",
             note: format!("{n} joined as a master"),
+            node: Some(n.clone()),
         });
     }
     for n in before.iter().filter(|n| !after.contains(**n)) {
@@ -329,6 +354,7 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
             warning: false,
             reason: "MemberLeft",
             note: format!("{n} is no longer a master"),
+            node: Some((*n).to_string()),
         });
     }
 
@@ -338,7 +364,7 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     let previous_holder = prev
         .active_node
         .clone()
-        .or_else(|| prev.last_failover.as_ref().map(|f| f.to.clone()));
+        .or_else(|| prev.last_holder.clone());
     if let (Some(to), Some(from)) = (&active, &previous_holder)
         && to != from
     {
@@ -361,6 +387,7 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
             warning: true,
             reason: "Failover",
             note: format!("VIP moved from {from} to {to}: {reason}"),
+            node: Some(to.clone()),
         });
         last_failover = Some(Failover {
             from: Some(from.clone()),
@@ -389,6 +416,7 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     let status = HighAvailabilityClusterStatus {
         observed_generation: generation,
         conditions,
+        last_holder: active.clone().or(prev.last_holder),
         active_node: active,
         members_ready: Some(format!("{healthy}/{masters}")),
         members,
@@ -443,6 +471,7 @@ fn failover_reason(from: Option<&View<'_>>, to: Option<&View<'_>>) -> &'static s
         {
             "Unhealthy"
         }
+        _ if prio(from) < from.m.spec.priority => "Unhealthy",
         VrrpState::Backup if to.is_some_and(|t| prio(t) > prio(from)) => "Preempted",
         VrrpState::Initialize => "MasterRestarted",
         _ => "MasterDown",
@@ -453,13 +482,17 @@ fn failover_reason(from: Option<&View<'_>>, to: Option<&View<'_>>) -> &'static s
 fn condition(
     prev: &[Condition],
     type_: &str,
-    ok: bool,
+    ok: Option<bool>,
     reason: &str,
     message: String,
     generation: Option<i64>,
     now: Timestamp,
 ) -> Condition {
-    let status = if ok { "True" } else { "False" };
+    let status = match ok {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    };
     let since = prev
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -607,6 +640,17 @@ mod tests {
         let s = run(&h, &ms).status;
         assert_eq!(cond(&s, "VIPAvailable"), ("False", "AwaitingAgents"));
         assert!(s.members.iter().all(|m| m.state == VrrpState::Unknown));
+        assert_eq!(
+            cond(&s, "QuorumAtRisk"),
+            ("Unknown", "AwaitingAgents"),
+            "no alarm before anyone reports"
+        );
+        assert!(
+            run(&h, &ms)
+                .events
+                .iter()
+                .all(|e| e.reason != "QuorumAtRisk")
+        );
         assert_eq!(s.members_ready.as_deref(), Some("0/3"));
     }
 
@@ -655,6 +699,28 @@ mod tests {
         let again = run(&h, &ms);
         assert_eq!(again.status.failover_count, 1);
         assert!(again.events.iter().all(|e| e.reason != "Failover"));
+    }
+
+    #[test]
+    fn a_failover_across_a_gap_without_holder_is_still_one() {
+        let (mut h, mut ms) = healthy_three();
+        h.status = Some(run(&h, &ms).status);
+        // n1 dies; for a moment nobody holds the VIP, and a reconcile sees exactly that.
+        ms[0].status.as_mut().unwrap().heartbeat_time = Some(Time(now() - Duration::from_secs(60)));
+        let gap = run(&h, &ms).status;
+        assert_eq!(
+            (gap.active_node.as_deref(), gap.last_holder.as_deref()),
+            (None, Some("n1"))
+        );
+        h.status = Some(gap);
+        report(&mut ms, 3, VrrpState::Master, true);
+        let after = run(&h, &ms).status;
+        let f = after.last_failover.as_ref().unwrap();
+        assert_eq!(
+            (f.from.as_deref(), f.to.as_str(), f.reason.as_str()),
+            (Some("n1"), "n3", "MasterDown")
+        );
+        assert_eq!(after.failover_count, 1);
     }
 
     #[test]

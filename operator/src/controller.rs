@@ -1,0 +1,445 @@
+//! The reconciler: reads the cluster, its nodes and members from caches, calls the pure functions, and
+//! writes members and status by server-side apply with one field manager. Only the elected leader runs it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Client, Resource as _, ResourceExt as _};
+use kubeha_crds::{HighAvailabilityCluster, HighAvailabilityMember};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+use crate::conflict::{Claim, conflicts};
+use crate::desired::{
+    CLUSTER_LABEL, RELEASE_FINALIZER, desired, masters, member_name, vip_address,
+};
+use crate::status::{Inputs, aggregate, meaningfully_different};
+
+/// The field manager of everything the operator writes.
+pub const MANAGER: &str = "kubeha-operator";
+/// The operator's finalizer on clusters: members are released before the cluster goes.
+pub const CLEANUP_FINALIZER: &str = "kubeha.io/cleanup";
+
+/// What can stop a reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API refused or failed a call.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Members of a deleted cluster still wait for their agents to release the VIP.
+    #[error("waiting for {0} member(s) to release the VIP")]
+    Releasing(usize),
+    /// Leadership ended while reconciling; the new leader takes over.
+    #[error("no longer the leader")]
+    NotLeader,
+}
+
+type Labels = Vec<(String, String)>;
+
+/// Operator metrics.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    reconciles: Family<Labels, Counter>,
+    members_written: Counter,
+    status_writes: Counter,
+    duration: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+impl Metrics {
+    /// Registers the metrics under `kubeha_operator_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            reconciles: Family::default(),
+            members_written: Counter::default(),
+            status_writes: Counter::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+            }),
+        };
+        let r = registry.sub_registry_with_prefix("kubeha_operator");
+        r.register(
+            "reconciles",
+            "Reconciles by result (ok, releasing: waiting for agents to release the VIP, error)",
+            m.reconciles.clone(),
+        );
+        r.register(
+            "members_written",
+            "Member specs created or changed by server-side apply",
+            m.members_written.clone(),
+        );
+        r.register(
+            "status_writes",
+            "Cluster status writes (unchanged statuses are skipped)",
+            m.status_writes.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Time per reconcile",
+            m.duration.clone(),
+        );
+        m
+    }
+}
+
+/// Everything a reconcile needs.
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    nodes: Store<Node>,
+    members: Store<HighAvailabilityMember>,
+    clusters: Store<HighAvailabilityCluster>,
+    metrics: Metrics,
+    release_timeout: Duration,
+    may_act: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("release_timeout", &self.release_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of the controller.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This replica's name in Events.
+    pub instance: String,
+    /// How long a deleted member may wait for its agent to release the VIP before the operator removes the
+    /// release finalizer itself (and says so in a Warning Event).
+    pub release_timeout: Duration,
+}
+
+/// Runs the controller until `shutdown` resolves. `may_act` is checked before every write: it is the
+/// leader's own deadline, so a replica that lost leadership writes nothing more even before it is stopped.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    may_act: impl Fn() -> bool + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let clusters: Api<HighAvailabilityCluster> = Api::all(client.clone());
+    let members_api: Api<HighAvailabilityMember> = Api::all(client.clone());
+    let nodes_api: Api<Node> = Api::all(client.clone());
+
+    let (nodes, nodes_writer) = reflector::store();
+    let (members, members_writer) = reflector::store();
+    let node_stream = reflector::reflector(
+        nodes_writer,
+        watcher(nodes_api.clone(), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let member_stream = reflector::reflector(
+        members_writer,
+        watcher(members_api.clone(), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    tokio::spawn(node_stream.for_each(|_| async {}));
+    tokio::spawn(member_stream.for_each(|_| async {}));
+
+    let controller = Controller::new(clusters, watcher::Config::default());
+    let cluster_store = controller.store();
+    let all = cluster_store.clone();
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance: Some(settings.instance),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        nodes: nodes.clone(),
+        members: members.clone(),
+        clusters: cluster_store,
+        metrics,
+        release_timeout: settings.release_timeout,
+        may_act: Box::new(may_act),
+    });
+    // Reconcile only with complete caches: a half-listed node set would delete members.
+    let _ = tokio::join!(nodes.wait_until_ready(), members.wait_until_ready());
+    tracing::info!("caches ready; reconciling");
+    controller
+        .owns(members_api, watcher::Config::default())
+        // A node joining, leaving or changing address can change every cluster's masters.
+        .watches(nodes_api, watcher::Config::default(), move |_: Node| {
+            all.state()
+                .iter()
+                .map(|c| ObjectRef::from_obj(&**c))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+async fn reconcile(
+    hac: Arc<HighAvailabilityCluster>,
+    ctx: Arc<Context>,
+) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
+    let started = std::time::Instant::now();
+    let api: Api<HighAvailabilityCluster> = Api::all(ctx.client.clone());
+    let result = finalizer(&api, CLEANUP_FINALIZER, hac, |event| async {
+        match event {
+            Finalizer::Apply(h) => apply(&h, &ctx).await,
+            Finalizer::Cleanup(h) => cleanup(&h, &ctx).await,
+        }
+    })
+    .await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(kube::runtime::finalizer::Error::CleanupFailed(Error::Releasing(_))) => "releasing",
+        Err(_) => "error",
+    };
+    let labels = vec![("result".to_string(), outcome.to_string())];
+    ctx.metrics.reconciles.get_or_create(&labels).inc();
+    ctx.metrics
+        .duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+fn error_policy(
+    hac: Arc<HighAvailabilityCluster>,
+    err: &kube::runtime::finalizer::Error<Error>,
+    _: Arc<Context>,
+) -> Action {
+    match err {
+        kube::runtime::finalizer::Error::CleanupFailed(Error::Releasing(n)) => {
+            tracing::debug!(cluster = %hac.name_any(), members = n, "waiting for members to release the VIP");
+            Action::requeue(Duration::from_secs(1))
+        }
+        e => {
+            tracing::warn!(cluster = %hac.name_any(), error = %e, "reconcile failed; retrying");
+            Action::requeue(Duration::from_secs(5))
+        }
+    }
+}
+
+fn guard(ctx: &Context) -> Result<(), Error> {
+    if (ctx.may_act)() {
+        Ok(())
+    } else {
+        Err(Error::NotLeader)
+    }
+}
+
+/// The members that belong to `hac`, from the cache.
+fn owned(ctx: &Context, hac: &HighAvailabilityCluster) -> Vec<HighAvailabilityMember> {
+    let name = hac.name_any();
+    let mut v: Vec<HighAvailabilityMember> = ctx
+        .members
+        .state()
+        .iter()
+        .filter(|m| m.labels().get(CLUSTER_LABEL) == Some(&name))
+        .map(|m| (**m).clone())
+        .collect();
+    v.sort_by(|a, b| a.spec.node_name.cmp(&b.spec.node_name));
+    v
+}
+
+fn claim(hac: &HighAvailabilityCluster, nodes: &[Node]) -> Claim {
+    Claim {
+        name: hac.name_any(),
+        created: hac.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        vip: vip_address(&hac.spec.vip),
+        vrid: hac.spec.vrid,
+        interface: hac.spec.interface.clone(),
+        masters: masters(hac, nodes).0.iter().map(|n| n.name_any()).collect(),
+    }
+}
+
+async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, Error> {
+    let name = hac.name_any();
+    let nodes: Vec<Node> = ctx.nodes.state().iter().map(|n| (**n).clone()).collect();
+    let want = desired(hac, &nodes);
+    let claims: Vec<Claim> = ctx
+        .clusters
+        .state()
+        .iter()
+        .map(|c| claim(c, &nodes))
+        .collect();
+    let found = conflicts(&claim(hac, &nodes), &claims);
+    let members_api: Api<HighAvailabilityMember> = Api::all(ctx.client.clone());
+    let existing = owned(ctx, hac);
+
+    if found.iter().any(|c| c.newer) {
+        tracing::warn!(cluster = %name, conflict = %found[0].message, "conflict: leaving members unchanged");
+    } else {
+        for m in &want.members {
+            let current = existing.iter().find(|e| e.metadata.name == m.metadata.name);
+            if current.is_some_and(|c| c.spec == m.spec && c.metadata.deletion_timestamp.is_none())
+            {
+                continue;
+            }
+            guard(ctx)?;
+            members_api
+                .patch(
+                    &m.name_any(),
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(m),
+                )
+                .await?;
+            ctx.metrics.members_written.inc();
+            tracing::info!(cluster = %name, member = %m.name_any(), priority = m.spec.priority, "member applied");
+        }
+        for gone in existing.iter().filter(|e| {
+            !want
+                .members
+                .iter()
+                .any(|m| m.metadata.name == e.metadata.name)
+        }) {
+            retire(gone, ctx, hac).await?;
+        }
+    }
+
+    let members = owned(ctx, hac);
+    let out = aggregate(&Inputs {
+        hac,
+        members: &members,
+        problems: &want.problems,
+        conflicts: &found,
+        now: Timestamp::now(),
+    });
+    let current = hac.status.clone().unwrap_or_default();
+    if meaningfully_different(&current, &out.status) {
+        guard(ctx)?;
+        let patch = json!({
+            "apiVersion": HighAvailabilityCluster::api_version(&()),
+            "kind": HighAvailabilityCluster::kind(&()),
+            "status": out.status,
+        });
+        Api::<HighAvailabilityCluster>::all(ctx.client.clone())
+            .patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        ctx.metrics.status_writes.inc();
+    }
+    for e in out.events {
+        let related = e.node.map(|n| member_ref(&name, &n));
+        publish(ctx, hac, e.warning, e.reason, e.note, related).await;
+    }
+    // Heartbeats age without any watch event: look again before a member could turn stale unnoticed.
+    Ok(Action::requeue(Duration::from_secs(5)))
+}
+
+/// Deletes a member that is no longer wanted. Its agent releases the VIP and removes the release
+/// finalizer; if no agent does within the release timeout, the operator removes it and warns.
+async fn retire(
+    m: &HighAvailabilityMember,
+    ctx: &Context,
+    hac: &HighAvailabilityCluster,
+) -> Result<(), Error> {
+    let api: Api<HighAvailabilityMember> = Api::all(ctx.client.clone());
+    let name = m.name_any();
+    match &m.metadata.deletion_timestamp {
+        None => {
+            guard(ctx)?;
+            api.delete(&name, &DeleteParams::default()).await?;
+            tracing::info!(member = %name, "member deleted; waiting for its agent to release the VIP");
+        }
+        Some(since) => {
+            let waited = Timestamp::now().duration_since(since.0).unsigned_abs();
+            let releasing = m.finalizers().iter().any(|f| f == RELEASE_FINALIZER);
+            if releasing && waited >= ctx.release_timeout {
+                guard(ctx)?;
+                let rest: Vec<&String> = m
+                    .finalizers()
+                    .iter()
+                    .filter(|f| *f != RELEASE_FINALIZER)
+                    .collect();
+                let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": m.resource_version()}});
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                let note = format!(
+                    "the agent on {} did not confirm releasing the VIP within {:?}; member removed anyway: check that node for the address",
+                    m.spec.node_name, ctx.release_timeout
+                );
+                publish(
+                    ctx,
+                    hac,
+                    true,
+                    "ReleaseTimeout",
+                    note,
+                    Some(m.object_ref(&())),
+                )
+                .await;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn cleanup(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, Error> {
+    let members = owned(ctx, hac);
+    if members.is_empty() {
+        publish(
+            ctx,
+            hac,
+            false,
+            "Released",
+            "every member released; the cluster is gone".into(),
+            None,
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    for m in &members {
+        retire(m, ctx, hac).await?;
+    }
+    Err(Error::Releasing(members.len()))
+}
+
+/// A reference to the member of `node` in cluster `hac`, as an Event's related object: the Recorder folds
+/// Events with the same reason on the same objects into one series, so per-node Events need it.
+fn member_ref(hac: &str, node: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(HighAvailabilityMember::api_version(&()).into()),
+        kind: Some(HighAvailabilityMember::kind(&()).into()),
+        name: Some(member_name(hac, node)),
+        ..ObjectReference::default()
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    hac: &HighAvailabilityCluster,
+    warning: bool,
+    reason: &str,
+    note: String,
+    related: Option<ObjectReference>,
+) {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: related,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &hac.object_ref(&())).await {
+        tracing::warn!(cluster = %hac.name_any(), reason, error = %e, "could not publish an Event");
+    }
+}

@@ -21,6 +21,7 @@ demo: plane ## bring up the three-master control plane, show it, fail a master o
 	e2e/demo.sh
 
 test: plane ## run every test: unit, integration and the e2e tests on the real control plane
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets
 
 lint: deps ## formatting and clippy, as CI checks them

@@ -580,6 +580,25 @@ impl Cluster {
     }
 }
 
+/// A kubeha binary (`kubeha-operator`, `kubeha-agent`) from this workspace's build. The tests treat it as a
+/// black box and do not build it themselves (cargo holds its build lock while tests run): `make test` builds
+/// every binary before running the tests.
+pub fn kubeha_binary(name: &str) -> Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    let path = target.join("debug").join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::Usage(format!(
+            "{} is missing: run `cargo build --workspace --bins` (make test does)",
+            path.display()
+        )))
+    }
+}
+
 fn master(host: &Host) -> Result<()> {
     if host.is_master() {
         Ok(())

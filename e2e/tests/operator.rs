@@ -205,6 +205,30 @@ async fn the_operator_renders_members_reports_status_and_cleans_up() {
         assert!(ev.contains(&format!("{node} joined as a master")), "{ev}");
     }
 
+    // A master that leaves the control plane loses its member (after the release timeout: no agent here);
+    // when it comes back, it gets one again.
+    up.kubectl(&[
+        "label",
+        "node",
+        "n3",
+        "node-role.kubernetes.io/control-plane-",
+    ]);
+    wait_until("api-n3 removed", Duration::from_secs(30), || async {
+        members.get_opt("api-n3").await.is_ok_and(|m| m.is_none())
+    })
+    .await;
+    assert!(events(&up, "api").contains("n3 is no longer a master"));
+    up.kubectl(&[
+        "label",
+        "node",
+        "n3",
+        "node-role.kubernetes.io/control-plane=",
+    ]);
+    wait_until("api-n3 back", Duration::from_secs(30), || async {
+        members.get_opt("api-n3").await.is_ok_and(|m| m.is_some())
+    })
+    .await;
+
     // A second cluster with the same VRID on the same masters conflicts; the newer one gets no members.
     apply_hac(&up, "other", "198.51.100.20/24", 51);
     wait_until("Conflict on both", Duration::from_secs(15), || async {

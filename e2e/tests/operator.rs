@@ -298,7 +298,7 @@ async fn a_standby_operator_takes_over_when_the_leader_dies() {
         "the standby must not take a held lease"
     );
 
-    // A crash: no release, so op-b waits out the lease (6 s) from the last renewal it saw, plus a retry.
+    // A crash: no release, so op-b waits out the lease (6 s) from the last renewal it saw.
     a.kill();
     let killed = Instant::now();
     wait_until(
@@ -309,8 +309,10 @@ async fn a_standby_operator_takes_over_when_the_leader_dies() {
     .await;
     let handover = killed.elapsed();
     eprintln!("handover after SIGKILL of the leader: {handover:?} (lease 6 s, retry 1 s)");
+    // client-go semantics bound it: the standby may see the last renewal up to one jittered retry (≤ 2.2 s)
+    // after it happened, and notices the expiry up to another one late: 6 + 2 × 2.2 s, plus 1 s of slack.
     assert!(
-        handover <= Duration::from_millis(6000 + 2200 + 1000),
+        handover <= Duration::from_millis(6000 + 4400 + 1000),
         "handover took {handover:?}"
     );
 

@@ -393,7 +393,7 @@ impl Advertisement {
                     return Err(EncodeError::Version);
                 }
                 let secs = self.interval_cs / 100;
-                if self.interval_cs % 100 != 0 || !(1..=255).contains(&secs) {
+                if !self.interval_cs.is_multiple_of(100) || !(1..=255).contains(&secs) {
                     return Err(EncodeError::Interval);
                 }
                 out.extend_from_slice(&[0x21, self.vrid, self.priority, count, 0, secs as u8]);

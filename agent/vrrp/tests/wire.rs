@@ -331,7 +331,7 @@ fn any_advert() -> impl Strategy<Value = (Advertisement, Endpoints)> {
                 vrid,
                 priority: prio,
                 interval_cs: cs,
-                addresses: addrs.into_iter().map(|o| IpAddr::from(o)).collect(),
+                addresses: addrs.into_iter().map(IpAddr::from).collect(),
             };
             (
                 a,

@@ -1,4 +1,4 @@
-//! The sans-IO VRRP core: the wire codec ([`wire`]) and, next, the router state machine of RFC 9568
+//! The sans-IO VRRP core: the wire codec ([`wire`]) and the router state machine ([`router`]) of RFC 9568
 //! (VRRPv3, which obsoletes RFC 5798) and RFC 3768 (VRRPv2).
 //!
 //! Nothing here does I/O or reads a clock: the driver passes `now` and an input in and carries out the
@@ -8,4 +8,5 @@
 
 extern crate alloc;
 
+pub mod router;
 pub mod wire;

@@ -1,0 +1,457 @@
+//! One virtual router (RFC 9568 §6): the Initialize / Backup / Master state machine, plus Fault for a
+//! member whose health says it must not hold the VIP.
+//!
+//! The driver calls [`Router::handle`] with the time (a monotonic [`Duration`] since any origin it likes)
+//! and an [`Input`]; the router appends [`Action`]s for the driver to carry out and tells, through
+//! [`Router::deadline`], when it must be called again with [`Input::Timer`]. It never reads a clock.
+//!
+//! Where kubeha goes beyond the RFC, it says so: Fault, the preempt delay (as keepalived has it), effective
+//! priority changes advertised at once, and the re-announcement of a master that meets a lower one after a
+//! partition heals (RFC 9568 has the loser go quiet, and clients keep sending to its MAC until their ARP
+//! entries expire — keepalived black-holes the VIP for up to 42 s that way).
+
+use alloc::vec::Vec;
+use core::net::IpAddr;
+use core::time::Duration;
+
+use crate::wire::{Advertisement, Version};
+
+/// Configuration of one virtual router.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// VRRPv3 (RFC 9568) or VRRPv2 (RFC 3768).
+    pub version: Version,
+    /// Virtual router id.
+    pub vrid: u8,
+    /// The configured priority, 1–255 (255: this router owns the addresses).
+    pub priority: u8,
+    /// The virtual addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Advertisement_Interval in centiseconds (v2: a multiple of 100).
+    pub advert_interval_cs: u16,
+    /// Preempt_Mode: take over from a lower-priority master.
+    pub preempt: bool,
+    /// Do not preempt until this long after start-up (keepalived's preempt_delay; not in the RFC).
+    pub preempt_delay: Duration,
+    /// This router's primary address on the link: the tie-breaker between equal priorities.
+    pub primary: IpAddr,
+    /// Gratuitous ARP / unsolicited NA when becoming master.
+    pub announce: Announce,
+}
+
+/// When to announce the VIP's MAC address after taking it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Announce {
+    /// Announcements per burst (0: none).
+    pub repeat: u8,
+    /// Delay before a second burst (zero: no second burst).
+    pub second_burst: Duration,
+    /// Re-announce this often while master (zero: never).
+    pub refresh: Duration,
+}
+
+/// The protocol state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Not (yet) taking part.
+    Initialize,
+    /// Listening to a master, ready to take over.
+    Backup,
+    /// Holding the addresses and advertising.
+    Master,
+    /// Not allowed to hold the addresses (a health check with weight 0 fails, the link is down).
+    Fault,
+}
+
+/// Why a transition happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The router started (→ Backup).
+    Startup,
+    /// It owns the addresses (priority 255) and starts as master (RFC 9568 §6.4.1).
+    AddressOwner,
+    /// No advertisement within Master_Down_Interval (RFC 9568 §6.4.2).
+    MasterDown,
+    /// The master sent priority 0: it is leaving, and this router's skew made it first (RFC 9568 §6.4.2).
+    MasterReleased,
+    /// An advertisement with a higher priority, or an equal one from a higher address (RFC 9568 §6.4.3).
+    HigherPriority,
+    /// The router was shut down.
+    Shutdown,
+    /// A health check that must pass does not, or the link is down.
+    FaultDetected,
+    /// The fault is gone.
+    FaultCleared,
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send an advertisement with this priority (the driver encodes it from the configuration).
+    Advertise {
+        /// The priority to advertise: the effective one, or 0 when leaving.
+        priority: u8,
+    },
+    /// Configure the virtual addresses on the interface.
+    AddAddresses,
+    /// Remove the virtual addresses from the interface.
+    RemoveAddresses,
+    /// Send this many gratuitous ARPs / unsolicited neighbour advertisements for the addresses.
+    Announce {
+        /// How many.
+        count: u8,
+    },
+    /// The state changed (for logs, metrics and status).
+    Transition {
+        /// Before.
+        from: State,
+        /// After.
+        to: State,
+        /// Why.
+        reason: Reason,
+    },
+}
+
+/// An event for the router.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Start taking part (RFC 9568 §6.4.1 Startup).
+    Startup,
+    /// Stop: a master sends priority 0 so that a backup takes over after its Skew_Time.
+    Shutdown,
+    /// A valid advertisement for this VRID from `from` (the sender's primary address). Own packets must
+    /// not be passed in.
+    Advertisement {
+        /// The IP source of the packet.
+        from: IpAddr,
+        /// The decoded advertisement.
+        advertisement: Advertisement,
+    },
+    /// The deadline has come (or passed).
+    Timer,
+    /// Health changed the effective priority (1–255).
+    Priority(u8),
+    /// A fault began (true) or ended (false).
+    Fault(bool),
+}
+
+/// One virtual router.
+#[derive(Clone, Debug)]
+pub struct Router {
+    cfg: Config,
+    state: State,
+    effective: u8,
+    faulted: bool,
+    /// Master_Adver_Interval (centiseconds): what the current master advertises, learned in Backup.
+    master_interval_cs: u16,
+    master_seen: Option<IpAddr>,
+    /// The master we heard last sent priority 0: a takeover now is a hand-over, not a failure.
+    released: bool,
+    started: Duration,
+    down_at: Option<Duration>,
+    advert_at: Option<Duration>,
+    second_burst_at: Option<Duration>,
+    refresh_at: Option<Duration>,
+}
+
+impl Router {
+    /// A router in Initialize; nothing happens until [`Input::Startup`].
+    pub fn new(cfg: Config) -> Self {
+        let effective = cfg.priority;
+        let master_interval_cs = cfg.advert_interval_cs;
+        Self {
+            cfg,
+            state: State::Initialize,
+            effective,
+            faulted: false,
+            master_interval_cs,
+            master_seen: None,
+            released: false,
+            started: Duration::ZERO,
+            down_at: None,
+            advert_at: None,
+            second_burst_at: None,
+            refresh_at: None,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The priority this router advertises now (configured priority after health).
+    pub fn effective_priority(&self) -> u8 {
+        self.effective
+    }
+
+    /// The primary address of the master this router last heard, if another one.
+    pub fn master_seen(&self) -> Option<IpAddr> {
+        self.master_seen
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// When [`Input::Timer`] is due next, if any timer runs.
+    pub fn deadline(&self) -> Option<Duration> {
+        [
+            self.down_at,
+            self.advert_at,
+            self.second_burst_at,
+            self.refresh_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Advertisement_Interval as a duration.
+    fn advert_interval(&self) -> Duration {
+        cs(self.cfg.advert_interval_cs)
+    }
+
+    /// Skew_Time: (256 − Priority) × Master_Adver_Interval / 256 for v3 (RFC 9568 §6.1); (256 − Priority)
+    /// / 256 seconds for v2 (RFC 3768 §6.1).
+    pub fn skew_time(&self) -> Duration {
+        let weight = u32::from(256 - u16::from(self.effective));
+        match self.cfg.version {
+            Version::V3 => cs(self.master_interval_cs) * weight / 256,
+            Version::V2 => Duration::from_secs(1) * weight / 256,
+        }
+    }
+
+    /// Master_Down_Interval: 3 × Master_Adver_Interval + Skew_Time (v2: the own Advertisement_Interval).
+    pub fn master_down_interval(&self) -> Duration {
+        let interval = match self.cfg.version {
+            Version::V3 => cs(self.master_interval_cs),
+            Version::V2 => self.advert_interval(),
+        };
+        interval * 3 + self.skew_time()
+    }
+
+    /// Handles one input at `now` and appends what to do to `out`.
+    pub fn handle(&mut self, now: Duration, input: Input, out: &mut Vec<Action>) {
+        match input {
+            Input::Startup => self.startup(now, out),
+            Input::Shutdown => self.shutdown(out),
+            Input::Timer => self.timer(now, out),
+            Input::Advertisement {
+                from,
+                advertisement,
+            } => self.advertisement(now, from, &advertisement, out),
+            Input::Priority(p) => self.set_priority(now, p, out),
+            Input::Fault(f) => self.set_fault(now, f, out),
+        }
+    }
+
+    fn startup(&mut self, now: Duration, out: &mut Vec<Action>) {
+        if self.state != State::Initialize {
+            return;
+        }
+        self.started = now;
+        if self.faulted {
+            self.go(State::Fault, Reason::FaultDetected, out);
+        } else if self.effective == 255 {
+            // RFC 9568 §6.4.1: the address owner becomes master at once.
+            self.become_master(now, Reason::AddressOwner, out);
+        } else {
+            self.become_backup(now, Reason::Startup, out);
+        }
+    }
+
+    fn shutdown(&mut self, out: &mut Vec<Action>) {
+        if self.state == State::Master {
+            // RFC 9568 §6.4.3: priority 0 tells the backups to take over after their Skew_Time.
+            out.push(Action::Advertise { priority: 0 });
+            out.push(Action::RemoveAddresses);
+        }
+        self.stop_timers();
+        if self.state != State::Initialize {
+            self.go(State::Initialize, Reason::Shutdown, out);
+        }
+    }
+
+    fn timer(&mut self, now: Duration, out: &mut Vec<Action>) {
+        if self.down_at.is_some_and(|t| now >= t) {
+            // RFC 9568 §6.4.2: Master_Down_Timer fired.
+            self.down_at = None;
+            if self.state == State::Backup {
+                let reason = if self.released {
+                    Reason::MasterReleased
+                } else {
+                    Reason::MasterDown
+                };
+                self.released = false;
+                self.become_master(now, reason, out);
+            }
+        }
+        if self.state != State::Master {
+            return;
+        }
+        if self.advert_at.is_some_and(|t| now >= t) {
+            out.push(Action::Advertise {
+                priority: self.effective,
+            });
+            self.advert_at = Some(now + self.advert_interval());
+        }
+        if self.second_burst_at.is_some_and(|t| now >= t) {
+            self.second_burst_at = None;
+            out.push(Action::Announce {
+                count: self.cfg.announce.repeat,
+            });
+        }
+        if self.refresh_at.is_some_and(|t| now >= t) {
+            out.push(Action::Announce {
+                count: self.cfg.announce.repeat,
+            });
+            self.refresh_at = Some(now + self.cfg.announce.refresh);
+        }
+    }
+
+    fn advertisement(
+        &mut self,
+        now: Duration,
+        from: IpAddr,
+        adv: &Advertisement,
+        out: &mut Vec<Action>,
+    ) {
+        if adv.vrid != self.cfg.vrid || adv.version != self.cfg.version {
+            return;
+        }
+        match self.state {
+            State::Backup => {
+                if adv.priority == 0 {
+                    // RFC 9568 §6.4.2: the master leaves; the backup with the least skew goes first.
+                    self.released = true;
+                    self.down_at = Some(now + self.skew_time());
+                    return;
+                }
+                let may_preempt = self.cfg.preempt && now >= self.started + self.cfg.preempt_delay;
+                if !may_preempt || adv.priority >= self.effective {
+                    // RFC 9568 §6.4.2: accept this master, learn its interval, restart the down timer.
+                    self.released = false;
+                    self.master_seen = Some(from);
+                    if self.cfg.version == Version::V3 {
+                        self.master_interval_cs = adv.interval_cs;
+                    }
+                    self.down_at = Some(now + self.master_down_interval());
+                }
+                // Otherwise a lower-priority master: discard, and the down timer takes it over.
+            }
+            State::Master => {
+                if adv.priority == 0 {
+                    // RFC 9568 §6.4.3: another router gave up; reassert at once.
+                    out.push(Action::Advertise {
+                        priority: self.effective,
+                    });
+                    self.advert_at = Some(now + self.advert_interval());
+                } else if adv.priority > self.effective
+                    || (adv.priority == self.effective && from > self.cfg.primary)
+                {
+                    // RFC 9568 §6.4.3: a better master exists.
+                    self.master_seen = Some(from);
+                    if self.cfg.version == Version::V3 {
+                        self.master_interval_cs = adv.interval_cs;
+                    }
+                    out.push(Action::RemoveAddresses);
+                    self.stop_timers();
+                    self.down_at = Some(now + self.master_down_interval());
+                    self.go(State::Backup, Reason::HigherPriority, out);
+                } else {
+                    // Two masters (a partition healed): the loser will go quiet, but clients may still send to
+                    // its MAC. Not in the RFC: advertise and announce at once so that they come back to us.
+                    out.push(Action::Advertise {
+                        priority: self.effective,
+                    });
+                    out.push(Action::Announce {
+                        count: self.cfg.announce.repeat,
+                    });
+                    self.advert_at = Some(now + self.advert_interval());
+                }
+            }
+            State::Initialize | State::Fault => {}
+        }
+    }
+
+    fn set_priority(&mut self, now: Duration, p: u8, out: &mut Vec<Action>) {
+        let p = p.max(1);
+        if p == self.effective {
+            return;
+        }
+        self.effective = p;
+        if self.state == State::Master {
+            // Not in the RFC: tell the backups now, so that one with a higher priority preempts within its
+            // Master_Down_Interval instead of after the next advert interval.
+            out.push(Action::Advertise { priority: p });
+            self.advert_at = Some(now + self.advert_interval());
+        }
+    }
+
+    fn set_fault(&mut self, now: Duration, fault: bool, out: &mut Vec<Action>) {
+        if fault == self.faulted {
+            return;
+        }
+        self.faulted = fault;
+        match (fault, self.state) {
+            (true, State::Master) => {
+                out.push(Action::Advertise { priority: 0 });
+                out.push(Action::RemoveAddresses);
+                self.stop_timers();
+                self.go(State::Fault, Reason::FaultDetected, out);
+            }
+            (true, State::Backup) => {
+                self.stop_timers();
+                self.go(State::Fault, Reason::FaultDetected, out);
+            }
+            (false, State::Fault) => self.become_backup(now, Reason::FaultCleared, out),
+            _ => {}
+        }
+    }
+
+    fn become_master(&mut self, now: Duration, reason: Reason, out: &mut Vec<Action>) {
+        self.stop_timers();
+        self.master_seen = None;
+        out.push(Action::Advertise {
+            priority: self.effective,
+        });
+        out.push(Action::AddAddresses);
+        let a = self.cfg.announce;
+        if a.repeat > 0 {
+            out.push(Action::Announce { count: a.repeat });
+            if !a.second_burst.is_zero() {
+                self.second_burst_at = Some(now + a.second_burst);
+            }
+            if !a.refresh.is_zero() {
+                self.refresh_at = Some(now + a.refresh);
+            }
+        }
+        self.advert_at = Some(now + self.advert_interval());
+        self.go(State::Master, reason, out);
+    }
+
+    fn become_backup(&mut self, now: Duration, reason: Reason, out: &mut Vec<Action>) {
+        self.stop_timers();
+        self.master_interval_cs = self.cfg.advert_interval_cs;
+        self.down_at = Some(now + self.master_down_interval());
+        self.go(State::Backup, reason, out);
+    }
+
+    fn stop_timers(&mut self) {
+        self.down_at = None;
+        self.advert_at = None;
+        self.second_burst_at = None;
+        self.refresh_at = None;
+    }
+
+    fn go(&mut self, to: State, reason: Reason, out: &mut Vec<Action>) {
+        let from = core::mem::replace(&mut self.state, to);
+        out.push(Action::Transition { from, to, reason });
+    }
+}
+
+fn cs(centis: u16) -> Duration {
+    Duration::from_millis(u64::from(centis) * 10)
+}

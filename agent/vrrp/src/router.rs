@@ -6,9 +6,10 @@
 //! [`Router::deadline`], when it must be called again with [`Input::Timer`]. It never reads a clock.
 //!
 //! Where kubeha goes beyond the RFC, it says so: Fault, the preempt delay (as keepalived has it), effective
-//! priority changes advertised at once, and the re-announcement of a master that meets a lower one after a
-//! partition heals (RFC 9568 has the loser go quiet, and clients keep sending to its MAC until their ARP
-//! entries expire — keepalived black-holes the VIP for up to 42 s that way).
+//! priority changes advertised at once, and what happens when a partition heals and two masters meet: the
+//! loser sends one last advert as it steps down, and the winner, seeing a lower master, advertises and
+//! re-announces the VIP at once. (RFC 9568 has the loser go quiet, and clients keep sending to its MAC until
+//! their ARP entries expire — keepalived black-holes the VIP for up to 42 s that way by default.)
 
 use alloc::vec::Vec;
 use core::net::IpAddr;
@@ -356,6 +357,12 @@ impl Router {
                     if self.cfg.version == Version::V3 {
                         self.master_interval_cs = adv.interval_cs;
                     }
+                    // Not in the RFC: one last advert with our priority, so that the winner learns that two
+                    // masters met (a healed partition) and re-announces the VIP. Otherwise it never hears
+                    // from us again and clients that still send to our MAC are black-holed.
+                    out.push(Action::Advertise {
+                        priority: self.effective,
+                    });
                     out.push(Action::RemoveAddresses);
                     self.stop_timers();
                     self.down_at = Some(now + self.master_down_interval());

@@ -1,5 +1,11 @@
 //! The kubeha node agent: owns every piece of node I/O — the raw VRRP socket, the VIP through netlink,
 //! gratuitous ARP / unsolicited neighbour advertisements, the API proxy, health checks and the reporter.
 //!
-//! Protocol decisions are made by the sans-IO core in [`kubeha-vrrp`](../kubeha_vrrp/index.html); this
-//! crate only feeds it time and packets and carries out the actions it returns.
+//! Protocol decisions are made by the sans-IO core in `kubeha-vrrp`; this crate only feeds it time and
+//! packets and carries out the actions it returns.
+
+pub mod config;
+pub mod driver;
+pub mod metrics;
+pub mod socket;
+pub mod vip;

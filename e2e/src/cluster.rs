@@ -213,6 +213,71 @@ impl Cluster {
         })
     }
 
+    /// Only the network of the test world — bridge, hosts, addresses, no control plane — after removing
+    /// leftovers: enough for the agent's VRRP and proxy tests.
+    pub fn up_network(&self) -> Result<()> {
+        self.down()?;
+        if self.dir.exists() {
+            fs::remove_dir_all(&self.dir).ctx(|| format!("removing {}", self.dir.display()))?;
+        }
+        fs::create_dir_all(&self.dir).ctx(|| format!("creating {}", self.dir.display()))?;
+        net::setup()
+    }
+
+    /// Starts `argv` on `host` (its network namespace and hostname), its output in
+    /// `logs/<host>/<name>.log`. The returned handle SIGKILLs it when dropped.
+    pub fn spawn(&self, host: &Host, name: &str, argv: &[String]) -> Result<Process> {
+        let log = self
+            .dir
+            .join("logs")
+            .join(host.name())
+            .join(format!("{name}.log"));
+        if let Some(dir) = log.parent() {
+            fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+        }
+        let out = File::create(&log).ctx(|| format!("creating {}", log.display()))?;
+        let err = out
+            .try_clone()
+            .ctx(|| format!("opening {}", log.display()))?;
+        let program = argv
+            .first()
+            .ok_or_else(|| Error::Usage("spawn needs a command".into()))?;
+        let mut cmd = Command::new(program);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        process::enter(&mut cmd, host, false)?;
+        let child = cmd
+            .spawn()
+            .ctx(|| format!("starting {program} on {host}"))?;
+        Ok(Process { child, log })
+    }
+
+    /// The hosts whose eth0 carries `address` right now.
+    pub fn holders(&self, address: std::net::IpAddr) -> Vec<Host> {
+        NODES
+            .iter()
+            .chain(CLIENTS.iter())
+            .filter(|h| {
+                process::output(Command::new("ip").args([
+                    "-n",
+                    &h.netns(),
+                    "-o",
+                    "addr",
+                    "show",
+                    "dev",
+                    "eth0",
+                ]))
+                .is_ok_and(|out| {
+                    out.split_whitespace()
+                        .any(|w| w.split('/').next() == Some(&address.to_string()))
+                })
+            })
+            .copied()
+            .collect()
+    }
+
     /// Stops every process in the test world's namespaces (SIGTERM, then SIGKILL) and removes its namespaces,
     /// bridge, links and route. Safe to call when nothing is up.
     pub fn down(&self) -> Result<()> {
@@ -577,6 +642,51 @@ impl Cluster {
         };
         args.shrink_to_fit();
         args
+    }
+}
+
+/// A process a test started on a host; SIGKILLed when dropped, so a failing test leaves nothing running.
+#[derive(Debug)]
+pub struct Process {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Its PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, like a crash; waits until it is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; waits for the exit and returns its status.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.child
+            .wait()
+            .ctx(|| "waiting for a terminated process".into())
+    }
+
+    /// Whether it has exited, and how.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Its output so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

@@ -11,6 +11,6 @@ mod net;
 mod pki;
 mod process;
 
-pub use cluster::{Cluster, ClusterLock, Component, LEASES, UpTimes, kubeha_binary};
+pub use cluster::{Cluster, ClusterLock, Component, LEASES, Process, UpTimes, kubeha_binary};
 pub use error::{Error, Result};
 pub use net::{CLIENTS, Host, NODES, Node, SERVICE_CIDR, VIP_V4, VIP_V6};

@@ -101,7 +101,18 @@ impl Host {
 
     /// The host's IPv6 address on the bridge.
     pub fn ipv6(&self) -> Ipv6Addr {
-        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(self.last_octet()))
+        // 2001:db8::11 for 198.51.100.11: the same digits, read as hex, so the two are easy to match up.
+        let digits = self.last_octet().to_string();
+        Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0,
+            0,
+            0,
+            0,
+            0,
+            u16::from_str_radix(&digits, 16).unwrap_or(0),
+        )
     }
 
     fn last_octet(&self) -> u8 {

@@ -1,0 +1,487 @@
+//! The standalone config file (`kubeha-agent run --config FILE`): YAML with the shape of a
+//! HighAvailabilityMember spec (docs/agent-config.md). A bad file stops the agent with every problem named
+//! by its key, with the allowed values; nothing starts half-configured.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+
+use kubeha_crds::HighAvailabilityMemberSpec;
+
+/// One problem in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key, as a dotted path (`vrrp.advertInterval`).
+    pub key: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+/// Why a config file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not YAML of the right shape (a wrong type, a missing key).
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The file parses, but values are not allowed.
+    #[error("{path} is not a valid kubeha agent configuration:\n{}", list(.problems))]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {}: {}", p.key, p.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// A validated VIP: address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vip {
+    /// The address.
+    pub address: IpAddr,
+    /// Its prefix length.
+    pub prefix: u8,
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<HighAvailabilityMemberSpec, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    parse(&text).map_err(|e| match e {
+        ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+            path: shown.clone(),
+            message,
+        },
+        ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
+            path: shown.clone(),
+            problems,
+        },
+        other => other,
+    })
+}
+
+/// Parses and validates the text of a config file.
+pub fn parse(text: &str) -> Result<HighAvailabilityMemberSpec, ConfigError> {
+    let mut unknown = Vec::new();
+    let de = serde_norway::Deserializer::from_str(text);
+    let spec: HighAvailabilityMemberSpec = serde_ignored::deserialize(de, |path| {
+        unknown.push(path.to_string())
+    })
+    .map_err(|e| ConfigError::Syntax {
+        path: String::new(),
+        message: e.to_string(),
+    })?;
+    let mut problems: Vec<Problem> = unknown
+        .into_iter()
+        .map(|key| Problem {
+            key,
+            message: "unknown key (check its spelling against docs/agent-config.md)".into(),
+        })
+        .collect();
+    problems.extend(validate(&spec));
+    if problems.is_empty() {
+        Ok(spec)
+    } else {
+        Err(ConfigError::Invalid {
+            path: String::new(),
+            problems,
+        })
+    }
+}
+
+/// The VIP of a spec, if it has one and it is valid.
+pub fn vip(spec: &HighAvailabilityMemberSpec) -> Option<Vip> {
+    let (addr, prefix) = spec.vip.as_deref()?.split_once('/')?;
+    let address: IpAddr = addr.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok()?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    (prefix <= max).then_some(Vip { address, prefix })
+}
+
+/// Every rule the API server enforces with CEL on a member, checked again for a file nobody validated.
+pub fn validate(spec: &HighAvailabilityMemberSpec) -> Vec<Problem> {
+    let mut p = Vec::new();
+    let mut bad = |key: &str, message: String| {
+        p.push(Problem {
+            key: key.into(),
+            message,
+        })
+    };
+    if spec.node_name.is_empty() {
+        bad(
+            "nodeName",
+            "required: the name of this node, e.g. n1".into(),
+        );
+    }
+    match (&spec.vip, spec.vrid, &spec.interface) {
+        (None, None, None) => {
+            if spec.proxy.is_none() {
+                bad("vip", "required unless the agent runs only the proxy: an address with prefix, e.g. 198.51.100.10/24".into());
+            }
+        }
+        (Some(_), Some(_), Some(_)) => {}
+        _ => bad(
+            "vip",
+            "vip, vrid and interface go together: set all three, or none for a proxy-only agent"
+                .into(),
+        ),
+    }
+    if let Some(text) = &spec.vip {
+        match vip(spec) {
+            None => bad(
+                "vip",
+                format!(
+                    "'{text}' is not an address with prefix length, like 198.51.100.10/24 or 2001:db8::10/64"
+                ),
+            ),
+            Some(v) => {
+                if let Some(why) = unusable_vip(&v) {
+                    bad("vip", format!("'{text}' {why}"));
+                }
+            }
+        }
+    }
+    if let Some(vrid) = spec.vrid
+        && !(1..=255).contains(&vrid)
+    {
+        bad("vrid", format!("{vrid} is not from 1 to 255"));
+    }
+    if let Some(i) = &spec.interface
+        && (i.is_empty() || i.len() > 15 || i.contains(['/', ':', ' ']))
+    {
+        bad(
+            "interface",
+            format!(
+                "'{i}' is not an interface name (1–15 characters, no '/', ':' or spaces), e.g. eth0"
+            ),
+        );
+    }
+    if !(1..=255).contains(&spec.priority) {
+        bad(
+            "priority",
+            format!(
+                "{} is not from 1 to 255 (255 only for the address owner)",
+                spec.priority
+            ),
+        );
+    }
+    let v = &spec.vrrp;
+    let ms = v.advert_interval.as_millis();
+    match v.version {
+        3 if !(10..=40_950).contains(&ms) || !ms.is_multiple_of(10) => bad(
+            "vrrp.advertInterval",
+            format!(
+                "{} is not allowed with version 3: 10ms to 40950ms in steps of 10ms",
+                v.advert_interval
+            ),
+        ),
+        2 if !(1000..=255_000).contains(&ms) || !ms.is_multiple_of(1000) => bad(
+            "vrrp.advertInterval",
+            format!(
+                "{} is not allowed with version 2: whole seconds from 1s to 255s",
+                v.advert_interval
+            ),
+        ),
+        2 if spec.vip.as_deref().is_some_and(|x| x.contains(':')) => bad(
+            "vrrp.version",
+            "2 is IPv4 only: use version 3 for an IPv6 VIP".into(),
+        ),
+        2 | 3 => {}
+        other => bad("vrrp.version", format!("{other} is not 2 or 3")),
+    }
+    if v.preempt_delay.as_millis() > 1_000_000 {
+        bad(
+            "vrrp.preemptDelay",
+            format!("{} is more than 1000s", v.preempt_delay),
+        );
+    }
+    for (i, peer) in v.peers.iter().enumerate() {
+        if peer.parse::<IpAddr>().is_err() {
+            bad(
+                &format!("vrrp.peers[{i}]"),
+                format!("'{peer}' is not an IP address, e.g. 198.51.100.12"),
+            );
+        }
+    }
+    if !(0..=100).contains(&spec.garp.repeat) {
+        bad(
+            "garp.repeat",
+            format!("{} is not from 0 to 100", spec.garp.repeat),
+        );
+    }
+    for (i, h) in spec.health.iter().enumerate() {
+        let key = |k: &str| format!("health[{i}].{k}");
+        let kinds = [h.https.is_some(), h.tcp.is_some(), h.link.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if kinds != 1 {
+            bad(
+                &format!("health[{i}]"),
+                "needs exactly one of https, tcp or link".into(),
+            );
+        }
+        if !(1..=10).contains(&h.rise) {
+            bad(&key("rise"), format!("{} is not from 1 to 10", h.rise));
+        }
+        if !(1..=10).contains(&h.fall) {
+            bad(&key("fall"), format!("{} is not from 1 to 10", h.fall));
+        }
+        if !(-254..=0).contains(&h.weight) {
+            bad(
+                &key("weight"),
+                format!(
+                    "{} is not from -254 to 0 (0: give up the VIP while failing)",
+                    h.weight
+                ),
+            );
+        }
+        if h.interval.as_millis() < 10 {
+            bad(
+                &key("interval"),
+                format!("{} is shorter than 10ms", h.interval),
+            );
+        }
+        if let Some(https) = &h.https
+            && !https.url.starts_with("https://")
+        {
+            bad(
+                &key("https.url"),
+                format!("'{}' is not an https:// URL", https.url),
+            );
+        }
+    }
+    if spec.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+        bad(
+            "metrics.listen",
+            format!(
+                "'{}' is not address:port, e.g. 127.0.0.1:9641",
+                spec.metrics.listen
+            ),
+        );
+    }
+    p
+}
+
+/// Why a VIP cannot be used, if it cannot.
+fn unusable_vip(v: &Vip) -> Option<&'static str> {
+    let ip = v.address;
+    if ip.is_unspecified() {
+        return Some("is the unspecified address");
+    }
+    if ip.is_loopback() {
+        return Some("is a loopback address: other nodes cannot reach it");
+    }
+    if ip.is_multicast() {
+        return Some("is a multicast address: a VIP is unicast");
+    }
+    match ip {
+        IpAddr::V4(a) => {
+            if a.is_link_local() {
+                return Some(
+                    "is link-local (169.254.0.0/16): clients off the link cannot reach it",
+                );
+            }
+            if a.is_broadcast() {
+                return Some("is the broadcast address");
+            }
+            if v.prefix < 31 {
+                let host = u32::from(a) & (u32::MAX >> v.prefix);
+                if host == 0 {
+                    return Some(
+                        "is the network address of its prefix: pick a host address inside it, e.g. 198.51.100.10/24",
+                    );
+                }
+                if host == u32::MAX >> v.prefix {
+                    return Some(
+                        "is the broadcast address of its prefix: pick a host address inside it",
+                    );
+                }
+            }
+        }
+        IpAddr::V6(a) => {
+            if a.segments()[0] & 0xffc0 == 0xfe80 {
+                return Some("is link-local (fe80::/10): clients off the link cannot reach it");
+            }
+            if v.prefix < 127 && u128::from(a) & (u128::MAX >> v.prefix) == 0 {
+                return Some(
+                    "is the network address of its prefix: pick a host address inside it, e.g. 2001:db8::10/64",
+                );
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+nodeName: n1
+interface: eth0
+vip: 198.51.100.10/24
+vrid: 51
+priority: 150
+vrrp: {version: 3, advertInterval: 100ms, preempt: true, preemptDelay: 0s, peers: []}
+garp: {repeat: 5, delay: 5s, refreshInterval: 0s}
+health:
+  - {name: apiserver, https: {url: "https://198.51.100.11:6443/readyz", insecureSkipVerify: true},
+     interval: 200ms, timeout: 1s, rise: 2, fall: 3, weight: -60}
+metrics: {listen: "127.0.0.1:9641"}
+stateDir: /var/lib/kubeha
+"#;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match parse(text) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_documented_example_is_valid() {
+        let spec = parse(GOOD).unwrap();
+        assert_eq!(
+            vip(&spec),
+            Some(Vip {
+                address: "198.51.100.10".parse().unwrap(),
+                prefix: 24
+            })
+        );
+    }
+
+    #[test]
+    fn every_bad_value_is_named_by_its_key_with_what_is_allowed() {
+        let cases = [
+            ("vrid: 51", "vrid: 0", "vrid", "from 1 to 255"),
+            (
+                "vip: 198.51.100.10/24",
+                "vip: 198.51.100.0/24",
+                "vip",
+                "network address",
+            ),
+            (
+                "vip: 198.51.100.10/24",
+                "vip: 198.51.100.255/24",
+                "vip",
+                "broadcast address",
+            ),
+            (
+                "vip: 198.51.100.10/24",
+                "vip: 169.254.1.1/16",
+                "vip",
+                "link-local",
+            ),
+            (
+                "vip: 198.51.100.10/24",
+                "vip: 198.51.100.10",
+                "vip",
+                "with prefix length",
+            ),
+            (
+                "advertInterval: 100ms",
+                "advertInterval: 15ms",
+                "vrrp.advertInterval",
+                "steps of 10ms",
+            ),
+            (
+                "version: 3, advertInterval: 100ms",
+                "version: 2, advertInterval: 100ms",
+                "vrrp.advertInterval",
+                "whole seconds",
+            ),
+            ("version: 3", "version: 4", "vrrp.version", "2 or 3"),
+            (
+                "priority: 150",
+                "priority: 300",
+                "priority",
+                "from 1 to 255",
+            ),
+            (
+                "interface: eth0",
+                "interface: eth0/1",
+                "interface",
+                "interface name",
+            ),
+            (
+                "peers: []",
+                "peers: [n2]",
+                "vrrp.peers[0]",
+                "not an IP address",
+            ),
+            ("weight: -60", "weight: 10", "health[0].weight", "-254 to 0"),
+            (
+                "listen: \"127.0.0.1:9641\"",
+                "listen: \"localhost\"",
+                "metrics.listen",
+                "address:port",
+            ),
+            (
+                "advertInterval: 100ms",
+                "advertIntervall: 100ms",
+                "vrrp.advertIntervall",
+                "unknown key",
+            ),
+        ];
+        for (from, to, key, words) in cases {
+            let text = GOOD.replace(from, to);
+            assert_ne!(text, GOOD, "{from} not in the example");
+            let found = problems(&text);
+            assert!(
+                found
+                    .iter()
+                    .any(|p| p.key == key && p.message.contains(words)),
+                "{to}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_line() {
+        let err = parse(&GOOD.replace("vrid: 51", "vrid: fifty"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vrid") && err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn vip_vrid_and_interface_go_together() {
+        let found = problems(&GOOD.replace("vrid: 51\n", ""));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.key == "vip" && p.message.contains("go together")),
+            "{found:?}"
+        );
+    }
+}

@@ -1,0 +1,274 @@
+//! The VRRP driver: feeds the sans-IO router with time and packets and carries out its actions on the real
+//! socket and interface. One task, one timer (the router's deadline), plus the VIP lifetime refresh.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use kubeha_crds::HighAvailabilityMemberSpec;
+use kubeha_vrrp::router::{Action, Announce, Config, Input, Router, State};
+use kubeha_vrrp::wire::{Advertisement, ChecksumForm, Endpoints, Version, decode};
+use tokio::time::Instant;
+
+use crate::config::{self, Vip};
+use crate::metrics::{Reason, VrrpMetrics};
+use crate::socket::{SocketError, VrrpSocket};
+use crate::vip::{NetError, REFRESH, VipOnLink};
+
+/// Why the driver cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// Netlink or the interface.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The raw socket.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// Something the configuration cannot do.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A running VRRP instance.
+#[derive(Debug)]
+pub struct Driver {
+    router: Router,
+    socket: VrrpSocket,
+    vip: VipOnLink,
+    primary: IpAddr,
+    checksum: ChecksumForm,
+    metrics: VrrpMetrics,
+    origin: Instant,
+    holds_vip: bool,
+}
+
+impl Driver {
+    /// Sets up the interface, socket and router for `spec`; removes a VIP left over from an earlier run
+    /// (this node is not master yet).
+    pub async fn new(
+        spec: &HighAvailabilityMemberSpec,
+        metrics: VrrpMetrics,
+    ) -> Result<Self, DriverError> {
+        let vip = config::vip(spec)
+            .ok_or_else(|| DriverError::Config("vip is required for VRRP".into()))?;
+        let interface = spec
+            .interface
+            .as_deref()
+            .ok_or_else(|| DriverError::Config("interface is required".into()))?;
+        let Vip { address, .. } = vip;
+        if address.is_ipv6() {
+            return Err(DriverError::Config(
+                "IPv6 VIPs are not supported by this agent version yet; use an IPv4 vip".into(),
+            ));
+        }
+        let link = VipOnLink::open(interface, vip).await?;
+        let primary = link.primary().await?.ok_or_else(|| {
+            DriverError::Config(format!(
+                "interface {interface} has no primary {} address to send VRRP from",
+                if address.is_ipv4() {
+                    "IPv4"
+                } else {
+                    "link-local IPv6"
+                }
+            ))
+        })?;
+        if link.present().await? {
+            tracing::warn!(vip = %address, "removing a VIP left over from an earlier run");
+            link.remove().await?;
+        }
+        let IpAddr::V4(primary4) = primary else {
+            unreachable!("IPv4 checked above")
+        };
+        let peers: Vec<IpAddr> = spec
+            .vrrp
+            .peers
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        let socket = VrrpSocket::open_v4(interface, link.ifindex(), primary4, &peers)?;
+        let cfg = Config {
+            version: if spec.vrrp.version == 2 {
+                Version::V2
+            } else {
+                Version::V3
+            },
+            vrid: u8::try_from(spec.vrid.unwrap_or(0))
+                .map_err(|_| DriverError::Config("vrid out of range".into()))?,
+            priority: u8::try_from(spec.priority)
+                .map_err(|_| DriverError::Config("priority out of range".into()))?,
+            addresses: vec![address],
+            advert_interval_cs: u16::try_from(spec.vrrp.advert_interval.as_millis() / 10)
+                .unwrap_or(u16::MAX),
+            preempt: spec.vrrp.preempt,
+            preempt_delay: spec.vrrp.preempt_delay.into(),
+            primary,
+            announce: Announce {
+                repeat: u8::try_from(spec.garp.repeat).unwrap_or(5),
+                second_burst: spec.garp.delay.into(),
+                refresh: spec.garp.refresh_interval.into(),
+            },
+        };
+        metrics.effective_priority.set(i64::from(cfg.priority));
+        metrics.set_state("Initialize");
+        Ok(Self {
+            router: Router::new(cfg),
+            socket,
+            vip: link,
+            primary,
+            // keepalived (Debian 12) checks IPv4 VRRPv3 adverts with the RFC 5798 pseudo-header by default.
+            checksum: ChecksumForm::PseudoHeader,
+            metrics,
+            origin: Instant::now(),
+            holds_vip: false,
+        })
+    }
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    /// Runs until `shutdown` resolves, then hands over (priority-0 advert) and removes the VIP.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        self.input(Input::Startup).await;
+        let mut refresh = tokio::time::interval(REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.router.deadline().map_or_else(
+                || Instant::now() + Duration::from_secs(3600),
+                |d| self.origin + d,
+            );
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep_until(deadline) => self.input(Input::Timer).await,
+                packet = self.socket.recv() => match packet {
+                    Ok(p) => self.packet(p).await,
+                    Err(e) => tracing::warn!(error = %e, "receiving VRRP failed"),
+                },
+                _ = refresh.tick(), if self.holds_vip => {
+                    if let Err(e) = self.vip.add().await {
+                        self.metrics.vip_errors.inc();
+                        tracing::error!(error = %e, "refreshing the VIP lifetime failed");
+                    }
+                }
+            }
+        }
+        tracing::info!("shutting down: handing the VIP over");
+        self.input(Input::Shutdown).await;
+        if let Err(e) = self.vip.remove().await {
+            tracing::error!(error = %e, "removing the VIP on shutdown failed; it expires by itself");
+        }
+    }
+
+    async fn packet(&mut self, p: crate::socket::Incoming) {
+        if p.src == self.primary {
+            self.metrics.dropped("own");
+            return;
+        }
+        match decode(
+            &p.message,
+            p.ttl,
+            &Endpoints {
+                src: p.src,
+                dst: p.dst,
+            },
+        ) {
+            Ok(r) if r.advertisement.vrid != self.router.config().vrid => {
+                self.metrics.dropped("other_vrid")
+            }
+            Ok(r) => {
+                self.metrics.adverts_received.inc();
+                self.input(Input::Advertisement {
+                    from: p.src,
+                    advertisement: r.advertisement,
+                })
+                .await;
+            }
+            Err(e) => {
+                self.metrics.dropped(e.reason());
+                tracing::debug!(from = %p.src, error = %e, "invalid VRRP packet dropped");
+            }
+        }
+    }
+
+    async fn input(&mut self, input: Input) {
+        let mut actions = Vec::new();
+        let now = self.now();
+        self.router.handle(now, input, &mut actions);
+        for a in actions {
+            self.act(a).await;
+        }
+    }
+
+    async fn act(&mut self, action: Action) {
+        match action {
+            Action::Advertise { priority } => {
+                let cfg = self.router.config();
+                let adv = Advertisement {
+                    version: cfg.version,
+                    vrid: cfg.vrid,
+                    priority,
+                    interval_cs: cfg.advert_interval_cs,
+                    addresses: cfg.addresses.clone(),
+                };
+                // One encoding per destination: the pseudo-header checksum covers the destination.
+                for dst in self.socket.destinations().to_vec() {
+                    match adv.encode(
+                        &Endpoints {
+                            src: self.primary,
+                            dst,
+                        },
+                        self.checksum,
+                    ) {
+                        Ok(bytes) => match self.socket.send_to(&bytes, dst).await {
+                            Ok(()) => drop(self.metrics.adverts_sent.inc()),
+                            Err(e) => {
+                                tracing::warn!(to = %dst, error = %e, "sending an advert failed")
+                            }
+                        },
+                        Err(e) => tracing::error!(error = %e, "cannot encode an advert"),
+                    }
+                }
+            }
+            Action::AddAddresses => match self.vip.add().await {
+                Ok(()) => self.holds_vip = true,
+                Err(e) => {
+                    self.metrics.vip_errors.inc();
+                    tracing::error!(error = %e, "adding the VIP failed");
+                }
+            },
+            Action::RemoveAddresses => {
+                self.holds_vip = false;
+                if let Err(e) = self.vip.remove().await {
+                    self.metrics.vip_errors.inc();
+                    tracing::error!(error = %e, "removing the VIP failed; it expires by itself");
+                }
+            }
+            Action::Announce { count } => {
+                // Gratuitous ARP / unsolicited NA are not sent by this agent version yet.
+                tracing::debug!(count, "announcement due");
+            }
+            Action::Transition { from, to, reason } => {
+                self.metrics.set_state(state_name(to));
+                self.metrics
+                    .transitions
+                    .get_or_create(&Reason {
+                        reason: format!("{reason:?}"),
+                    })
+                    .inc();
+                self.metrics
+                    .effective_priority
+                    .set(i64::from(self.router.effective_priority()));
+                tracing::info!(from = state_name(from), to = state_name(to), reason = ?reason, master_seen = ?self.router.master_seen(), "VRRP state changed");
+            }
+        }
+    }
+}
+
+fn state_name(s: State) -> &'static str {
+    match s {
+        State::Initialize => "Initialize",
+        State::Backup => "Backup",
+        State::Master => "Master",
+        State::Fault => "Fault",
+    }
+}

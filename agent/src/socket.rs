@@ -1,0 +1,177 @@
+//! The raw IP-protocol-112 socket of one virtual router (IPv4): bound to the interface, multicast to
+//! 224.0.0.18 with TTL 255 or unicast to configured peers, own packets not looped back.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use kubeha_vrrp::wire::{GROUP_V4, PROTOCOL, TTL};
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, Socket, Type};
+use tokio::io::unix::AsyncFd;
+
+/// Why the socket cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// Raw sockets need CAP_NET_RAW.
+    #[error(
+        "cannot open a raw VRRP socket: {0} (kubeha-agent needs CAP_NET_RAW; run it as root or grant NET_RAW)"
+    )]
+    Permission(io::Error),
+    /// Any other failure, with what was being done.
+    #[error("VRRP socket: {what}: {source}")]
+    Io {
+        /// What was being set up.
+        what: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn io(what: &'static str) -> impl FnOnce(io::Error) -> SocketError {
+    move |source| SocketError::Io { what, source }
+}
+
+/// A received VRRP packet: the VRRP message and the IP facts its checks need.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The VRRP message (after the IP header).
+    pub message: Vec<u8>,
+    /// The IP TTL it arrived with.
+    pub ttl: u8,
+    /// IP source.
+    pub src: IpAddr,
+    /// IP destination.
+    pub dst: IpAddr,
+}
+
+/// The socket.
+#[derive(Debug)]
+pub struct VrrpSocket {
+    fd: AsyncFd<Socket>,
+    destinations: Vec<IpAddr>,
+}
+
+impl VrrpSocket {
+    /// Opens the socket on `interface` (index `ifindex`, primary address `primary`). With `peers` empty it
+    /// joins the VRRP group and sends there; otherwise it sends to each peer.
+    pub fn open_v4(
+        interface: &str,
+        ifindex: u32,
+        primary: Ipv4Addr,
+        peers: &[IpAddr],
+    ) -> Result<Self, SocketError> {
+        let s = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(i32::from(PROTOCOL))),
+        )
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::PermissionDenied {
+                SocketError::Permission(e)
+            } else {
+                io("socket")(e)
+            }
+        })?;
+        s.bind_device(Some(interface.as_bytes()))
+            .map_err(io("binding to the interface"))?;
+        s.set_ttl_v4(u32::from(TTL)).map_err(io("TTL"))?;
+        s.set_multicast_ttl_v4(u32::from(TTL))
+            .map_err(io("multicast TTL"))?;
+        s.set_multicast_loop_v4(false)
+            .map_err(io("multicast loop"))?;
+        s.set_multicast_if_v4(&primary)
+            .map_err(io("multicast interface"))?;
+        let destinations = if peers.is_empty() {
+            s.join_multicast_v4_n(&GROUP_V4, &InterfaceIndexOrAddress::Index(ifindex))
+                .map_err(io("joining 224.0.0.18"))?;
+            vec![IpAddr::V4(GROUP_V4)]
+        } else {
+            peers.to_vec()
+        };
+        s.set_nonblocking(true).map_err(io("non-blocking"))?;
+        // SAFETY: `s` is an open socket that the AsyncFd owns from here on; socket2's as_raw_fd returns the
+        // same descriptor for the socket's whole life, and nothing else closes it.
+        let fd = unsafe { AsyncFd::register(s) }
+            .map_err(|e| io("registering with the runtime")(e.into()))?;
+        Ok(Self { fd, destinations })
+    }
+
+    /// Sends one VRRP message to `dst` (the group or a peer).
+    pub async fn send_to(&self, message: &[u8], dst: IpAddr) -> io::Result<()> {
+        let addr = SockAddr::from(SocketAddr::new(dst, 0));
+        loop {
+            let mut guard = self.fd.writable().await?;
+            if let Ok(result) = guard.try_io(|s| s.get_ref().send_to(message, &addr)) {
+                return result.map(drop);
+            }
+        }
+    }
+
+    /// Where adverts go.
+    pub fn destinations(&self) -> &[IpAddr] {
+        &self.destinations
+    }
+
+    /// Receives the next packet that carries an IPv4 header and a VRRP message.
+    pub async fn recv(&self) -> io::Result<Incoming> {
+        let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let n = match guard.try_io(|s| s.get_ref().recv_from(&mut buf)) {
+                Ok(r) => r?.0,
+                Err(_would_block) => continue,
+            };
+            // SAFETY: recv_from initialised the first `n` bytes of `buf`.
+            let bytes: &[u8] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+            if let Some(incoming) = parse_ipv4(bytes) {
+                return Ok(incoming);
+            }
+        }
+    }
+}
+
+/// Splits what an IPv4 raw socket delivers (the IP header, then the payload) into the VRRP message and the
+/// header fields the checks need. `None` for something that is not a whole IPv4 packet.
+fn parse_ipv4(b: &[u8]) -> Option<Incoming> {
+    if b.len() < 20 || b[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(b[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([b[2], b[3]]));
+    if ihl < 20 || total < ihl || b.len() < total {
+        return None;
+    }
+    Some(Incoming {
+        message: b[ihl..total].to_vec(),
+        ttl: b[8],
+        src: IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15])),
+        dst: IpAddr::V4(Ipv4Addr::new(b[16], b[17], b[18], b[19])),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv4_header_is_split_off() {
+        let mut p = vec![
+            0x45, 0, 0, 32, 0, 0, 0, 0, 255, 112, 0, 0, 198, 51, 100, 11, 224, 0, 0, 18,
+        ];
+        p.extend_from_slice(&[0x31, 51, 150, 1, 0, 100, 0, 0, 198, 51, 100, 10]);
+        let i = parse_ipv4(&p).unwrap();
+        assert_eq!(
+            (i.ttl, i.src, i.dst, i.message.len()),
+            (
+                255,
+                "198.51.100.11".parse().unwrap(),
+                "224.0.0.18".parse().unwrap(),
+                12
+            )
+        );
+        assert!(parse_ipv4(&p[..10]).is_none());
+        let mut short = p.clone();
+        short[3] = 200; // total length beyond what arrived
+        assert!(parse_ipv4(&short).is_none());
+    }
+}

@@ -1,0 +1,213 @@
+//! The VIP on the interface, through netlink (never by running `ip`).
+//!
+//! The address is added with a kernel lifetime of [`LIFETIME`] and refreshed while this node is master, so
+//! the VIP cannot outlive its agent: after a SIGKILL the kernel removes it by itself within the lifetime,
+//! instead of leaving it on a dead master for good (what keepalived does).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use futures::TryStreamExt as _;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, CacheInfo};
+use netlink_packet_route::link::LinkAttribute;
+use rtnetlink::Handle;
+
+use crate::config::Vip;
+
+/// How long the kernel keeps the VIP without a refresh. Whole seconds are the kernel's unit.
+pub const LIFETIME: Duration = Duration::from_secs(2);
+/// How often a master refreshes the lifetime: several refreshes per lifetime, so one slow one is harmless.
+pub const REFRESH: Duration = Duration::from_millis(400);
+
+/// What can go wrong with the interface or the address.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The netlink socket could not be opened.
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(std::io::Error),
+    /// The configured interface does not exist.
+    #[error("interface '{0}' does not exist on this node (check `interface` in the configuration)")]
+    NoInterface(String),
+    /// The kernel refused, usually for lack of CAP_NET_ADMIN.
+    #[error("netlink {what} failed: {source}{hint}")]
+    Netlink {
+        /// What was attempted.
+        what: &'static str,
+        /// The kernel's answer.
+        source: rtnetlink::Error,
+        /// A hint for the usual cause.
+        hint: &'static str,
+    },
+}
+
+fn netlink(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    move |source| {
+        let denied =
+            matches!(&source, rtnetlink::Error::NetlinkError(e) if e.raw_code() == -libc::EPERM);
+        let hint = if denied {
+            " (kubeha-agent needs CAP_NET_ADMIN to manage the VIP)"
+        } else {
+            ""
+        };
+        NetError::Netlink { what, source, hint }
+    }
+}
+
+/// The VIP on one interface.
+#[derive(Debug, Clone)]
+pub struct VipOnLink {
+    handle: Handle,
+    ifindex: u32,
+    vip: Vip,
+}
+
+impl VipOnLink {
+    /// Opens netlink and finds `interface`.
+    pub async fn open(interface: &str, vip: Vip) -> Result<Self, NetError> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetError::Socket)?;
+        tokio::spawn(connection);
+        let mut links = handle
+            .link()
+            .get()
+            .match_name(interface.to_string())
+            .execute();
+        let ifindex = match links.try_next().await {
+            Ok(Some(link)) => link.header.index,
+            Ok(None) => return Err(NetError::NoInterface(interface.into())),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
+                return Err(NetError::NoInterface(interface.into()));
+            }
+            Err(e) => return Err(netlink("link lookup")(e)),
+        };
+        Ok(Self {
+            handle,
+            ifindex,
+            vip,
+        })
+    }
+
+    /// The interface's index.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Adds the VIP, or renews its lifetime if it is there.
+    pub async fn add(&self) -> Result<(), NetError> {
+        let secs = u32::try_from(LIFETIME.as_secs()).unwrap_or(u32::MAX);
+        let mut req = self
+            .handle
+            .address()
+            .add(self.ifindex, self.vip.address, self.vip.prefix)
+            .replace();
+        let msg = req.message_mut();
+        // No prefix route of its own: the node's primary address already has one, and the VIP must never
+        // become what the kernel picks as source for the subnet.
+        let mut flags = AddressFlags::Noprefixroute;
+        if self.vip.address.is_ipv6() {
+            flags |= AddressFlags::Nodad; // taking over must not wait for duplicate address detection
+        }
+        msg.attributes.push(AddressAttribute::Flags(flags));
+        let mut lifetime = CacheInfo::default();
+        lifetime.ifa_preferred = secs;
+        lifetime.ifa_valid = secs;
+        msg.attributes.push(AddressAttribute::CacheInfo(lifetime));
+        req.execute().await.map_err(netlink("adding the VIP"))
+    }
+
+    /// Removes the VIP if it is there.
+    pub async fn remove(&self) -> Result<(), NetError> {
+        let Some(msg) = self.find().await? else {
+            return Ok(());
+        };
+        match self.handle.address().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            // Gone in between (the lifetime ran out): what we wanted.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EADDRNOTAVAIL => {
+                Ok(())
+            }
+            Err(e) => Err(netlink("removing the VIP")(e)),
+        }
+    }
+
+    /// Whether the VIP is on the interface.
+    pub async fn present(&self) -> Result<bool, NetError> {
+        Ok(self.find().await?.is_some())
+    }
+
+    async fn find(&self) -> Result<Option<AddressMessage>, NetError> {
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(self.ifindex)
+            .execute();
+        while let Some(msg) = addrs
+            .try_next()
+            .await
+            .map_err(netlink("listing addresses"))?
+        {
+            if address_of(&msg) == Some(self.vip.address) {
+                return Ok(Some(msg));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The interface's primary address of the VIP's family: what adverts are sent from and compared by.
+    pub async fn primary(&self) -> Result<Option<IpAddr>, NetError> {
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(self.ifindex)
+            .execute();
+        let mut found = None;
+        while let Some(msg) = addrs
+            .try_next()
+            .await
+            .map_err(netlink("listing addresses"))?
+        {
+            let Some(a) = address_of(&msg) else { continue };
+            let v6_link_local = matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+            let secondary = msg.attributes.iter().any(|at| matches!(at, AddressAttribute::Flags(f) if f.contains(AddressFlags::Secondary)));
+            // VRRPv3 over IPv6 is sent from the link-local address (RFC 9568 §5.1.2.1).
+            let wanted =
+                a.is_ipv4() == self.vip.address.is_ipv4() && (a.is_ipv4() || v6_link_local);
+            if a != self.vip.address && wanted && !secondary && found.is_none() {
+                found = Some(a);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether the interface is up with carrier.
+    pub async fn link_up(&self) -> Result<bool, NetError> {
+        let mut links = self.handle.link().get().match_index(self.ifindex).execute();
+        let Some(link) = links.try_next().await.map_err(netlink("link state"))? else {
+            return Ok(false);
+        };
+        let carrier = link
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::Carrier(1)));
+        Ok(carrier
+            && link
+                .header
+                .flags
+                .contains(netlink_packet_route::link::LinkFlags::Up))
+    }
+}
+
+fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
+    // IFA_LOCAL is the address of this host on point-to-point links, IFA_ADDRESS otherwise.
+    let local = msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    local.or_else(|| {
+        msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    })
+}

@@ -1,0 +1,252 @@
+//! The agent's VRRP in network namespaces: three agents on one bridge, standalone (config files, no
+//! Kubernetes). Every test asserts who holds the VIP; timings are bounded generously, not measured here
+//! (the benchmark measures them).
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use kubeha_e2e::{Cluster, ClusterLock, Host, NODES, Process};
+
+const VIP: &str = "198.51.100.10";
+
+struct World {
+    cluster: Cluster,
+    _lock: ClusterLock,
+}
+
+impl World {
+    fn new() -> Self {
+        let cluster = Cluster::open().unwrap();
+        let lock = cluster.lock().unwrap();
+        cluster.up_network().unwrap();
+        Self {
+            cluster,
+            _lock: lock,
+        }
+    }
+
+    /// Starts the agent on `node` with `priority` and extra YAML lines.
+    fn agent(&self, node: Host, priority: u8, extra: &str) -> Process {
+        self.agent_with(node, priority, "version: 3, advertInterval: 100ms", extra)
+    }
+
+    /// Starts the agent with the given `vrrp:` mapping (inside the braces) and extra YAML lines.
+    fn agent_with(&self, node: Host, priority: u8, vrrp: &str, extra: &str) -> Process {
+        let file = self.cluster.dir().join(format!("{node}.yaml"));
+        let yaml = format!(
+            "nodeName: {node}\ninterface: eth0\nvip: {VIP}/24\nvrid: 51\npriority: {priority}\n\
+             vrrp: {{{vrrp}}}\nmetrics: {{listen: \"127.0.0.1:9641\"}}\n{extra}"
+        );
+        std::fs::write(&file, yaml).unwrap();
+        let bin = kubeha_e2e::kubeha_binary("kubeha-agent")
+            .unwrap()
+            .display()
+            .to_string();
+        let argv = [
+            bin.as_str(),
+            "--log-format",
+            "text",
+            "run",
+            "--config",
+            file.to_str().unwrap(),
+        ];
+        self.cluster
+            .spawn(&node, "kubeha-agent", &argv.map(String::from))
+            .unwrap()
+    }
+
+    fn holders(&self) -> Vec<Host> {
+        self.cluster.holders(VIP.parse::<IpAddr>().unwrap())
+    }
+
+    /// Waits until exactly `want` hold the VIP; returns how long that took.
+    fn until_holders(&self, want: &[Host], within: Duration) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.holders() == want {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "VIP holders {:?}, wanted {want:?} within {within:?}",
+            self.holders()
+        );
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.cluster.down();
+    }
+}
+
+#[test]
+fn three_agents_elect_the_highest_priority() {
+    let w = World::new();
+    let [n1, n2, n3] = NODES;
+    let _a = [
+        w.agent(n1, 100, ""),
+        w.agent(n2, 200, ""),
+        w.agent(n3, 150, ""),
+    ];
+    w.until_holders(&[n2], Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(w.holders(), [n2], "and it stays so");
+}
+
+#[test]
+fn a_sigkilled_master_is_replaced_and_its_vip_expires_by_itself() {
+    let w = World::new();
+    let [n1, n2, n3] = NODES;
+    let mut agents = [
+        w.agent(n1, 100, ""),
+        w.agent(n2, 200, ""),
+        w.agent(n3, 150, ""),
+    ];
+    w.until_holders(&[n2], Duration::from_secs(5));
+
+    agents[1].kill();
+    // n3 takes over after Master_Down_Interval (≈ 0.35 s) while the dead n2 still has the address …
+    w.until_holders(&[n2, n3], Duration::from_secs(2));
+    // … until its kernel lifetime runs out: no agent is needed for it to go.
+    let gone = w.until_holders(&[n3], Duration::from_secs(4));
+    eprintln!("VIP on two nodes for {gone:?} after n3 took over");
+}
+
+#[test]
+fn a_sigtermed_master_hands_over_at_once() {
+    let w = World::new();
+    let [n1, n2, n3] = NODES;
+    let mut agents = [
+        w.agent(n1, 100, ""),
+        w.agent(n2, 200, ""),
+        w.agent(n3, 150, ""),
+    ];
+    w.until_holders(&[n2], Duration::from_secs(5));
+
+    let status = agents[1].terminate().unwrap();
+    assert!(
+        status.success(),
+        "exit 0 on SIGTERM: {status:?}\n{}",
+        agents[1].log()
+    );
+    assert!(
+        !w.holders().contains(&n2),
+        "the VIP is removed before the agent exits"
+    );
+    // Priority 0 makes n3 take over after its Skew_Time (≈ 26 ms at 100 ms adverts), not the down interval.
+    let took = w.until_holders(&[n3], Duration::from_millis(300));
+    eprintln!("n3 holds the VIP {took:?} after n2 exited");
+}
+
+#[test]
+fn after_a_partition_heals_there_is_one_master_again() {
+    let w = World::new();
+    let [n1, n2, n3] = NODES;
+    let _a = [
+        w.agent(n1, 100, ""),
+        w.agent(n2, 200, ""),
+        w.agent(n3, 150, ""),
+    ];
+    w.until_holders(&[n2], Duration::from_secs(5));
+
+    w.cluster.partition(&n2).unwrap();
+    // The majority side elects n3; the cut-off n2 keeps its VIP (it cannot know better).
+    w.until_holders(&[n2, n3], Duration::from_secs(3));
+    w.cluster.heal(&n2).unwrap();
+    w.until_holders(&[n2], Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(w.holders(), [n2]);
+}
+
+#[test]
+fn a_master_restarted_after_a_crash_comes_back_without_a_duplicate_vip() {
+    let w = World::new();
+    let [n1, n2, n3] = NODES;
+    let mut agents = [
+        w.agent(n1, 100, ""),
+        w.agent(n2, 200, ""),
+        w.agent(n3, 150, ""),
+    ];
+    w.until_holders(&[n2], Duration::from_secs(5));
+
+    agents[1].kill();
+    w.until_holders(&[n2, n3], Duration::from_secs(2));
+    // Restarted while its old VIP is still there: it removes it at once, as a backup, then preempts.
+    agents[1] = w.agent(n2, 200, "");
+    w.until_holders(&[n3], Duration::from_millis(500));
+    w.until_holders(&[n2], Duration::from_secs(3));
+}
+
+#[test]
+fn unicast_peers_work_with_multicast_blocked() {
+    let w = World::new();
+    let [n1, n2, n3] = NODES;
+    // The bridge floods no multicast to any node: 224.0.0.18 reaches nobody.
+    for n in NODES {
+        let out = std::process::Command::new("bridge")
+            .args(["link", "set", "dev", &n.bridge_port(), "mcast_flood", "off"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    {
+        // The control: with multicast adverts, the blocked segment leaves every agent master.
+        let _control = [w.agent(n1, 100, ""), w.agent(n2, 200, "")];
+        w.until_holders(&[n1, n2], Duration::from_secs(5));
+    }
+    // Dropped is SIGKILLed: their VIPs expire with the kernel lifetime (2 s).
+    w.until_holders(&[], Duration::from_secs(4));
+    let peers = |me: Host| {
+        let others: Vec<String> = NODES
+            .iter()
+            .filter(|n| **n != me)
+            .map(|n| n.ipv4().to_string())
+            .collect();
+        format!(
+            "version: 3, advertInterval: 100ms, peers: [{}]",
+            others.join(", ")
+        )
+    };
+    let mut agents = [
+        w.agent_with(n1, 100, &peers(n1), ""),
+        w.agent_with(n2, 200, &peers(n2), ""),
+        w.agent_with(n3, 150, &peers(n3), ""),
+    ];
+    w.until_holders(&[n2], Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(w.holders(), [n2], "one master: the unicast adverts arrive");
+    agents[1].terminate().unwrap();
+    w.until_holders(&[n3], Duration::from_secs(1));
+}
+
+#[test]
+fn a_bad_config_file_stops_the_agent_naming_the_key() {
+    let w = World::new();
+    let mut a = w.agent(NODES[0], 100, "garp: {repeat: 500}\n");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = a.exited() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the agent kept running with a bad file"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        a.log().contains("garp.repeat: 500 is not from 0 to 100"),
+        "{}",
+        a.log()
+    );
+    assert!(w.holders().is_empty());
+}

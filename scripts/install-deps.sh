@@ -3,8 +3,9 @@
 # quick when everything is there: apt runs only for missing packages.
 set -euo pipefail
 
-# iproute2: namespaces, veths, bridge; procps/psmisc: process inspection for people; util-linux: flock.
-packages=(iproute2 procps psmisc util-linux ca-certificates)
+# iproute2: namespaces, veths, bridge; iputils-ping: client reachability in the VRRP tests; procps/psmisc:
+# process inspection for people; util-linux: flock.
+packages=(iproute2 iputils-ping procps psmisc util-linux ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -9,6 +9,7 @@ use kubeha_vrrp::router::{Action, Announce, Config, Input, Router, State};
 use kubeha_vrrp::wire::{Advertisement, ChecksumForm, Endpoints, Version, decode};
 use tokio::time::Instant;
 
+use crate::announce::Announcer;
 use crate::config::{self, Vip};
 use crate::metrics::{Reason, VrrpMetrics};
 use crate::socket::{SocketError, VrrpSocket};
@@ -39,6 +40,7 @@ pub struct Driver {
     metrics: VrrpMetrics,
     origin: Instant,
     holds_vip: bool,
+    announcer: Option<Announcer>,
 }
 
 impl Driver {
@@ -85,6 +87,21 @@ impl Driver {
             .filter_map(|p| p.parse().ok())
             .collect();
         let socket = VrrpSocket::open_v4(interface, link.ifindex(), primary4, &peers)?;
+        let IpAddr::V4(vip4) = address else {
+            unreachable!("IPv4 checked above")
+        };
+        let announcer = match link.mac().await? {
+            Some(mac) => {
+                Some(Announcer::new(link.ifindex(), mac, vip4).map_err(SocketError::Permission)?)
+            }
+            None => {
+                tracing::warn!(
+                    interface,
+                    "the interface has no MAC address: no gratuitous ARP will be sent"
+                );
+                None
+            }
+        };
         let cfg = Config {
             version: if spec.vrrp.version == 2 {
                 Version::V2
@@ -119,6 +136,7 @@ impl Driver {
             metrics,
             origin: Instant::now(),
             holds_vip: false,
+            announcer,
         })
     }
 
@@ -244,8 +262,15 @@ impl Driver {
                 }
             }
             Action::Announce { count } => {
-                // Gratuitous ARP / unsolicited NA are not sent by this agent version yet.
-                tracing::debug!(count, "announcement due");
+                if let Some(a) = &self.announcer {
+                    match a.announce(count) {
+                        Ok(sent) => self.metrics.announcements.inc_by(u64::from(sent)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "sending gratuitous ARP failed");
+                            0
+                        }
+                    };
+                }
             }
             Action::Transition { from, to, reason } => {
                 self.metrics.set_state(state_name(to));

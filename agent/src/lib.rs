@@ -4,6 +4,7 @@
 //! Protocol decisions are made by the sans-IO core in `kubeha-vrrp`; this crate only feeds it time and
 //! packets and carries out the actions it returns.
 
+pub mod announce;
 pub mod config;
 pub mod driver;
 pub mod metrics;

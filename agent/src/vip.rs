@@ -180,6 +180,18 @@ impl VipOnLink {
         Ok(found)
     }
 
+    /// The interface's MAC address (what gratuitous ARP announces).
+    pub async fn mac(&self) -> Result<Option<[u8; 6]>, NetError> {
+        let mut links = self.handle.link().get().match_index(self.ifindex).execute();
+        let Some(link) = links.try_next().await.map_err(netlink("link lookup"))? else {
+            return Ok(None);
+        };
+        Ok(link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+            _ => None,
+        }))
+    }
+
     /// Whether the interface is up with carrier.
     pub async fn link_up(&self) -> Result<bool, NetError> {
         let mut links = self.handle.link().get().match_index(self.ifindex).execute();

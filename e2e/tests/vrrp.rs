@@ -250,3 +250,101 @@ fn a_bad_config_file_stops_the_agent_naming_the_key() {
     );
     assert!(w.holders().is_empty());
 }
+
+fn mac(host: Host) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &host.netns(), "-o", "link", "show", "eth0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let i = words
+        .iter()
+        .position(|w| *w == "link/ether")
+        .expect("a MAC");
+    words[i + 1].to_string()
+}
+
+/// The MAC the client's neighbour table has for the VIP, if any.
+fn client_sees(client: Host) -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &client.netns(), "neigh", "show", VIP])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .iter()
+        .position(|w| *w == "lladdr")
+        .map(|i| words[i + 1].to_string())
+}
+
+fn ping(w: &World, client: Host) -> bool {
+    let argv = ["ping", "-c", "1", "-W", "1", VIP].map(String::from);
+    w.cluster.exec(&client, &argv).is_ok_and(|s| s.success())
+}
+
+fn wait_client_sees(client: Host, mac: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if client_sees(client).as_deref() == Some(mac) {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!(
+        "client sees {:?} for the VIP, wanted {mac} within {within:?}",
+        client_sees(client)
+    );
+}
+
+#[test]
+fn gratuitous_arp_moves_clients_to_the_new_master() {
+    let w = World::new();
+    let [n1, n2, n3] = NODES;
+    let c1 = kubeha_e2e::CLIENTS[0];
+    let mut agents = [
+        w.agent(n1, 100, ""),
+        w.agent(n2, 200, ""),
+        w.agent(n3, 150, ""),
+    ];
+    w.until_holders(&[n2], Duration::from_secs(5));
+    assert!(ping(&w, c1), "the client reaches the VIP");
+    assert_eq!(client_sees(c1), Some(mac(n2)));
+    // Linux ignores a new address for a neighbour updated within the last second (locktime).
+    std::thread::sleep(Duration::from_millis(1200));
+
+    agents[1].kill();
+    w.until_holders(&[n2, n3], Duration::from_secs(2));
+    // The client learns n3's MAC from n3's announcement, without asking, while n2's stale VIP is still up.
+    let learned = wait_client_sees(c1, &mac(n3), Duration::from_millis(500));
+    eprintln!("client moved to n3's MAC {learned:?} after n3 took over");
+    assert!(ping(&w, c1));
+}
+
+#[test]
+fn after_a_partition_heals_clients_follow_the_surviving_master() {
+    let w = World::new();
+    let [n1, n2, n3] = NODES;
+    let c1 = kubeha_e2e::CLIENTS[0];
+    let _a = [
+        w.agent(n1, 100, ""),
+        w.agent(n2, 200, ""),
+        w.agent(n3, 150, ""),
+    ];
+    w.until_holders(&[n2], Duration::from_secs(5));
+    assert!(ping(&w, c1));
+    std::thread::sleep(Duration::from_millis(1200));
+
+    w.cluster.partition(&n2).unwrap();
+    w.until_holders(&[n2, n3], Duration::from_secs(3));
+    wait_client_sees(c1, &mac(n3), Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(1200));
+
+    // On healing, n3 steps down silently in RFC terms; n2 must re-announce or c1 keeps sending to n3.
+    w.cluster.heal(&n2).unwrap();
+    w.until_holders(&[n2], Duration::from_secs(3));
+    let learned = wait_client_sees(c1, &mac(n2), Duration::from_secs(1));
+    eprintln!("client back on n2's MAC {learned:?} after the heal left n2 alone");
+    assert!(ping(&w, c1), "no black hole");
+}

@@ -1,0 +1,111 @@
+//! Telling the segment where the VIP lives now: gratuitous ARP for an IPv4 VIP, alternating request and
+//! reply (some devices only learn from one of the two), sent through AF_PACKET so that the kernel adds the
+//! Ethernet header for the broadcast address.
+
+use std::io;
+use std::net::Ipv4Addr;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+const ETH_P_ARP: u16 = 0x0806;
+const BROADCAST: [u8; 6] = [0xff; 6];
+
+/// Sends gratuitous ARP for one address on one interface.
+#[derive(Debug)]
+pub struct Announcer {
+    socket: Socket,
+    to: SockAddr,
+    mac: [u8; 6],
+    address: Ipv4Addr,
+}
+
+impl Announcer {
+    /// An announcer of `address` at `mac` on interface `ifindex`. Needs CAP_NET_RAW.
+    pub fn new(ifindex: u32, mac: [u8; 6], address: Ipv4Addr) -> io::Result<Self> {
+        let socket = Socket::new(
+            Domain::PACKET,
+            Type::DGRAM,
+            Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))),
+        )?;
+        let ifindex =
+            i32::try_from(ifindex).map_err(|_| io::Error::other("interface index out of range"))?;
+        // SAFETY: `try_init` hands us zeroed storage large enough for any socket address; we write a complete
+        // sockaddr_ll into it and set the length to exactly its size, so family, contents and length agree.
+        let ((), to) = unsafe {
+            SockAddr::try_init(|storage, len| {
+                let mut sll_addr = [0u8; 8];
+                sll_addr[..6].copy_from_slice(&BROADCAST);
+                let ll = libc::sockaddr_ll {
+                    sll_family: libc::AF_PACKET as u16,
+                    sll_protocol: ETH_P_ARP.to_be(),
+                    sll_ifindex: ifindex,
+                    sll_hatype: 0,
+                    sll_pkttype: 0,
+                    sll_halen: 6,
+                    sll_addr,
+                };
+                storage.cast::<libc::sockaddr_ll>().write(ll);
+                *len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                Ok(())
+            })
+        }?;
+        Ok(Self {
+            socket,
+            to,
+            mac,
+            address,
+        })
+    }
+
+    /// Sends `count` gratuitous ARPs, alternating request and reply. Returns how many went out.
+    pub fn announce(&self, count: u8) -> io::Result<u8> {
+        let mut sent = 0;
+        for i in 0..count {
+            let reply = i % 2 == 1;
+            self.socket
+                .send_to(&packet(self.mac, self.address, reply), &self.to)?;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+}
+
+/// A gratuitous ARP (RFC 5227 §3 "ARP Announcement"): sender and target protocol address are both the
+/// announced address; a request leaves the target hardware address zero, a reply sets it to broadcast.
+fn packet(mac: [u8; 6], address: Ipv4Addr, reply: bool) -> [u8; 28] {
+    let mut p = [0u8; 28];
+    p[0..2].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
+    p[2..4].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+    p[4] = 6;
+    p[5] = 4;
+    p[6..8].copy_from_slice(&(if reply { 2u16 } else { 1 }).to_be_bytes());
+    p[8..14].copy_from_slice(&mac);
+    p[14..18].copy_from_slice(&address.octets());
+    p[18..24].copy_from_slice(if reply { &BROADCAST } else { &[0; 6] });
+    p[24..28].copy_from_slice(&address.octets());
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_carry_the_vip_as_sender_and_target() {
+        let mac = [0x02, 0, 0, 0, 0, 0x11];
+        let vip = Ipv4Addr::new(198, 51, 100, 10);
+        let req = packet(mac, vip, false);
+        assert_eq!(&req[..8], &[0, 1, 8, 0, 6, 4, 0, 1]);
+        assert_eq!(
+            (&req[8..14], &req[14..18], &req[18..24], &req[24..28]),
+            (
+                &mac[..],
+                &vip.octets()[..],
+                &[0u8; 6][..],
+                &vip.octets()[..]
+            )
+        );
+        let rep = packet(mac, vip, true);
+        assert_eq!((&rep[6..8], &rep[18..24]), (&[0u8, 2][..], &BROADCAST[..]));
+    }
+}

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::announce::Announcer;
 use crate::config::{self, Vip};
+use crate::health::{self, Verdict};
 use crate::metrics::{Reason, VrrpMetrics};
 use crate::socket::{SocketError, VrrpSocket};
 use crate::vip::{NetError, REFRESH, VipOnLink};
@@ -41,6 +42,9 @@ pub struct Driver {
     origin: Instant,
     holds_vip: bool,
     announcer: Option<Announcer>,
+    checks: Vec<tokio::sync::watch::Receiver<Verdict>>,
+    base_priority: u8,
+    faulted: bool,
 }
 
 impl Driver {
@@ -63,6 +67,7 @@ impl Driver {
             ));
         }
         let link = VipOnLink::open(interface, vip).await?;
+        let link_for_checks = link.clone();
         let primary = link.primary().await?.ok_or_else(|| {
             DriverError::Config(format!(
                 "interface {interface} has no primary {} address to send VRRP from",
@@ -137,6 +142,9 @@ impl Driver {
             origin: Instant::now(),
             holds_vip: false,
             announcer,
+            checks: health::spawn(&spec.health, Some(link_for_checks)),
+            base_priority: u8::try_from(spec.priority).unwrap_or(100),
+            faulted: false,
         })
     }
 
@@ -147,6 +155,21 @@ impl Driver {
     /// Runs until `shutdown` resolves, then hands over (priority-0 advert) and removes the VIP.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
+        // Start from the first verdict of every check (bounded), not from a guess about its health.
+        let first = async {
+            for rx in &mut self.checks {
+                let _ = rx.wait_for(|v| v.healthy.is_some()).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), first)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "not every health check answered within 5 s; starting with what is known"
+            );
+        }
+        self.apply_health().await;
         self.input(Input::Startup).await;
         let mut refresh = tokio::time::interval(REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -162,6 +185,7 @@ impl Driver {
                     Ok(p) => self.packet(p).await,
                     Err(e) => tracing::warn!(error = %e, "receiving VRRP failed"),
                 },
+                () = changed(&mut self.checks) => self.apply_health().await,
                 _ = refresh.tick(), if self.holds_vip => {
                     if let Err(e) = self.vip.add().await {
                         self.metrics.vip_errors.inc();
@@ -174,6 +198,35 @@ impl Driver {
         self.input(Input::Shutdown).await;
         if let Err(e) = self.vip.remove().await {
             tracing::error!(error = %e, "removing the VIP on shutdown failed; it expires by itself");
+        }
+    }
+
+    /// Feeds the router the priority and fault state the current verdicts give.
+    async fn apply_health(&mut self) {
+        let verdicts: Vec<Verdict> = self
+            .checks
+            .iter_mut()
+            .map(|rx| rx.borrow_and_update().clone())
+            .collect();
+        let (priority, fault) = health::effective(self.base_priority, &verdicts);
+        if fault != self.faulted {
+            self.faulted = fault;
+            let failing: Vec<&str> = verdicts
+                .iter()
+                .filter(|v| v.healthy == Some(false) && v.weight == 0)
+                .map(|v| v.name.as_str())
+                .collect();
+            tracing::warn!(fault, checks = ?failing, "fault state changed by health checks");
+            self.input(Input::Fault(fault)).await;
+        }
+        if priority != self.router.effective_priority() {
+            tracing::info!(
+                priority,
+                base = self.base_priority,
+                "effective priority changed by health checks"
+            );
+            self.metrics.effective_priority.set(i64::from(priority));
+            self.input(Input::Priority(priority)).await;
         }
     }
 
@@ -295,5 +348,18 @@ fn state_name(s: State) -> &'static str {
         State::Backup => "Backup",
         State::Master => "Master",
         State::Fault => "Fault",
+    }
+}
+
+/// Resolves when any check's verdict changes; never when there are no checks.
+async fn changed(checks: &mut [tokio::sync::watch::Receiver<Verdict>]) {
+    if checks.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits = checks.iter_mut().map(|rx| Box::pin(rx.changed()));
+    let (result, _, _) = futures::future::select_all(waits).await;
+    if result.is_err() {
+        // A check task ended (it never does on its own): do not spin on it.
+        std::future::pending::<()>().await;
     }
 }

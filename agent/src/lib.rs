@@ -7,6 +7,7 @@
 pub mod announce;
 pub mod config;
 pub mod driver;
+pub mod health;
 pub mod metrics;
 pub mod socket;
 pub mod vip;

@@ -348,3 +348,77 @@ fn after_a_partition_heals_clients_follow_the_surviving_master() {
     eprintln!("client back on n2's MAC {learned:?} after the heal left n2 alone");
     assert!(ping(&w, c1), "no black hole");
 }
+
+/// A TCP listener on 127.0.0.1:18000 of `host`, for health checks to find.
+fn listener(w: &World, host: Host) -> Process {
+    let code = "import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+                s.bind(('127.0.0.1',18000))\ns.listen(64)\ntime.sleep(600)";
+    let p = w
+        .cluster
+        .spawn(
+            &host,
+            "listener",
+            &["python3", "-c", code].map(String::from),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    p
+}
+
+const TCP_CHECK: &str = "health:\n  - {name: api, tcp: {address: \"127.0.0.1:18000\"}, interval: 100ms, timeout: 200ms, \
+                         rise: 2, fall: 2, weight: WEIGHT}\n";
+
+#[test]
+fn a_failing_health_check_on_the_master_moves_the_vip_and_back() {
+    let w = World::new();
+    let [n1, n2, n3] = NODES;
+    let mut service = listener(&w, n2);
+    let _a = [
+        w.agent(n1, 100, ""),
+        w.agent(n2, 200, &TCP_CHECK.replace("WEIGHT", "-100")),
+        w.agent(n3, 150, ""),
+    ];
+    w.until_holders(&[n2], Duration::from_secs(5));
+
+    service.kill();
+    // 200 − 100 = 100 < 150: n3 preempts once the master's lower priority is advertised.
+    w.until_holders(&[n3], Duration::from_secs(3));
+    let _service = listener(&w, n2);
+    w.until_holders(&[n2], Duration::from_secs(3));
+}
+
+#[test]
+fn a_failing_check_of_weight_zero_gives_the_vip_up_at_once() {
+    let w = World::new();
+    let [n1, n2, n3] = NODES;
+    let mut service = listener(&w, n2);
+    let _a = [
+        w.agent(n1, 100, ""),
+        w.agent(n2, 200, &TCP_CHECK.replace("WEIGHT", "0")),
+        w.agent(n3, 150, ""),
+    ];
+    w.until_holders(&[n2], Duration::from_secs(5));
+
+    service.kill();
+    // FAULT: priority-0 advert and the VIP removed, so n3 takes over after its skew, not a down interval.
+    let took = w.until_holders(&[n3], Duration::from_secs(2));
+    eprintln!("n3 holds the VIP {took:?} after the listener died (fall 2 × 100 ms, then skew)");
+}
+
+#[test]
+fn a_master_that_loses_its_link_gives_the_vip_up() {
+    let w = World::new();
+    let [n1, n2, n3] = NODES;
+    let link = "health:\n  - {name: link, link: {interface: eth0}, interval: 100ms, timeout: 100ms, rise: 1, fall: 1, weight: 0}\n";
+    let _a = [
+        w.agent(n1, 100, ""),
+        w.agent(n2, 200, link),
+        w.agent(n3, 150, ""),
+    ];
+    w.until_holders(&[n2], Duration::from_secs(5));
+    w.cluster.partition(&n2).unwrap();
+    // Unlike the plain partition test, n2 does not keep a VIP nobody can reach.
+    w.until_holders(&[n3], Duration::from_secs(3));
+    w.cluster.heal(&n2).unwrap();
+    w.until_holders(&[n2], Duration::from_secs(3));
+}

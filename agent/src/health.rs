@@ -1,0 +1,348 @@
+//! Health checks that move the VRRP priority: an HTTPS GET (the local kube-apiserver's /readyz), a TCP
+//! connect, or an interface's carrier. Each runs on its own interval with a timeout; a check turns
+//! unhealthy after `fall` consecutive failures and healthy again after `rise` consecutive successes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kubeha_crds::HealthCheck;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::vip::VipOnLink;
+
+/// The verdict of one check, after rise/fall.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// The check's name.
+    pub name: String,
+    /// Healthy after rise/fall; `None` until the first result.
+    pub healthy: Option<bool>,
+    /// What the last attempt saw.
+    pub detail: String,
+    /// Its weight: added to the priority while unhealthy; 0 means FAULT.
+    pub weight: i32,
+}
+
+/// Rise/fall hysteresis: flips only after enough consecutive results the other way. The first result
+/// decides at once, so that a node does not start on an optimistic or pessimistic guess.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Threshold {
+    rise: u32,
+    fall: u32,
+    healthy: Option<bool>,
+    streak: u32,
+}
+
+impl Threshold {
+    /// A threshold that needs `rise` successes to turn healthy and `fall` failures to turn unhealthy.
+    pub fn new(rise: u32, fall: u32) -> Self {
+        Self {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            healthy: None,
+            streak: 0,
+        }
+    }
+
+    /// Records one result; returns whether the check is healthy afterwards.
+    pub fn record(&mut self, ok: bool) -> bool {
+        match self.healthy {
+            None => {
+                self.healthy = Some(ok);
+                self.streak = 0;
+            }
+            Some(h) if h == ok => self.streak = 0,
+            Some(_) => {
+                self.streak += 1;
+                if self.streak >= if ok { self.rise } else { self.fall } {
+                    self.healthy = Some(ok);
+                    self.streak = 0;
+                }
+            }
+        }
+        self.healthy == Some(true)
+    }
+
+    /// The state: `None` before the first result.
+    pub fn state(&self) -> Option<bool> {
+        self.healthy
+    }
+}
+
+/// The effective priority and fault state that a set of verdicts gives a base priority: the weights of the
+/// unhealthy checks are added (clamped to 1–254; 255 stays only while every check passes), and an
+/// unhealthy check of weight 0 means FAULT.
+pub fn effective(base: u8, verdicts: &[Verdict]) -> (u8, bool) {
+    let failing = verdicts.iter().filter(|v| v.healthy == Some(false));
+    let mut fault = false;
+    let mut p = i32::from(base);
+    for v in failing {
+        if v.weight == 0 {
+            fault = true;
+        }
+        p += v.weight;
+    }
+    let p = if p == i32::from(base) {
+        base
+    } else {
+        u8::try_from(p.clamp(1, 254)).unwrap_or(1)
+    };
+    (p, fault)
+}
+
+/// Starts one task per check; each publishes its verdict. Link checks need the netlink handle.
+pub fn spawn(checks: &[HealthCheck], link: Option<VipOnLink>) -> Vec<watch::Receiver<Verdict>> {
+    checks
+        .iter()
+        .map(|c| {
+            let (tx, rx) = watch::channel(Verdict {
+                name: c.name.clone(),
+                healthy: None,
+                detail: String::new(),
+                weight: c.weight,
+            });
+            tokio::spawn(run(c.clone(), link.clone(), tx));
+            rx
+        })
+        .collect()
+}
+
+async fn run(check: HealthCheck, link: Option<VipOnLink>, tx: watch::Sender<Verdict>) {
+    let rise = u32::try_from(check.rise).unwrap_or(1);
+    let fall = u32::try_from(check.fall).unwrap_or(1);
+    let mut threshold = Threshold::new(rise, fall);
+    let tls = match &check.https {
+        Some(h) => match tls_config(h.insecure_skip_verify, h.ca_file.as_deref()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(check = %check.name, error = %e, "cannot set up TLS for the check; it will fail");
+                None
+            }
+        },
+        None => None,
+    };
+    let mut tick = tokio::time::interval(check.interval.into());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let timeout: Duration = check.timeout.into();
+        let attempt = async {
+            if let Some(h) = &check.https {
+                https(&h.url, tls.clone()).await
+            } else if let Some(t) = &check.tcp {
+                TcpStream::connect(&t.address)
+                    .await
+                    .map(|_| "connected".to_string())
+                    .map_err(|e| e.to_string())
+            } else if let Some(l) = &check.link {
+                link_state(link.as_ref(), &l.interface).await
+            } else {
+                Err("no check configured".into())
+            }
+        };
+        let (ok, detail) = match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(d)) => (true, d),
+            Ok(Err(e)) => (false, e),
+            Err(_) => (false, format!("no answer within {timeout:?}")),
+        };
+        let before = threshold.state();
+        threshold.record(ok);
+        let after = threshold.state();
+        if before != after {
+            tracing::info!(check = %check.name, healthy = ?after, detail = %detail, "health check changed");
+        }
+        tx.send_if_modified(|v| {
+            let changed = v.healthy != after;
+            v.healthy = after;
+            v.detail = detail;
+            changed
+        });
+    }
+}
+
+async fn link_state(link: Option<&VipOnLink>, interface: &str) -> Result<String, String> {
+    let link = link.ok_or("no netlink handle")?;
+    match link.named_link_up(interface).await {
+        Ok(true) => Ok(format!("{interface} up")),
+        Ok(false) => Err(format!("{interface} down or without carrier")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// GET `url` over TLS: 200 is healthy; 401 and 403 mean the server is alive but refuses anonymous requests,
+/// which for /readyz is still a serving API server.
+async fn https(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<String, String> {
+    let tls = tls.ok_or("TLS is not configured")?;
+    let rest = url.strip_prefix("https://").ok_or("not an https:// URL")?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let addr = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:443")
+    };
+    let tcp = TcpStream::connect(&addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let name =
+        rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: kubeha-agent\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head).await.map_err(|e| e.to_string())?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    let code: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("no HTTP status line")?;
+    match code {
+        200 | 401 | 403 => Ok(format!("HTTP {code}")),
+        other => Err(format!("HTTP {other}")),
+    }
+}
+
+fn tls_config(insecure: bool, ca_file: Option<&str>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let config = if insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth()
+    } else {
+        let path = ca_file.unwrap_or("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt");
+        let pem = std::fs::read(path).map_err(|e| format!("reading the CA file {path}: {e}"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls_pki_types::pem::PemObject as _;
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+            roots
+                .add(cert.map_err(|e| format!("{path}: {e}"))?)
+                .map_err(|e| format!("{path}: {e}"))?;
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Ok(Arc::new(config))
+}
+
+/// Accepts any server certificate: only for `insecureSkipVerify: true`.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_result_decides_then_rise_and_fall_hold_it() {
+        let mut t = Threshold::new(2, 3);
+        assert_eq!(t.state(), None);
+        t.record(true);
+        assert_eq!(t.state(), Some(true));
+        for _ in 0..2 {
+            t.record(false);
+            assert_eq!(t.state(), Some(true), "fewer than fall=3 failures");
+        }
+        t.record(true); // a success resets the streak
+        t.record(false);
+        t.record(false);
+        assert_eq!(t.state(), Some(true));
+        t.record(false);
+        assert_eq!(t.state(), Some(false), "three in a row");
+        t.record(true);
+        assert_eq!(t.state(), Some(false), "one success is not rise=2");
+        t.record(true);
+        assert_eq!(t.state(), Some(true));
+    }
+
+    fn v(weight: i32, healthy: Option<bool>) -> Verdict {
+        Verdict {
+            name: "c".into(),
+            healthy,
+            detail: String::new(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn failing_weights_lower_the_priority_and_weight_zero_faults() {
+        assert_eq!(effective(150, &[v(-60, Some(true))]), (150, false));
+        assert_eq!(effective(150, &[v(-60, Some(false))]), (90, false));
+        assert_eq!(
+            effective(150, &[v(-60, Some(false)), v(-100, Some(false))]),
+            (1, false),
+            "never below 1"
+        );
+        assert_eq!(effective(150, &[v(0, Some(false))]), (150, true));
+        assert_eq!(
+            effective(150, &[v(-60, None)]),
+            (150, false),
+            "no verdict yet: no penalty"
+        );
+        assert_eq!(effective(255, &[v(-10, Some(false))]), (245, false));
+    }
+}

@@ -47,11 +47,7 @@ pub enum ConfigError {
 }
 
 fn list(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("  - {}: {}", p.key, p.message))
-        .collect::<Vec<_>>()
-        .join("\n")
+    problems.iter().map(|p| format!("  - {}: {}", p.key, p.message)).collect::<Vec<_>>().join("\n")
 }
 
 impl fmt::Display for Problem {
@@ -72,19 +68,10 @@ pub struct Vip {
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<HighAvailabilityMemberSpec, ConfigError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: shown.clone(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
     parse(&text).map_err(|e| match e {
-        ConfigError::Syntax { message, .. } => ConfigError::Syntax {
-            path: shown.clone(),
-            message,
-        },
-        ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
-            path: shown.clone(),
-            problems,
-        },
+        ConfigError::Syntax { message, .. } => ConfigError::Syntax { path: shown.clone(), message },
+        ConfigError::Invalid { problems, .. } => ConfigError::Invalid { path: shown.clone(), problems },
         other => other,
     })
 }
@@ -93,29 +80,14 @@ pub fn load(path: &Path) -> Result<HighAvailabilityMemberSpec, ConfigError> {
 pub fn parse(text: &str) -> Result<HighAvailabilityMemberSpec, ConfigError> {
     let mut unknown = Vec::new();
     let de = serde_norway::Deserializer::from_str(text);
-    let spec: HighAvailabilityMemberSpec = serde_ignored::deserialize(de, |path| {
-        unknown.push(path.to_string())
-    })
-    .map_err(|e| ConfigError::Syntax {
-        path: String::new(),
-        message: e.to_string(),
-    })?;
+    let spec: HighAvailabilityMemberSpec = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
+        .map_err(|e| ConfigError::Syntax { path: String::new(), message: e.to_string() })?;
     let mut problems: Vec<Problem> = unknown
         .into_iter()
-        .map(|key| Problem {
-            key,
-            message: "unknown key (check its spelling against docs/agent-config.md)".into(),
-        })
+        .map(|key| Problem { key, message: "unknown key (check its spelling against docs/agent-config.md)".into() })
         .collect();
     problems.extend(validate(&spec));
-    if problems.is_empty() {
-        Ok(spec)
-    } else {
-        Err(ConfigError::Invalid {
-            path: String::new(),
-            problems,
-        })
-    }
+    if problems.is_empty() { Ok(spec) } else { Err(ConfigError::Invalid { path: String::new(), problems }) }
 }
 
 /// The VIP of a spec, if it has one and it is valid.
@@ -130,38 +102,28 @@ pub fn vip(spec: &HighAvailabilityMemberSpec) -> Option<Vip> {
 /// Every rule the API server enforces with CEL on a member, checked again for a file nobody validated.
 pub fn validate(spec: &HighAvailabilityMemberSpec) -> Vec<Problem> {
     let mut p = Vec::new();
-    let mut bad = |key: &str, message: String| {
-        p.push(Problem {
-            key: key.into(),
-            message,
-        })
-    };
+    let mut bad = |key: &str, message: String| p.push(Problem { key: key.into(), message });
     if spec.node_name.is_empty() {
-        bad(
-            "nodeName",
-            "required: the name of this node, e.g. n1".into(),
-        );
+        bad("nodeName", "required: the name of this node, e.g. n1".into());
     }
     match (&spec.vip, spec.vrid, &spec.interface) {
         (None, None, None) => {
             if spec.proxy.is_none() {
-                bad("vip", "required unless the agent runs only the proxy: an address with prefix, e.g. 198.51.100.10/24".into());
+                bad(
+                    "vip",
+                    "required unless the agent runs only the proxy: an address with prefix, e.g. 198.51.100.10/24"
+                        .into(),
+                );
             }
         }
         (Some(_), Some(_), Some(_)) => {}
-        _ => bad(
-            "vip",
-            "vip, vrid and interface go together: set all three, or none for a proxy-only agent"
-                .into(),
-        ),
+        _ => bad("vip", "vip, vrid and interface go together: set all three, or none for a proxy-only agent".into()),
     }
     if let Some(text) = &spec.vip {
         match vip(spec) {
             None => bad(
                 "vip",
-                format!(
-                    "'{text}' is not an address with prefix length, like 198.51.100.10/24 or 2001:db8::10/64"
-                ),
+                format!("'{text}' is not an address with prefix length, like 198.51.100.10/24 or 2001:db8::10/64"),
             ),
             Some(v) => {
                 if let Some(why) = unusable_vip(&v) {
@@ -178,77 +140,44 @@ pub fn validate(spec: &HighAvailabilityMemberSpec) -> Vec<Problem> {
     if let Some(i) = &spec.interface
         && (i.is_empty() || i.len() > 15 || i.contains(['/', ':', ' ']))
     {
-        bad(
-            "interface",
-            format!(
-                "'{i}' is not an interface name (1–15 characters, no '/', ':' or spaces), e.g. eth0"
-            ),
-        );
+        bad("interface", format!("'{i}' is not an interface name (1–15 characters, no '/', ':' or spaces), e.g. eth0"));
     }
     if !(1..=255).contains(&spec.priority) {
-        bad(
-            "priority",
-            format!(
-                "{} is not from 1 to 255 (255 only for the address owner)",
-                spec.priority
-            ),
-        );
+        bad("priority", format!("{} is not from 1 to 255 (255 only for the address owner)", spec.priority));
     }
     let v = &spec.vrrp;
     let ms = v.advert_interval.as_millis();
     match v.version {
         3 if !(10..=40_950).contains(&ms) || !ms.is_multiple_of(10) => bad(
             "vrrp.advertInterval",
-            format!(
-                "{} is not allowed with version 3: 10ms to 40950ms in steps of 10ms",
-                v.advert_interval
-            ),
+            format!("{} is not allowed with version 3: 10ms to 40950ms in steps of 10ms", v.advert_interval),
         ),
         2 if !(1000..=255_000).contains(&ms) || !ms.is_multiple_of(1000) => bad(
             "vrrp.advertInterval",
-            format!(
-                "{} is not allowed with version 2: whole seconds from 1s to 255s",
-                v.advert_interval
-            ),
+            format!("{} is not allowed with version 2: whole seconds from 1s to 255s", v.advert_interval),
         ),
-        2 if spec.vip.as_deref().is_some_and(|x| x.contains(':')) => bad(
-            "vrrp.version",
-            "2 is IPv4 only: use version 3 for an IPv6 VIP".into(),
-        ),
+        2 if spec.vip.as_deref().is_some_and(|x| x.contains(':')) => {
+            bad("vrrp.version", "2 is IPv4 only: use version 3 for an IPv6 VIP".into())
+        }
         2 | 3 => {}
         other => bad("vrrp.version", format!("{other} is not 2 or 3")),
     }
     if v.preempt_delay.as_millis() > 1_000_000 {
-        bad(
-            "vrrp.preemptDelay",
-            format!("{} is more than 1000s", v.preempt_delay),
-        );
+        bad("vrrp.preemptDelay", format!("{} is more than 1000s", v.preempt_delay));
     }
     for (i, peer) in v.peers.iter().enumerate() {
         if peer.parse::<IpAddr>().is_err() {
-            bad(
-                &format!("vrrp.peers[{i}]"),
-                format!("'{peer}' is not an IP address, e.g. 198.51.100.12"),
-            );
+            bad(&format!("vrrp.peers[{i}]"), format!("'{peer}' is not an IP address, e.g. 198.51.100.12"));
         }
     }
     if !(0..=100).contains(&spec.garp.repeat) {
-        bad(
-            "garp.repeat",
-            format!("{} is not from 0 to 100", spec.garp.repeat),
-        );
+        bad("garp.repeat", format!("{} is not from 0 to 100", spec.garp.repeat));
     }
     for (i, h) in spec.health.iter().enumerate() {
         let key = |k: &str| format!("health[{i}].{k}");
-        let kinds = [h.https.is_some(), h.tcp.is_some(), h.link.is_some()]
-            .iter()
-            .filter(|x| **x)
-            .count();
+        let kinds = [h.https.is_some(), h.tcp.is_some(), h.link.is_some()].iter().filter(|x| **x).count();
         if kinds != 1 {
-            bad(
-                &format!("health[{i}]"),
-                "needs exactly one of https, tcp or link".into(),
-            );
+            bad(&format!("health[{i}]"), "needs exactly one of https, tcp or link".into());
         }
         if !(1..=10).contains(&h.rise) {
             bad(&key("rise"), format!("{} is not from 1 to 10", h.rise));
@@ -257,37 +186,19 @@ pub fn validate(spec: &HighAvailabilityMemberSpec) -> Vec<Problem> {
             bad(&key("fall"), format!("{} is not from 1 to 10", h.fall));
         }
         if !(-254..=0).contains(&h.weight) {
-            bad(
-                &key("weight"),
-                format!(
-                    "{} is not from -254 to 0 (0: give up the VIP while failing)",
-                    h.weight
-                ),
-            );
+            bad(&key("weight"), format!("{} is not from -254 to 0 (0: give up the VIP while failing)", h.weight));
         }
         if h.interval.as_millis() < 10 {
-            bad(
-                &key("interval"),
-                format!("{} is shorter than 10ms", h.interval),
-            );
+            bad(&key("interval"), format!("{} is shorter than 10ms", h.interval));
         }
         if let Some(https) = &h.https
             && !https.url.starts_with("https://")
         {
-            bad(
-                &key("https.url"),
-                format!("'{}' is not an https:// URL", https.url),
-            );
+            bad(&key("https.url"), format!("'{}' is not an https:// URL", https.url));
         }
     }
     if spec.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
-        bad(
-            "metrics.listen",
-            format!(
-                "'{}' is not address:port, e.g. 127.0.0.1:9641",
-                spec.metrics.listen
-            ),
-        );
+        bad("metrics.listen", format!("'{}' is not address:port, e.g. 127.0.0.1:9641", spec.metrics.listen));
     }
     p
 }
@@ -307,9 +218,7 @@ fn unusable_vip(v: &Vip) -> Option<&'static str> {
     match ip {
         IpAddr::V4(a) => {
             if a.is_link_local() {
-                return Some(
-                    "is link-local (169.254.0.0/16): clients off the link cannot reach it",
-                );
+                return Some("is link-local (169.254.0.0/16): clients off the link cannot reach it");
             }
             if a.is_broadcast() {
                 return Some("is the broadcast address");
@@ -322,9 +231,7 @@ fn unusable_vip(v: &Vip) -> Option<&'static str> {
                     );
                 }
                 if host == u32::MAX >> v.prefix {
-                    return Some(
-                        "is the broadcast address of its prefix: pick a host address inside it",
-                    );
+                    return Some("is the broadcast address of its prefix: pick a host address inside it");
                 }
             }
         }
@@ -371,49 +278,18 @@ stateDir: /var/lib/kubeha
     #[test]
     fn the_documented_example_is_valid() {
         let spec = parse(GOOD).unwrap();
-        assert_eq!(
-            vip(&spec),
-            Some(Vip {
-                address: "198.51.100.10".parse().unwrap(),
-                prefix: 24
-            })
-        );
+        assert_eq!(vip(&spec), Some(Vip { address: "198.51.100.10".parse().unwrap(), prefix: 24 }));
     }
 
     #[test]
     fn every_bad_value_is_named_by_its_key_with_what_is_allowed() {
         let cases = [
             ("vrid: 51", "vrid: 0", "vrid", "from 1 to 255"),
-            (
-                "vip: 198.51.100.10/24",
-                "vip: 198.51.100.0/24",
-                "vip",
-                "network address",
-            ),
-            (
-                "vip: 198.51.100.10/24",
-                "vip: 198.51.100.255/24",
-                "vip",
-                "broadcast address",
-            ),
-            (
-                "vip: 198.51.100.10/24",
-                "vip: 169.254.1.1/16",
-                "vip",
-                "link-local",
-            ),
-            (
-                "vip: 198.51.100.10/24",
-                "vip: 198.51.100.10",
-                "vip",
-                "with prefix length",
-            ),
-            (
-                "advertInterval: 100ms",
-                "advertInterval: 15ms",
-                "vrrp.advertInterval",
-                "steps of 10ms",
-            ),
+            ("vip: 198.51.100.10/24", "vip: 198.51.100.0/24", "vip", "network address"),
+            ("vip: 198.51.100.10/24", "vip: 198.51.100.255/24", "vip", "broadcast address"),
+            ("vip: 198.51.100.10/24", "vip: 169.254.1.1/16", "vip", "link-local"),
+            ("vip: 198.51.100.10/24", "vip: 198.51.100.10", "vip", "with prefix length"),
+            ("advertInterval: 100ms", "advertInterval: 15ms", "vrrp.advertInterval", "steps of 10ms"),
             (
                 "version: 3, advertInterval: 100ms",
                 "version: 2, advertInterval: 100ms",
@@ -421,67 +297,30 @@ stateDir: /var/lib/kubeha
                 "whole seconds",
             ),
             ("version: 3", "version: 4", "vrrp.version", "2 or 3"),
-            (
-                "priority: 150",
-                "priority: 300",
-                "priority",
-                "from 1 to 255",
-            ),
-            (
-                "interface: eth0",
-                "interface: eth0/1",
-                "interface",
-                "interface name",
-            ),
-            (
-                "peers: []",
-                "peers: [n2]",
-                "vrrp.peers[0]",
-                "not an IP address",
-            ),
+            ("priority: 150", "priority: 300", "priority", "from 1 to 255"),
+            ("interface: eth0", "interface: eth0/1", "interface", "interface name"),
+            ("peers: []", "peers: [n2]", "vrrp.peers[0]", "not an IP address"),
             ("weight: -60", "weight: 10", "health[0].weight", "-254 to 0"),
-            (
-                "listen: \"127.0.0.1:9641\"",
-                "listen: \"localhost\"",
-                "metrics.listen",
-                "address:port",
-            ),
-            (
-                "advertInterval: 100ms",
-                "advertIntervall: 100ms",
-                "vrrp.advertIntervall",
-                "unknown key",
-            ),
+            ("listen: \"127.0.0.1:9641\"", "listen: \"localhost\"", "metrics.listen", "address:port"),
+            ("advertInterval: 100ms", "advertIntervall: 100ms", "vrrp.advertIntervall", "unknown key"),
         ];
         for (from, to, key, words) in cases {
             let text = GOOD.replace(from, to);
             assert_ne!(text, GOOD, "{from} not in the example");
             let found = problems(&text);
-            assert!(
-                found
-                    .iter()
-                    .any(|p| p.key == key && p.message.contains(words)),
-                "{to}: {found:?}"
-            );
+            assert!(found.iter().any(|p| p.key == key && p.message.contains(words)), "{to}: {found:?}");
         }
     }
 
     #[test]
     fn a_wrong_type_names_the_line() {
-        let err = parse(&GOOD.replace("vrid: 51", "vrid: fifty"))
-            .unwrap_err()
-            .to_string();
+        let err = parse(&GOOD.replace("vrid: 51", "vrid: fifty")).unwrap_err().to_string();
         assert!(err.contains("vrid") && err.contains("line"), "{err}");
     }
 
     #[test]
     fn vip_vrid_and_interface_go_together() {
         let found = problems(&GOOD.replace("vrid: 51\n", ""));
-        assert!(
-            found
-                .iter()
-                .any(|p| p.key == "vip" && p.message.contains("go together")),
-            "{found:?}"
-        );
+        assert!(found.iter().any(|p| p.key == "vip" && p.message.contains("go together")), "{found:?}");
     }
 }

@@ -44,82 +44,64 @@ pub struct Driver {
     announcer: Option<Announcer>,
     checks: Vec<tokio::sync::watch::Receiver<Verdict>>,
     base_priority: u8,
+    /// This node owns the address: it is never added or removed by the agent.
+    owner: bool,
     faulted: bool,
 }
 
 impl Driver {
     /// Sets up the interface, socket and router for `spec`; removes a VIP left over from an earlier run
     /// (this node is not master yet).
-    pub async fn new(
-        spec: &HighAvailabilityMemberSpec,
-        metrics: VrrpMetrics,
-    ) -> Result<Self, DriverError> {
-        let vip = config::vip(spec)
-            .ok_or_else(|| DriverError::Config("vip is required for VRRP".into()))?;
-        let interface = spec
-            .interface
-            .as_deref()
-            .ok_or_else(|| DriverError::Config("interface is required".into()))?;
+    pub async fn new(spec: &HighAvailabilityMemberSpec, metrics: VrrpMetrics) -> Result<Self, DriverError> {
+        let vip = config::vip(spec).ok_or_else(|| DriverError::Config("vip is required for VRRP".into()))?;
+        let interface = spec.interface.as_deref().ok_or_else(|| DriverError::Config("interface is required".into()))?;
         let Vip { address, .. } = vip;
-        if address.is_ipv6() {
-            return Err(DriverError::Config(
-                "IPv6 VIPs are not supported by this agent version yet; use an IPv4 vip".into(),
-            ));
-        }
         let link = VipOnLink::open(interface, vip).await?;
         let link_for_checks = link.clone();
-        let primary = link.primary().await?.ok_or_else(|| {
-            DriverError::Config(format!(
-                "interface {interface} has no primary {} address to send VRRP from",
-                if address.is_ipv4() {
-                    "IPv4"
-                } else {
-                    "link-local IPv6"
-                }
-            ))
-        })?;
-        if link.present().await? {
+        // Priority 255 belongs to the owner of the address (RFC 9568 §1.6): the VIP is one of this node's own
+        // addresses, configured outside kubeha; it is sent from and never added, refreshed or removed.
+        let owner = spec.priority == 255;
+        let present = link.present().await?;
+        if owner && !present {
+            return Err(DriverError::Config(format!(
+                "priority 255 is for the owner of the address, but {address} is not configured on {interface}: \
+                 use a priority of 1 to 254"
+            )));
+        }
+        let primary = if owner {
+            address
+        } else {
+            link.primary().await?.ok_or_else(|| {
+                DriverError::Config(format!(
+                    "interface {interface} has no primary {} address to send VRRP from",
+                    if address.is_ipv4() { "IPv4" } else { "link-local IPv6" }
+                ))
+            })?
+        };
+        if present && !owner {
             tracing::warn!(vip = %address, "removing a VIP left over from an earlier run");
             link.remove().await?;
         }
-        let IpAddr::V4(primary4) = primary else {
-            unreachable!("IPv4 checked above")
-        };
-        let peers: Vec<IpAddr> = spec
-            .vrrp
-            .peers
-            .iter()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        let socket = VrrpSocket::open_v4(interface, link.ifindex(), primary4, &peers)?;
-        let IpAddr::V4(vip4) = address else {
-            unreachable!("IPv4 checked above")
+        let peers: Vec<IpAddr> = spec.vrrp.peers.iter().filter_map(|p| p.parse().ok()).collect();
+        let socket = match primary {
+            IpAddr::V4(p4) => VrrpSocket::open_v4(interface, link.ifindex(), p4, &peers)?,
+            IpAddr::V6(_) => VrrpSocket::open_v6(interface, link.ifindex(), &peers)?,
         };
         let announcer = match link.mac().await? {
             Some(mac) => {
-                Some(Announcer::new(link.ifindex(), mac, vip4).map_err(SocketError::Permission)?)
+                Some(Announcer::new(interface, link.ifindex(), mac, address).map_err(SocketError::Permission)?)
             }
             None => {
-                tracing::warn!(
-                    interface,
-                    "the interface has no MAC address: no gratuitous ARP will be sent"
-                );
+                tracing::warn!(interface, "the interface has no MAC address: no gratuitous ARP will be sent");
                 None
             }
         };
         let cfg = Config {
-            version: if spec.vrrp.version == 2 {
-                Version::V2
-            } else {
-                Version::V3
-            },
-            vrid: u8::try_from(spec.vrid.unwrap_or(0))
-                .map_err(|_| DriverError::Config("vrid out of range".into()))?,
-            priority: u8::try_from(spec.priority)
-                .map_err(|_| DriverError::Config("priority out of range".into()))?,
+            version: if spec.vrrp.version == 2 { Version::V2 } else { Version::V3 },
+            vrid: u8::try_from(spec.vrid.unwrap_or(0)).map_err(|_| DriverError::Config("vrid out of range".into()))?,
+            priority: u8::try_from(spec.priority).map_err(|_| DriverError::Config("priority out of range".into()))?,
             addresses: vec![address],
-            advert_interval_cs: u16::try_from(spec.vrrp.advert_interval.as_millis() / 10)
-                .unwrap_or(u16::MAX),
+            advert_interval_cs: u16::try_from(spec.vrrp.advert_interval.as_millis() / 10).unwrap_or(u16::MAX),
             preempt: spec.vrrp.preempt,
             preempt_delay: spec.vrrp.preempt_delay.into(),
             primary,
@@ -144,6 +126,7 @@ impl Driver {
             announcer,
             checks: health::spawn(&spec.health, Some(link_for_checks)),
             base_priority: u8::try_from(spec.priority).unwrap_or(100),
+            owner,
             faulted: false,
         })
     }
@@ -161,23 +144,16 @@ impl Driver {
                 let _ = rx.wait_for(|v| v.healthy.is_some()).await;
             }
         };
-        if tokio::time::timeout(Duration::from_secs(5), first)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "not every health check answered within 5 s; starting with what is known"
-            );
+        if tokio::time::timeout(Duration::from_secs(5), first).await.is_err() {
+            tracing::warn!("not every health check answered within 5 s; starting with what is known");
         }
         self.apply_health().await;
         self.input(Input::Startup).await;
         let mut refresh = tokio::time::interval(REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let deadline = self.router.deadline().map_or_else(
-                || Instant::now() + Duration::from_secs(3600),
-                |d| self.origin + d,
-            );
+            let deadline =
+                self.router.deadline().map_or_else(|| Instant::now() + Duration::from_secs(3600), |d| self.origin + d);
             tokio::select! {
                 () = &mut shutdown => break,
                 () = tokio::time::sleep_until(deadline) => self.input(Input::Timer).await,
@@ -186,7 +162,7 @@ impl Driver {
                     Err(e) => tracing::warn!(error = %e, "receiving VRRP failed"),
                 },
                 () = changed(&mut self.checks) => self.apply_health().await,
-                _ = refresh.tick(), if self.holds_vip => {
+                _ = refresh.tick(), if self.holds_vip && !self.owner => {
                     if let Err(e) = self.vip.add().await {
                         self.metrics.vip_errors.inc();
                         tracing::error!(error = %e, "refreshing the VIP lifetime failed");
@@ -196,6 +172,9 @@ impl Driver {
         }
         tracing::info!("shutting down: handing the VIP over");
         self.input(Input::Shutdown).await;
+        if self.owner {
+            return;
+        }
         if let Err(e) = self.vip.remove().await {
             tracing::error!(error = %e, "removing the VIP on shutdown failed; it expires by itself");
         }
@@ -203,11 +182,7 @@ impl Driver {
 
     /// Feeds the router the priority and fault state the current verdicts give.
     async fn apply_health(&mut self) {
-        let verdicts: Vec<Verdict> = self
-            .checks
-            .iter_mut()
-            .map(|rx| rx.borrow_and_update().clone())
-            .collect();
+        let verdicts: Vec<Verdict> = self.checks.iter_mut().map(|rx| rx.borrow_and_update().clone()).collect();
         let (priority, fault) = health::effective(self.base_priority, &verdicts);
         if fault != self.faulted {
             self.faulted = fault;
@@ -220,11 +195,7 @@ impl Driver {
             self.input(Input::Fault(fault)).await;
         }
         if priority != self.router.effective_priority() {
-            tracing::info!(
-                priority,
-                base = self.base_priority,
-                "effective priority changed by health checks"
-            );
+            tracing::info!(priority, base = self.base_priority, "effective priority changed by health checks");
             self.metrics.effective_priority.set(i64::from(priority));
             self.input(Input::Priority(priority)).await;
         }
@@ -235,24 +206,11 @@ impl Driver {
             self.metrics.dropped("own");
             return;
         }
-        match decode(
-            &p.message,
-            p.ttl,
-            &Endpoints {
-                src: p.src,
-                dst: p.dst,
-            },
-        ) {
-            Ok(r) if r.advertisement.vrid != self.router.config().vrid => {
-                self.metrics.dropped("other_vrid")
-            }
+        match decode(&p.message, p.ttl, &Endpoints { src: p.src, dst: p.dst }) {
+            Ok(r) if r.advertisement.vrid != self.router.config().vrid => self.metrics.dropped("other_vrid"),
             Ok(r) => {
                 self.metrics.adverts_received.inc();
-                self.input(Input::Advertisement {
-                    from: p.src,
-                    advertisement: r.advertisement,
-                })
-                .await;
+                self.input(Input::Advertisement { from: p.src, advertisement: r.advertisement }).await;
             }
             Err(e) => {
                 self.metrics.dropped(e.reason());
@@ -283,13 +241,7 @@ impl Driver {
                 };
                 // One encoding per destination: the pseudo-header checksum covers the destination.
                 for dst in self.socket.destinations().to_vec() {
-                    match adv.encode(
-                        &Endpoints {
-                            src: self.primary,
-                            dst,
-                        },
-                        self.checksum,
-                    ) {
+                    match adv.encode(&Endpoints { src: self.primary, dst }, self.checksum) {
                         Ok(bytes) => match self.socket.send_to(&bytes, dst).await {
                             Ok(()) => drop(self.metrics.adverts_sent.inc()),
                             Err(e) => {
@@ -300,6 +252,8 @@ impl Driver {
                     }
                 }
             }
+            Action::AddAddresses if self.owner => self.holds_vip = true,
+            Action::RemoveAddresses if self.owner => self.holds_vip = false,
             Action::AddAddresses => match self.vip.add().await {
                 Ok(()) => self.holds_vip = true,
                 Err(e) => {
@@ -327,15 +281,8 @@ impl Driver {
             }
             Action::Transition { from, to, reason } => {
                 self.metrics.set_state(state_name(to));
-                self.metrics
-                    .transitions
-                    .get_or_create(&Reason {
-                        reason: format!("{reason:?}"),
-                    })
-                    .inc();
-                self.metrics
-                    .effective_priority
-                    .set(i64::from(self.router.effective_priority()));
+                self.metrics.transitions.get_or_create(&Reason { reason: format!("{reason:?}") }).inc();
+                self.metrics.effective_priority.set(i64::from(self.router.effective_priority()));
                 tracing::info!(from = state_name(from), to = state_name(to), reason = ?reason, master_seen = ?self.router.master_seen(), "VRRP state changed");
             }
         }

@@ -38,12 +38,7 @@ pub struct Threshold {
 impl Threshold {
     /// A threshold that needs `rise` successes to turn healthy and `fall` failures to turn unhealthy.
     pub fn new(rise: u32, fall: u32) -> Self {
-        Self {
-            rise: rise.max(1),
-            fall: fall.max(1),
-            healthy: None,
-            streak: 0,
-        }
+        Self { rise: rise.max(1), fall: fall.max(1), healthy: None, streak: 0 }
     }
 
     /// Records one result; returns whether the check is healthy afterwards.
@@ -84,11 +79,7 @@ pub fn effective(base: u8, verdicts: &[Verdict]) -> (u8, bool) {
         }
         p += v.weight;
     }
-    let p = if p == i32::from(base) {
-        base
-    } else {
-        u8::try_from(p.clamp(1, 254)).unwrap_or(1)
-    };
+    let p = if p == i32::from(base) { base } else { u8::try_from(p.clamp(1, 254)).unwrap_or(1) };
     (p, fault)
 }
 
@@ -132,10 +123,7 @@ async fn run(check: HealthCheck, link: Option<VipOnLink>, tx: watch::Sender<Verd
             if let Some(h) = &check.https {
                 https(&h.url, tls.clone()).await
             } else if let Some(t) = &check.tcp {
-                TcpStream::connect(&t.address)
-                    .await
-                    .map(|_| "connected".to_string())
-                    .map_err(|e| e.to_string())
+                TcpStream::connect(&t.address).await.map(|_| "connected".to_string()).map_err(|e| e.to_string())
             } else if let Some(l) = &check.link {
                 link_state(link.as_ref(), &l.interface).await
             } else {
@@ -176,43 +164,19 @@ async fn link_state(link: Option<&VipOnLink>, interface: &str) -> Result<String,
 async fn https(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<String, String> {
     let tls = tls.ok_or("TLS is not configured")?;
     let rest = url.strip_prefix("https://").ok_or("not an https:// URL")?;
-    let (authority, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-    let host = authority
-        .rsplit_once(':')
-        .map_or(authority, |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let addr = if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:443")
-    };
-    let tcp = TcpStream::connect(&addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    let name =
-        rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
-    let mut stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS: {e}"))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: kubeha-agent\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    let addr = if authority.contains(':') { authority.to_string() } else { format!("{authority}:443") };
+    let tcp = TcpStream::connect(&addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+    let name = rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let mut stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: kubeha-agent\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut head = [0u8; 64];
     let n = stream.read(&mut head).await.map_err(|e| e.to_string())?;
     let line = String::from_utf8_lossy(&head[..n]);
-    let code: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or("no HTTP status line")?;
+    let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no HTTP status line")?;
     match code {
         200 | 401 | 403 => Ok(format!("HTTP {code}")),
         other => Err(format!("HTTP {other}")),
@@ -225,19 +189,14 @@ fn tls_config(insecure: bool, ca_file: Option<&str>) -> Result<Arc<rustls::Clien
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     let config = if insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-            .with_no_client_auth()
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth()
     } else {
         let path = ca_file.unwrap_or("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt");
         let pem = std::fs::read(path).map_err(|e| format!("reading the CA file {path}: {e}"))?;
         let mut roots = rustls::RootCertStore::empty();
         use rustls_pki_types::pem::PemObject as _;
         for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-            roots
-                .add(cert.map_err(|e| format!("{path}: {e}"))?)
-                .map_err(|e| format!("{path}: {e}"))?;
+            roots.add(cert.map_err(|e| format!("{path}: {e}"))?).map_err(|e| format!("{path}: {e}"))?;
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
@@ -266,12 +225,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls_pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -280,12 +234,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls_pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -320,29 +269,16 @@ mod tests {
     }
 
     fn v(weight: i32, healthy: Option<bool>) -> Verdict {
-        Verdict {
-            name: "c".into(),
-            healthy,
-            detail: String::new(),
-            weight,
-        }
+        Verdict { name: "c".into(), healthy, detail: String::new(), weight }
     }
 
     #[test]
     fn failing_weights_lower_the_priority_and_weight_zero_faults() {
         assert_eq!(effective(150, &[v(-60, Some(true))]), (150, false));
         assert_eq!(effective(150, &[v(-60, Some(false))]), (90, false));
-        assert_eq!(
-            effective(150, &[v(-60, Some(false)), v(-100, Some(false))]),
-            (1, false),
-            "never below 1"
-        );
+        assert_eq!(effective(150, &[v(-60, Some(false)), v(-100, Some(false))]), (1, false), "never below 1");
         assert_eq!(effective(150, &[v(0, Some(false))]), (150, true));
-        assert_eq!(
-            effective(150, &[v(-60, None)]),
-            (150, false),
-            "no verdict yet: no penalty"
-        );
+        assert_eq!(effective(150, &[v(-60, None)]), (150, false), "no verdict yet: no penalty");
         assert_eq!(effective(255, &[v(-10, Some(false))]), (245, false));
     }
 }

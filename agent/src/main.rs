@@ -76,12 +76,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let (ready_tx, ready_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = telemetry::bind(listen).await?;
-    let probes = tokio::spawn(telemetry::serve_probes(
-        listener,
-        registry,
-        ready_rx,
-        stopped(stop_rx),
-    ));
+    let probes = tokio::spawn(telemetry::serve_probes(listener, registry, ready_rx, stopped(stop_rx)));
 
     let driver = Driver::new(&spec, metrics).await?;
     ready_tx.send_replace(true);
@@ -99,10 +94,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 /// SIGTERM or SIGINT.
 async fn terminated() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         return std::future::pending().await;
     };
     tokio::select! {

@@ -40,59 +40,29 @@ impl VrrpMetrics {
         let m = Self::default();
         let r = registry.sub_registry_with_prefix("kubeha_vrrp");
         r.register("state", "1 for the current VRRP state", m.state.clone());
-        r.register(
-            "transitions",
-            "VRRP state changes by reason",
-            m.transitions.clone(),
-        );
-        r.register(
-            "adverts_sent",
-            "VRRP advertisements sent",
-            m.adverts_sent.clone(),
-        );
-        r.register(
-            "adverts_received",
-            "Valid VRRP advertisements received for this VRID",
-            m.adverts_received.clone(),
-        );
-        r.register(
-            "invalid_packets",
-            "VRRP packets dropped, by reason",
-            m.invalid_packets.clone(),
-        );
+        r.register("transitions", "VRRP state changes by reason", m.transitions.clone());
+        r.register("adverts_sent", "VRRP advertisements sent", m.adverts_sent.clone());
+        r.register("adverts_received", "Valid VRRP advertisements received for this VRID", m.adverts_received.clone());
+        r.register("invalid_packets", "VRRP packets dropped, by reason", m.invalid_packets.clone());
         r.register(
             "announcements",
             "Gratuitous ARPs / unsolicited neighbour advertisements sent",
             m.announcements.clone(),
         );
-        r.register(
-            "effective_priority",
-            "The priority advertised now",
-            m.effective_priority.clone(),
-        );
-        r.register(
-            "vip_errors",
-            "Failed attempts to add, refresh or remove the VIP",
-            m.vip_errors.clone(),
-        );
+        r.register("effective_priority", "The priority advertised now", m.effective_priority.clone());
+        r.register("vip_errors", "Failed attempts to add, refresh or remove the VIP", m.vip_errors.clone());
         m
     }
 
     /// Sets the state gauge.
     pub fn set_state(&self, state: &str) {
         for s in ["Initialize", "Backup", "Master", "Fault"] {
-            self.state
-                .get_or_create(&Reason { reason: s.into() })
-                .set(i64::from(s == state));
+            self.state.get_or_create(&Reason { reason: s.into() }).set(i64::from(s == state));
         }
     }
 
     /// Counts a dropped packet.
     pub fn dropped(&self, reason: &str) {
-        self.invalid_packets
-            .get_or_create(&Reason {
-                reason: reason.into(),
-            })
-            .inc();
+        self.invalid_packets.get_or_create(&Reason { reason: reason.into() }).inc();
     }
 }

@@ -1,11 +1,13 @@
-//! The raw IP-protocol-112 socket of one virtual router (IPv4): bound to the interface, multicast to
-//! 224.0.0.18 with TTL 255 or unicast to configured peers, own packets not looped back.
+//! The raw IP-protocol-112 socket of one virtual router: bound to the interface, multicast to 224.0.0.18 /
+//! ff02::12 with TTL / hop limit 255 or unicast to configured peers, own packets not looped back.
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd as _;
 
-use kubeha_vrrp::wire::{GROUP_V4, PROTOCOL, TTL};
+use kubeha_vrrp::wire::{GROUP_V4, GROUP_V6, PROTOCOL, TTL};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn6, recvmsg, setsockopt, sockopt};
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
@@ -13,9 +15,7 @@ use tokio::io::unix::AsyncFd;
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     /// Raw sockets need CAP_NET_RAW.
-    #[error(
-        "cannot open a raw VRRP socket: {0} (kubeha-agent needs CAP_NET_RAW; run it as root or grant NET_RAW)"
-    )]
+    #[error("cannot open a raw VRRP socket: {0} (kubeha-agent needs CAP_NET_RAW; run it as root or grant NET_RAW)")]
     Permission(io::Error),
     /// Any other failure, with what was being done.
     #[error("VRRP socket: {what}: {source}")]
@@ -49,38 +49,21 @@ pub struct Incoming {
 pub struct VrrpSocket {
     fd: AsyncFd<Socket>,
     destinations: Vec<IpAddr>,
+    v6: bool,
 }
 
 impl VrrpSocket {
     /// Opens the socket on `interface` (index `ifindex`, primary address `primary`). With `peers` empty it
     /// joins the VRRP group and sends there; otherwise it sends to each peer.
-    pub fn open_v4(
-        interface: &str,
-        ifindex: u32,
-        primary: Ipv4Addr,
-        peers: &[IpAddr],
-    ) -> Result<Self, SocketError> {
-        let s = Socket::new(
-            Domain::IPV4,
-            Type::RAW,
-            Some(Protocol::from(i32::from(PROTOCOL))),
-        )
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::PermissionDenied {
-                SocketError::Permission(e)
-            } else {
-                io("socket")(e)
-            }
+    pub fn open_v4(interface: &str, ifindex: u32, primary: Ipv4Addr, peers: &[IpAddr]) -> Result<Self, SocketError> {
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(i32::from(PROTOCOL)))).map_err(|e| {
+            if e.kind() == io::ErrorKind::PermissionDenied { SocketError::Permission(e) } else { io("socket")(e) }
         })?;
-        s.bind_device(Some(interface.as_bytes()))
-            .map_err(io("binding to the interface"))?;
+        s.bind_device(Some(interface.as_bytes())).map_err(io("binding to the interface"))?;
         s.set_ttl_v4(u32::from(TTL)).map_err(io("TTL"))?;
-        s.set_multicast_ttl_v4(u32::from(TTL))
-            .map_err(io("multicast TTL"))?;
-        s.set_multicast_loop_v4(false)
-            .map_err(io("multicast loop"))?;
-        s.set_multicast_if_v4(&primary)
-            .map_err(io("multicast interface"))?;
+        s.set_multicast_ttl_v4(u32::from(TTL)).map_err(io("multicast TTL"))?;
+        s.set_multicast_loop_v4(false).map_err(io("multicast loop"))?;
+        s.set_multicast_if_v4(&primary).map_err(io("multicast interface"))?;
         let destinations = if peers.is_empty() {
             s.join_multicast_v4_n(&GROUP_V4, &InterfaceIndexOrAddress::Index(ifindex))
                 .map_err(io("joining 224.0.0.18"))?;
@@ -91,9 +74,34 @@ impl VrrpSocket {
         s.set_nonblocking(true).map_err(io("non-blocking"))?;
         // SAFETY: `s` is an open socket that the AsyncFd owns from here on; socket2's as_raw_fd returns the
         // same descriptor for the socket's whole life, and nothing else closes it.
-        let fd = unsafe { AsyncFd::register(s) }
-            .map_err(|e| io("registering with the runtime")(e.into()))?;
-        Ok(Self { fd, destinations })
+        let fd = unsafe { AsyncFd::register(s) }.map_err(|e| io("registering with the runtime")(e.into()))?;
+        Ok(Self { fd, destinations, v6: false })
+    }
+
+    /// The IPv6 socket: sends from the interface's link-local address (the kernel's choice for ff02::12 and
+    /// on-link peers) and learns each packet's hop limit and destination from ancillary data, since an IPv6
+    /// raw socket does not deliver the IP header.
+    pub fn open_v6(interface: &str, ifindex: u32, peers: &[IpAddr]) -> Result<Self, SocketError> {
+        let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::from(i32::from(PROTOCOL)))).map_err(|e| {
+            if e.kind() == io::ErrorKind::PermissionDenied { SocketError::Permission(e) } else { io("socket")(e) }
+        })?;
+        s.bind_device(Some(interface.as_bytes())).map_err(io("binding to the interface"))?;
+        s.set_unicast_hops_v6(u32::from(TTL)).map_err(io("hop limit"))?;
+        s.set_multicast_hops_v6(u32::from(TTL)).map_err(io("multicast hop limit"))?;
+        s.set_multicast_loop_v6(false).map_err(io("multicast loop"))?;
+        s.set_multicast_if_v6(ifindex).map_err(io("multicast interface"))?;
+        setsockopt(&s, sockopt::Ipv6RecvHopLimit, &true).map_err(|e| io("IPV6_RECVHOPLIMIT")(e.into()))?;
+        setsockopt(&s, sockopt::Ipv6RecvPacketInfo, &true).map_err(|e| io("IPV6_RECVPKTINFO")(e.into()))?;
+        let destinations = if peers.is_empty() {
+            s.join_multicast_v6(&GROUP_V6, ifindex).map_err(io("joining ff02::12"))?;
+            vec![IpAddr::V6(GROUP_V6)]
+        } else {
+            peers.to_vec()
+        };
+        s.set_nonblocking(true).map_err(io("non-blocking"))?;
+        // SAFETY: as in open_v4: the AsyncFd owns the open socket and its descriptor for the socket's life.
+        let fd = unsafe { AsyncFd::register(s) }.map_err(|e| io("registering with the runtime")(e.into()))?;
+        Ok(Self { fd, destinations, v6: true })
     }
 
     /// Sends one VRRP message to `dst` (the group or a peer).
@@ -112,8 +120,48 @@ impl VrrpSocket {
         &self.destinations
     }
 
-    /// Receives the next packet that carries an IPv4 header and a VRRP message.
+    /// Receives the next VRRP packet.
     pub async fn recv(&self) -> io::Result<Incoming> {
+        if self.v6 { self.recv_v6().await } else { self.recv_v4().await }
+    }
+
+    async fn recv_v6(&self) -> io::Result<Incoming> {
+        let mut buf = [0u8; 2048];
+        let mut cmsg = nix::cmsg_space!(libc::in6_pktinfo, libc::c_int);
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let got = guard.try_io(|s| {
+                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                let msg = recvmsg::<SockaddrIn6>(s.get_ref().as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
+                    .map_err(io::Error::from)?;
+                let (mut hop, mut dst) = (None, None);
+                for c in msg.cmsgs().map_err(io::Error::from)? {
+                    match c {
+                        ControlMessageOwned::Ipv6HopLimit(h) => hop = u8::try_from(h).ok(),
+                        ControlMessageOwned::Ipv6PacketInfo(info) => dst = Some(Ipv6Addr::from(info.ipi6_addr.s6_addr)),
+                        _ => {}
+                    }
+                }
+                let src = msg.address.map(|a| a.ip());
+                Ok((msg.bytes, hop, dst, src))
+            });
+            match got {
+                Ok(Ok((n, Some(ttl), Some(dst), Some(src)))) => {
+                    return Ok(Incoming {
+                        message: buf[..n].to_vec(),
+                        ttl,
+                        src: IpAddr::V6(src),
+                        dst: IpAddr::V6(dst),
+                    });
+                }
+                Ok(Ok(_)) => continue, // without hop limit or addresses it cannot be checked: drop it
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    async fn recv_v4(&self) -> io::Result<Incoming> {
         let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
         loop {
             let mut guard = self.fd.readable().await?;
@@ -155,19 +203,12 @@ mod tests {
 
     #[test]
     fn an_ipv4_header_is_split_off() {
-        let mut p = vec![
-            0x45, 0, 0, 32, 0, 0, 0, 0, 255, 112, 0, 0, 198, 51, 100, 11, 224, 0, 0, 18,
-        ];
+        let mut p = vec![0x45, 0, 0, 32, 0, 0, 0, 0, 255, 112, 0, 0, 198, 51, 100, 11, 224, 0, 0, 18];
         p.extend_from_slice(&[0x31, 51, 150, 1, 0, 100, 0, 0, 198, 51, 100, 10]);
         let i = parse_ipv4(&p).unwrap();
         assert_eq!(
             (i.ttl, i.src, i.dst, i.message.len()),
-            (
-                255,
-                "198.51.100.11".parse().unwrap(),
-                "224.0.0.18".parse().unwrap(),
-                12
-            )
+            (255, "198.51.100.11".parse().unwrap(), "224.0.0.18".parse().unwrap(), 12)
         );
         assert!(parse_ipv4(&p[..10]).is_none());
         let mut short = p.clone();

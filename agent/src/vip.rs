@@ -42,13 +42,8 @@ pub enum NetError {
 
 fn netlink(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> NetError {
     move |source| {
-        let denied =
-            matches!(&source, rtnetlink::Error::NetlinkError(e) if e.raw_code() == -libc::EPERM);
-        let hint = if denied {
-            " (kubeha-agent needs CAP_NET_ADMIN to manage the VIP)"
-        } else {
-            ""
-        };
+        let denied = matches!(&source, rtnetlink::Error::NetlinkError(e) if e.raw_code() == -libc::EPERM);
+        let hint = if denied { " (kubeha-agent needs CAP_NET_ADMIN to manage the VIP)" } else { "" };
         NetError::Netlink { what, source, hint }
     }
 }
@@ -66,11 +61,7 @@ impl VipOnLink {
     pub async fn open(interface: &str, vip: Vip) -> Result<Self, NetError> {
         let (connection, handle, _) = rtnetlink::new_connection().map_err(NetError::Socket)?;
         tokio::spawn(connection);
-        let mut links = handle
-            .link()
-            .get()
-            .match_name(interface.to_string())
-            .execute();
+        let mut links = handle.link().get().match_name(interface.to_string()).execute();
         let ifindex = match links.try_next().await {
             Ok(Some(link)) => link.header.index,
             Ok(None) => return Err(NetError::NoInterface(interface.into())),
@@ -79,11 +70,7 @@ impl VipOnLink {
             }
             Err(e) => return Err(netlink("link lookup")(e)),
         };
-        Ok(Self {
-            handle,
-            ifindex,
-            vip,
-        })
+        Ok(Self { handle, ifindex, vip })
     }
 
     /// The interface's index.
@@ -94,11 +81,7 @@ impl VipOnLink {
     /// Adds the VIP, or renews its lifetime if it is there.
     pub async fn add(&self) -> Result<(), NetError> {
         let secs = u32::try_from(LIFETIME.as_secs()).unwrap_or(u32::MAX);
-        let mut req = self
-            .handle
-            .address()
-            .add(self.ifindex, self.vip.address, self.vip.prefix)
-            .replace();
+        let mut req = self.handle.address().add(self.ifindex, self.vip.address, self.vip.prefix).replace();
         let msg = req.message_mut();
         // No prefix route of its own: the node's primary address already has one, and the VIP must never
         // become what the kernel picks as source for the subnet.
@@ -122,9 +105,7 @@ impl VipOnLink {
         match self.handle.address().del(msg).execute().await {
             Ok(()) => Ok(()),
             // Gone in between (the lifetime ran out): what we wanted.
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EADDRNOTAVAIL => {
-                Ok(())
-            }
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EADDRNOTAVAIL => Ok(()),
             Err(e) => Err(netlink("removing the VIP")(e)),
         }
     }
@@ -135,17 +116,8 @@ impl VipOnLink {
     }
 
     async fn find(&self) -> Result<Option<AddressMessage>, NetError> {
-        let mut addrs = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(self.ifindex)
-            .execute();
-        while let Some(msg) = addrs
-            .try_next()
-            .await
-            .map_err(netlink("listing addresses"))?
-        {
+        let mut addrs = self.handle.address().get().set_link_index_filter(self.ifindex).execute();
+        while let Some(msg) = addrs.try_next().await.map_err(netlink("listing addresses"))? {
             if address_of(&msg) == Some(self.vip.address) {
                 return Ok(Some(msg));
             }
@@ -155,24 +127,17 @@ impl VipOnLink {
 
     /// The interface's primary address of the VIP's family: what adverts are sent from and compared by.
     pub async fn primary(&self) -> Result<Option<IpAddr>, NetError> {
-        let mut addrs = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(self.ifindex)
-            .execute();
+        let mut addrs = self.handle.address().get().set_link_index_filter(self.ifindex).execute();
         let mut found = None;
-        while let Some(msg) = addrs
-            .try_next()
-            .await
-            .map_err(netlink("listing addresses"))?
-        {
+        while let Some(msg) = addrs.try_next().await.map_err(netlink("listing addresses"))? {
             let Some(a) = address_of(&msg) else { continue };
             let v6_link_local = matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
-            let secondary = msg.attributes.iter().any(|at| matches!(at, AddressAttribute::Flags(f) if f.contains(AddressFlags::Secondary)));
+            let secondary = msg
+                .attributes
+                .iter()
+                .any(|at| matches!(at, AddressAttribute::Flags(f) if f.contains(AddressFlags::Secondary)));
             // VRRPv3 over IPv6 is sent from the link-local address (RFC 9568 §5.1.2.1).
-            let wanted =
-                a.is_ipv4() == self.vip.address.is_ipv4() && (a.is_ipv4() || v6_link_local);
+            let wanted = a.is_ipv4() == self.vip.address.is_ipv4() && (a.is_ipv4() || v6_link_local);
             if a != self.vip.address && wanted && !secondary && found.is_none() {
                 found = Some(a);
             }
@@ -194,14 +159,12 @@ impl VipOnLink {
 
     /// Whether the VIP's interface is up with carrier.
     pub async fn link_up(&self) -> Result<bool, NetError> {
-        self.link_up_where(self.handle.link().get().match_index(self.ifindex))
-            .await
+        self.link_up_where(self.handle.link().get().match_index(self.ifindex)).await
     }
 
     /// Whether the interface `name` is up with carrier.
     pub async fn named_link_up(&self, name: &str) -> Result<bool, NetError> {
-        self.link_up_where(self.handle.link().get().match_name(name.to_string()))
-            .await
+        self.link_up_where(self.handle.link().get().match_name(name.to_string())).await
     }
 
     async fn link_up_where(&self, request: rtnetlink::LinkGetRequest) -> Result<bool, NetError> {
@@ -209,15 +172,8 @@ impl VipOnLink {
         let Some(link) = links.try_next().await.map_err(netlink("link state"))? else {
             return Ok(false);
         };
-        let carrier = link
-            .attributes
-            .iter()
-            .any(|a| matches!(a, LinkAttribute::Carrier(1)));
-        Ok(carrier
-            && link
-                .header
-                .flags
-                .contains(netlink_packet_route::link::LinkFlags::Up))
+        let carrier = link.attributes.iter().any(|a| matches!(a, LinkAttribute::Carrier(1)));
+        Ok(carrier && link.header.flags.contains(netlink_packet_route::link::LinkFlags::Up))
     }
 }
 

@@ -69,11 +69,9 @@ pub enum ConfigError {
 impl ElectionConfig {
     /// Checks client-go's margins: leaseDuration > renewDeadline > 1.2 × retryPeriod.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (what, value) in [
-            ("lease namespace", &self.namespace),
-            ("lease name", &self.name),
-            ("identity", &self.identity),
-        ] {
+        for (what, value) in
+            [("lease namespace", &self.namespace), ("lease name", &self.name), ("identity", &self.identity)]
+        {
             if value.is_empty() {
                 return Err(ConfigError::Empty(what));
             }
@@ -85,10 +83,7 @@ impl ElectionConfig {
             });
         }
         if self.renew_deadline.as_secs_f64() <= 1.2 * self.retry_period.as_secs_f64() {
-            return Err(ConfigError::DeadlineWithinJitter {
-                renew: self.renew_deadline,
-                retry: self.retry_period,
-            });
+            return Err(ConfigError::DeadlineWithinJitter { renew: self.renew_deadline, retry: self.retry_period });
         }
         Ok(())
     }
@@ -130,13 +125,7 @@ impl Record {
     fn from_spec(spec: &LeaseSpec) -> Self {
         Self {
             holder: spec.holder_identity.clone().filter(|h| !h.is_empty()),
-            duration: Duration::from_secs(
-                spec.lease_duration_seconds
-                    .unwrap_or(0)
-                    .max(0)
-                    .unsigned_abs()
-                    .into(),
-            ),
+            duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0).unsigned_abs().into()),
             acquire_time: spec.acquire_time.as_ref().map(|t| t.0),
             renew_time: spec.renew_time.as_ref().map(|t| t.0),
             transitions: spec.lease_transitions.unwrap_or(0),
@@ -146,9 +135,7 @@ impl Record {
     fn to_spec(&self) -> LeaseSpec {
         LeaseSpec {
             holder_identity: self.holder.clone(),
-            lease_duration_seconds: Some(
-                i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX),
-            ),
+            lease_duration_seconds: Some(i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX)),
             acquire_time: self.acquire_time.map(MicroTime),
             renew_time: self.renew_time.map(MicroTime),
             lease_transitions: Some(self.transitions),
@@ -207,17 +194,9 @@ fn decide(
     Decision::Write(Record {
         holder: Some(me.to_string()),
         duration,
-        acquire_time: if held_by_me {
-            current.acquire_time
-        } else {
-            Some(wall)
-        },
+        acquire_time: if held_by_me { current.acquire_time } else { Some(wall) },
         renew_time: Some(wall),
-        transitions: if held_by_me {
-            current.transitions
-        } else {
-            current.transitions + 1
-        },
+        transitions: if held_by_me { current.transitions } else { current.transitions + 1 },
     })
 }
 
@@ -241,22 +220,11 @@ enum RoundError {
 
 impl Elector {
     /// A candidate for the Lease `config.namespace/config.name`. Call [`Elector::run`] to take part.
-    pub fn new(
-        client: Client,
-        config: ElectionConfig,
-    ) -> Result<(Self, watch::Receiver<Leadership>), ConfigError> {
+    pub fn new(client: Client, config: ElectionConfig) -> Result<(Self, watch::Receiver<Leadership>), ConfigError> {
         config.validate()?;
         let api = Api::namespaced(client, &config.namespace);
         let (tx, rx) = watch::channel(Leadership::Follower { holder: None });
-        Ok((
-            Self {
-                api,
-                config,
-                seen: Observation::default(),
-                tx,
-            },
-            rx,
-        ))
+        Ok((Self { api, config, seen: Observation::default(), tx }, rx))
     }
 
     /// Takes part until `shutdown` resolves, then releases the lease if held. Never returns an error: API
@@ -265,11 +233,7 @@ impl Elector {
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let leading = matches!(*self.tx.borrow(), Leadership::Leader { .. });
-            let pause = if leading {
-                self.config.retry_period
-            } else {
-                jittered(self.config.retry_period)
-            };
+            let pause = if leading { self.config.retry_period } else { jittered(self.config.retry_period) };
             let deadline = match *self.tx.borrow() {
                 Leadership::Leader { until } => Some(until),
                 Leadership::Follower { .. } => None,
@@ -277,9 +241,9 @@ impl Elector {
             let started = Instant::now();
             let round = async {
                 match deadline {
-                    Some(until) => tokio::time::timeout_at(until, self.round())
-                        .await
-                        .unwrap_or(Err(RoundError::Deadline)),
+                    Some(until) => {
+                        tokio::time::timeout_at(until, self.round()).await.unwrap_or(Err(RoundError::Deadline))
+                    }
                     None => self.round().await,
                 }
             };
@@ -299,12 +263,8 @@ impl Elector {
         let now = Instant::now();
         let next = match (result, self.tx.borrow().clone()) {
             // None: we wrote the lease; the write started at `started`, so that is what the deadline counts from.
-            (Ok(None), _) => Leadership::Leader {
-                until: started + self.config.renew_deadline,
-            },
-            (Ok(Some(holder)), _) => Leadership::Follower {
-                holder: Some(holder),
-            },
+            (Ok(None), _) => Leadership::Leader { until: started + self.config.renew_deadline },
+            (Ok(Some(holder)), _) => Leadership::Follower { holder: Some(holder) },
             (Err(e), Leadership::Leader { until }) if now < until => {
                 tracing::warn!(lease = %self.config.name, error = %e, "lease renewal failed; retrying before the deadline");
                 Leadership::Leader { until }
@@ -343,9 +303,7 @@ impl Elector {
     async fn round(&mut self) -> Result<Option<String>, RoundError> {
         let existing = self.api.get_opt(&self.config.name).await?;
         // A Lease without a spec is a lease nobody holds.
-        let record = existing
-            .as_ref()
-            .map(|l| Record::from_spec(l.spec.as_ref().unwrap_or(&LeaseSpec::default())));
+        let record = existing.as_ref().map(|l| Record::from_spec(l.spec.as_ref().unwrap_or(&LeaseSpec::default())));
         let decision = decide(
             record.as_ref(),
             &mut self.seen,
@@ -361,25 +319,19 @@ impl Elector {
                     metadata: ObjectMeta {
                         name: Some(self.config.name.clone()),
                         namespace: Some(self.config.namespace.clone()),
-                        resource_version: existing
-                            .as_ref()
-                            .and_then(|l| l.metadata.resource_version.clone()),
+                        resource_version: existing.as_ref().and_then(|l| l.metadata.resource_version.clone()),
                         ..ObjectMeta::default()
                     },
                     spec: Some(new.to_spec()),
                 };
                 let written = if existing.is_some() {
-                    self.api
-                        .replace(&self.config.name, &PostParams::default(), &lease)
-                        .await?
+                    self.api.replace(&self.config.name, &PostParams::default(), &lease).await?
                 } else {
                     self.api.create(&PostParams::default(), &lease).await?
                 };
                 // Our own write is a change we observed now.
-                self.seen = Observation {
-                    record: written.spec.as_ref().map(Record::from_spec),
-                    at: Some(Instant::now()),
-                };
+                self.seen =
+                    Observation { record: written.spec.as_ref().map(Record::from_spec), at: Some(Instant::now()) };
                 Ok(None)
             }
         }
@@ -405,11 +357,7 @@ impl Elector {
         spec.lease_duration_seconds = Some(1);
         spec.acquire_time = Some(now.clone());
         spec.renew_time = Some(now);
-        match self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &lease)
-            .await
-        {
+        match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
             Ok(_) => tracing::info!(lease = %self.config.name, "released the lease"),
             Err(e) => {
                 tracing::warn!(lease = %self.config.name, error = %e, "could not release the lease; it expires by itself")
@@ -430,13 +378,7 @@ mod tests {
     const D: Duration = Duration::from_secs(15);
 
     fn held_by(holder: &str) -> Record {
-        Record {
-            holder: Some(holder.into()),
-            duration: D,
-            acquire_time: None,
-            renew_time: None,
-            transitions: 3,
-        }
+        Record { holder: Some(holder.into()), duration: D, acquire_time: None, renew_time: None, transitions: 3 }
     }
 
     fn t0() -> (Instant, Timestamp) {
@@ -447,40 +389,22 @@ mod tests {
     fn a_missing_lease_is_created_with_us_as_holder() {
         let (now, wall) = t0();
         let d = decide(None, &mut Observation::default(), "a", D, now, wall);
-        let Decision::Write(r) = d else {
-            panic!("{d:?}")
-        };
-        assert_eq!(
-            (r.holder.as_deref(), r.transitions, r.duration),
-            (Some("a"), 0, D)
-        );
+        let Decision::Write(r) = d else { panic!("{d:?}") };
+        assert_eq!((r.holder.as_deref(), r.transitions, r.duration), (Some("a"), 0, D));
     }
 
     #[test]
     fn a_valid_lease_of_another_is_waited_for_until_it_stops_changing_for_its_duration() {
         let (now, wall) = t0();
         let mut seen = Observation::default();
-        assert_eq!(
-            decide(Some(&held_by("b")), &mut seen, "a", D, now, wall),
-            Decision::Wait("b".into())
-        );
+        assert_eq!(decide(Some(&held_by("b")), &mut seen, "a", D, now, wall), Decision::Wait("b".into()));
         // Unchanged for less than the duration: still valid, whatever the wall clocks say.
         assert_eq!(
-            decide(
-                Some(&held_by("b")),
-                &mut seen,
-                "a",
-                D,
-                now + D - Duration::from_millis(1),
-                wall
-            ),
+            decide(Some(&held_by("b")), &mut seen, "a", D, now + D - Duration::from_millis(1), wall),
             Decision::Wait("b".into())
         );
         // Unchanged for the whole duration: expired, and taking it over counts a transition.
-        let Decision::Write(r) = decide(Some(&held_by("b")), &mut seen, "a", D, now + D, wall)
-        else {
-            panic!()
-        };
+        let Decision::Write(r) = decide(Some(&held_by("b")), &mut seen, "a", D, now + D, wall) else { panic!() };
         assert_eq!((r.holder.as_deref(), r.transitions), (Some("a"), 4));
     }
 
@@ -492,31 +416,14 @@ mod tests {
         let mut renewed = held_by("b");
         renewed.renew_time = Some(Timestamp::UNIX_EPOCH + Duration::from_secs(10));
         assert_eq!(
-            decide(
-                Some(&renewed),
-                &mut seen,
-                "a",
-                D,
-                now + D - Duration::from_secs(1),
-                wall
-            ),
+            decide(Some(&renewed), &mut seen, "a", D, now + D - Duration::from_secs(1), wall),
             Decision::Wait("b".into())
         );
         assert_eq!(
-            decide(
-                Some(&renewed),
-                &mut seen,
-                "a",
-                D,
-                now + D + Duration::from_secs(1),
-                wall
-            ),
+            decide(Some(&renewed), &mut seen, "a", D, now + D + Duration::from_secs(1), wall),
             Decision::Wait("b".into())
         );
-        assert!(matches!(
-            decide(Some(&renewed), &mut seen, "a", D, now + 2 * D, wall),
-            Decision::Write(_)
-        ));
+        assert!(matches!(decide(Some(&renewed), &mut seen, "a", D, now + 2 * D, wall), Decision::Write(_)));
     }
 
     #[test]
@@ -524,11 +431,7 @@ mod tests {
         let (now, wall) = t0();
         let mut mine = held_by("a");
         mine.acquire_time = Some(Timestamp::UNIX_EPOCH + Duration::from_secs(5));
-        let Decision::Write(r) =
-            decide(Some(&mine), &mut Observation::default(), "a", D, now, wall)
-        else {
-            panic!()
-        };
+        let Decision::Write(r) = decide(Some(&mine), &mut Observation::default(), "a", D, now, wall) else { panic!() };
         assert_eq!((r.transitions, r.acquire_time), (3, mine.acquire_time));
     }
 
@@ -542,28 +445,16 @@ mod tests {
             renew_time: None,
             transitions: 3,
         };
-        let Decision::Write(r) = decide(
-            Some(&released),
-            &mut Observation::default(),
-            "a",
-            D,
-            now,
-            wall,
-        ) else {
+        let Decision::Write(r) = decide(Some(&released), &mut Observation::default(), "a", D, now, wall) else {
             panic!()
         };
-        assert_eq!(
-            (r.holder.as_deref(), r.transitions, r.duration),
-            (Some("a"), 4, D)
-        );
+        assert_eq!((r.holder.as_deref(), r.transitions, r.duration), (Some("a"), 4, D));
     }
 
     #[test]
     fn leadership_ends_at_the_holders_own_deadline() {
         let now = Instant::now();
-        let l = Leadership::Leader {
-            until: now + Duration::from_secs(10),
-        };
+        let l = Leadership::Leader { until: now + Duration::from_secs(10) };
         assert!(l.is_leader_at(now));
         assert!(!l.is_leader_at(now + Duration::from_secs(10)));
         assert!(!Leadership::Follower { holder: None }.is_leader_at(now));
@@ -580,26 +471,11 @@ mod tests {
             retry_period: Duration::from_secs(2),
         };
         assert_eq!(ok.validate(), Ok(()));
-        let inverted = ElectionConfig {
-            renew_deadline: Duration::from_secs(15),
-            ..ok.clone()
-        };
-        assert!(matches!(
-            inverted.validate(),
-            Err(ConfigError::LeaseNotLongerThanDeadline { .. })
-        ));
-        let jitter = ElectionConfig {
-            renew_deadline: Duration::from_millis(2400),
-            ..ok.clone()
-        };
-        assert!(matches!(
-            jitter.validate(),
-            Err(ConfigError::DeadlineWithinJitter { .. })
-        ));
-        let anonymous = ElectionConfig {
-            identity: String::new(),
-            ..ok
-        };
+        let inverted = ElectionConfig { renew_deadline: Duration::from_secs(15), ..ok.clone() };
+        assert!(matches!(inverted.validate(), Err(ConfigError::LeaseNotLongerThanDeadline { .. })));
+        let jitter = ElectionConfig { renew_deadline: Duration::from_millis(2400), ..ok.clone() };
+        assert!(matches!(jitter.validate(), Err(ConfigError::DeadlineWithinJitter { .. })));
+        let anonymous = ElectionConfig { identity: String::new(), ..ok };
         assert_eq!(anonymous.validate(), Err(ConfigError::Empty("identity")));
     }
 }

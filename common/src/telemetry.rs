@@ -37,9 +37,12 @@ impl std::str::FromStr for LogFormat {
 /// Installs the global tracing subscriber: level from `RUST_LOG` (default `info`), to stderr.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    // Colour only for a person at a terminal: log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // A second initialisation (tests) keeps the first subscriber.
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -61,28 +64,20 @@ pub async fn serve_probes(
     ready: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let state = Probes {
-        registry: Arc::new(registry),
-        ready,
-    };
+    let state = Probes { registry: Arc::new(registry), ready };
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 /// Binds the probe listener, naming the address in the error (a port in use is a common mistake).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {addr} for metrics and probes: {e}"),
-        )
-    })
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} for metrics and probes: {e}")))
 }
 
 async fn metrics(State(p): State<Probes>) -> impl IntoResponse {
@@ -90,10 +85,7 @@ async fn metrics(State(p): State<Probes>) -> impl IntoResponse {
     match prometheus_client::encoding::text::encode(&mut body, &p.registry) {
         Ok(()) => (
             StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
             body,
         )
             .into_response(),
@@ -102,9 +94,5 @@ async fn metrics(State(p): State<Probes>) -> impl IntoResponse {
 }
 
 async fn readyz(State(p): State<Probes>) -> impl IntoResponse {
-    if *p.ready.borrow() {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
+    if *p.ready.borrow() { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
 }

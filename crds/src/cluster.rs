@@ -484,11 +484,4 @@ macro_rules! default_from_serde {
         }
     )*};
 }
-default_from_serde!(
-    VrrpSpec,
-    GarpSpec,
-    LocalHealthSpec,
-    ProxySpec,
-    ProxyHealthCheck,
-    ElectionSpec
-);
+default_from_serde!(VrrpSpec, GarpSpec, LocalHealthSpec, ProxySpec, ProxyHealthCheck, ElectionSpec);

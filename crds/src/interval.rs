@@ -15,9 +15,7 @@ pub struct Interval(pub Duration);
 
 /// Why a string is not an [`Interval`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "'{0}' is not a duration: write a whole number of milliseconds or seconds, like 100ms or 2s"
-)]
+#[error("'{0}' is not a duration: write a whole number of milliseconds or seconds, like 100ms or 2s")]
 pub struct IntervalError(pub String);
 
 impl Interval {
@@ -60,11 +58,7 @@ impl FromStr for Interval {
 impl fmt::Display for Interval {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.as_millis();
-        if ms.is_multiple_of(1000) {
-            write!(f, "{}s", ms / 1000)
-        } else {
-            write!(f, "{ms}ms")
-        }
+        if ms.is_multiple_of(1000) { write!(f, "{}s", ms / 1000) } else { write!(f, "{ms}ms") }
     }
 }
 
@@ -129,24 +123,8 @@ mod tests {
 
     #[test]
     fn rejects_what_the_schema_rejects() {
-        for bad in [
-            "",
-            "s",
-            "ms",
-            "1.5s",
-            "1m",
-            "10",
-            "-1s",
-            " 1s",
-            "1 s",
-            "1000000000000s",
-            "1h",
-        ] {
-            assert_eq!(
-                bad.parse::<Interval>(),
-                Err(IntervalError(bad.to_string())),
-                "{bad:?}"
-            );
+        for bad in ["", "s", "ms", "1.5s", "1m", "10", "-1s", " 1s", "1 s", "1000000000000s", "1h"] {
+            assert_eq!(bad.parse::<Interval>(), Err(IntervalError(bad.to_string())), "{bad:?}");
         }
     }
 
@@ -156,9 +134,7 @@ mod tests {
         let json = serde_json::to_string(&i).unwrap();
         assert_eq!(json, "\"250ms\"");
         assert_eq!(serde_json::from_str::<Interval>(&json).unwrap(), i);
-        let err = serde_json::from_str::<Interval>("\"1.5s\"")
-            .unwrap_err()
-            .to_string();
+        let err = serde_json::from_str::<Interval>("\"1.5s\"").unwrap_err().to_string();
         assert!(err.contains("like 100ms or 2s"), "{err}");
     }
 }

@@ -11,15 +11,14 @@ mod member;
 mod rules;
 
 pub use cluster::{
-    Balance, ElectionMode, ElectionSpec, Failover, GarpSpec, HighAvailabilityCluster,
-    HighAvailabilityClusterSpec, HighAvailabilityClusterStatus, LocalHealthSpec, Masters,
-    MemberSummary, ProxyHealthCheck, ProxySpec, VrrpSpec,
+    Balance, ElectionMode, ElectionSpec, Failover, GarpSpec, HighAvailabilityCluster, HighAvailabilityClusterSpec,
+    HighAvailabilityClusterStatus, LocalHealthSpec, Masters, MemberSummary, ProxyHealthCheck, ProxySpec, VrrpSpec,
 };
 pub use interval::{Interval, IntervalError};
 pub use member::{
     BackendStatus, CheckResult, HealthCheck, HighAvailabilityMember, HighAvailabilityMemberSpec,
-    HighAvailabilityMemberStatus, HttpsCheck, LinkCheck, MemberProxy, MemberVrrp, Metrics, Penalty,
-    TcpCheck, Transition, VrrpState,
+    HighAvailabilityMemberStatus, HttpsCheck, LinkCheck, MemberProxy, MemberVrrp, Metrics, Penalty, TcpCheck,
+    Transition, VrrpState,
 };
 
 /// The API group.
@@ -34,18 +33,9 @@ pub fn fault_tolerance(masters: usize) -> usize {
 /// The CRDs as YAML documents, in the order they should be applied.
 pub fn crd_yaml() -> Vec<(&'static str, String)> {
     use kube::CustomResourceExt as _;
-    let render = |crd| {
-        serde_norway::to_string(&crd)
-            .unwrap_or_else(|e| unreachable!("a CRD always serialises: {e}"))
-    };
+    let render = |crd| serde_norway::to_string(&crd).unwrap_or_else(|e| unreachable!("a CRD always serialises: {e}"));
     vec![
-        (
-            "kubeha.io_highavailabilityclusters.yaml",
-            render(HighAvailabilityCluster::crd()),
-        ),
-        (
-            "kubeha.io_highavailabilitymembers.yaml",
-            render(HighAvailabilityMember::crd()),
-        ),
+        ("kubeha.io_highavailabilityclusters.yaml", render(HighAvailabilityCluster::crd())),
+        ("kubeha.io_highavailabilitymembers.yaml", render(HighAvailabilityMember::crd())),
     ]
 }

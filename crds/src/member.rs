@@ -269,9 +269,7 @@ fn default_metrics() -> String {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self {
-            listen: default_metrics(),
-        }
+        Self { listen: default_metrics() }
     }
 }
 

@@ -16,19 +16,21 @@ const POW2: &str = "[1,2,4,8,16,32,64,128,256,512,1024,2048,4096,8192,16384,3276
 /// The rules of a VIP written as address/prefix, in the order a person would fix them.
 pub(crate) fn vip(field: &str) -> Vec<Rule> {
     let octets = "self.split('/')[0].split('.')";
-    let ipv4_value = format!(
-        "int({octets}[0]) * 16777216 + int({octets}[1]) * 65536 + int({octets}[2]) * 256 + int({octets}[3])"
-    );
+    let ipv4_value =
+        format!("int({octets}[0]) * 16777216 + int({octets}[1]) * 65536 + int({octets}[2]) * 256 + int({octets}[3])");
     vec![
-        Rule::new("isCIDR(self)").message(format!(
-            "{field} must be an address with its prefix length, like 198.51.100.10/24 or 2001:db8::10/64"
-        ).as_str()),
+        Rule::new("isCIDR(self)").message(
+            format!("{field} must be an address with its prefix length, like 198.51.100.10/24 or 2001:db8::10/64")
+                .as_str(),
+        ),
         Rule::new("!isCIDR(self) || !cidr(self).ip().isUnspecified()")
             .message(format!("{field} must not be the unspecified address (0.0.0.0 or ::)").as_str()),
         Rule::new("!isCIDR(self) || !cidr(self).ip().isLoopback()")
             .message(format!("{field} must not be a loopback address: other nodes cannot reach it").as_str()),
-        Rule::new("!isCIDR(self) || !cidr(self).ip().isLinkLocalUnicast()")
-            .message(format!("{field} must not be link-local (169.254.0.0/16, fe80::/10): clients off the link cannot reach it").as_str()),
+        Rule::new("!isCIDR(self) || !cidr(self).ip().isLinkLocalUnicast()").message(
+            format!("{field} must not be link-local (169.254.0.0/16, fe80::/10): clients off the link cannot reach it")
+                .as_str(),
+        ),
         Rule::new(
             "!isCIDR(self) || cidr(self).ip().isUnspecified() || cidr(self).ip().isLoopback() || \
              cidr(self).ip().isLinkLocalUnicast() || cidr(self).ip().isGlobalUnicast()",
@@ -38,36 +40,45 @@ pub(crate) fn vip(field: &str) -> Vec<Rule> {
             "!isCIDR(self) || cidr(self).prefixLength() >= (cidr(self).ip().family() == 4 ? 31 : 127) || \
              !(cidr(self).ip() == cidr(self).masked().ip())",
         )
-        .message(format!(
-            "{field} is the network address of its prefix (all host bits zero): pick a host address inside it, \
+        .message(
+            format!(
+                "{field} is the network address of its prefix (all host bits zero): pick a host address inside it, \
              like 198.51.100.10/24"
-        ).as_str()),
+            )
+            .as_str(),
+        ),
         Rule::new(format!(
             "!isCIDR(self) || cidr(self).ip().family() != 4 || cidr(self).prefixLength() >= 31 || \
              ({ipv4_value} + 1) % {POW2}[32 - cidr(self).prefixLength()] != 0"
         ))
-        .message(format!("{field} is the broadcast address of its prefix (all host bits one): pick a host address inside it").as_str()),
+        .message(
+            format!(
+                "{field} is the broadcast address of its prefix (all host bits one): pick a host address inside it"
+            )
+            .as_str(),
+        ),
     ]
 }
 
 /// A network interface name as the kernel accepts it.
 pub(crate) fn interface(field: &str) -> Rule {
-    Rule::new("self.matches('^[^/\\\\s:]{1,15}$')").message(format!(
-        "{field} must be a network interface name: 1 to 15 characters without '/', ':' or spaces, like eth0"
-    ).as_str())
+    Rule::new("self.matches('^[^/\\\\s:]{1,15}$')").message(
+        format!("{field} must be a network interface name: 1 to 15 characters without '/', ':' or spaces, like eth0")
+            .as_str(),
+    )
 }
 
 /// A VRRP virtual router id.
 pub(crate) fn vrid(field: &str) -> Rule {
-    Rule::new("self >= 1 && self <= 255").message(format!(
-        "{field} must be from 1 to 255: the VRRP virtual router id, unique among the routers on the segment"
-    ).as_str())
+    Rule::new("self >= 1 && self <= 255").message(
+        format!("{field} must be from 1 to 255: the VRRP virtual router id, unique among the routers on the segment")
+            .as_str(),
+    )
 }
 
 /// A TCP port.
 pub(crate) fn port(field: &str) -> Rule {
-    Rule::new("self >= 1 && self <= 65535")
-        .message(format!("{field} must be a TCP port from 1 to 65535").as_str())
+    Rule::new("self >= 1 && self <= 65535").message(format!("{field} must be a TCP port from 1 to 65535").as_str())
 }
 
 /// An integer in `min..=max`, with what it means.

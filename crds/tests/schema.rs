@@ -2,8 +2,8 @@
 
 use kube::CustomResourceExt as _;
 use kubeha_crds::{
-    ElectionSpec, HighAvailabilityCluster, HighAvailabilityClusterSpec, HighAvailabilityMemberSpec,
-    Interval, ProxySpec, VrrpSpec, fault_tolerance,
+    ElectionSpec, HighAvailabilityCluster, HighAvailabilityClusterSpec, HighAvailabilityMemberSpec, Interval,
+    ProxySpec, VrrpSpec, fault_tolerance,
 };
 
 #[test]
@@ -20,16 +20,7 @@ fn committed_crd_yaml_is_what_crdgen_writes() {
 
 #[test]
 fn fault_tolerance_is_what_a_majority_allows() {
-    let table = [
-        (0, 0),
-        (1, 0),
-        (2, 0),
-        (3, 1),
-        (4, 1),
-        (5, 2),
-        (6, 2),
-        (7, 3),
-    ];
+    let table = [(0, 0), (1, 0), (2, 0), (3, 1), (4, 1), (5, 2), (6, 2), (7, 3)];
     for (masters, tolerated) in table {
         assert_eq!(fault_tolerance(masters), tolerated, "{masters} masters");
     }
@@ -37,10 +28,9 @@ fn fault_tolerance_is_what_a_majority_allows() {
 
 #[test]
 fn an_omitted_section_means_the_documented_defaults() {
-    let spec: HighAvailabilityClusterSpec = serde_json::from_value(
-        serde_json::json!({"vip": "198.51.100.10/24", "vrid": 51, "interface": "eth0"}),
-    )
-    .unwrap();
+    let spec: HighAvailabilityClusterSpec =
+        serde_json::from_value(serde_json::json!({"vip": "198.51.100.10/24", "vrid": 51, "interface": "eth0"}))
+            .unwrap();
     assert_eq!(spec.vrrp, VrrpSpec::default());
     assert_eq!(spec.vrrp.version, 3);
     assert_eq!(spec.vrrp.advert_interval, Interval::from_millis(100));
@@ -49,22 +39,11 @@ fn an_omitted_section_means_the_documented_defaults() {
     assert_eq!(spec.vrrp.garp.delay, Interval::from_secs(5));
     assert_eq!(spec.proxy, ProxySpec::default());
     assert_eq!((spec.proxy.port, spec.proxy.backend_port), (8443, 6443));
-    assert_eq!(
-        spec.proxy.idle_timeout, None,
-        "no idle timeout: watches must survive"
-    );
+    assert_eq!(spec.proxy.idle_timeout, None, "no idle timeout: watches must survive");
     assert_eq!(spec.election, ElectionSpec::default());
     assert_eq!(
-        (
-            spec.election.lease_duration,
-            spec.election.renew_deadline,
-            spec.election.retry_period
-        ),
-        (
-            Interval::from_secs(15),
-            Interval::from_secs(10),
-            Interval::from_secs(2)
-        )
+        (spec.election.lease_duration, spec.election.renew_deadline, spec.election.retry_period),
+        (Interval::from_secs(15), Interval::from_secs(10), Interval::from_secs(2))
     );
     assert!(spec.election.quorum_fencing);
     assert_eq!(spec.health.path, "/readyz");
@@ -77,18 +56,9 @@ fn the_schema_defaults_match_the_rust_defaults() {
     // or an object would mean one thing to kubectl and another to kubeha.
     let crd = serde_json::to_value(HighAvailabilityCluster::crd()).unwrap();
     let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
-    assert_eq!(
-        spec["vrrp"]["default"],
-        serde_json::to_value(VrrpSpec::default()).unwrap()
-    );
-    assert_eq!(
-        spec["proxy"]["default"],
-        serde_json::to_value(ProxySpec::default()).unwrap()
-    );
-    assert_eq!(
-        spec["election"]["default"],
-        serde_json::to_value(ElectionSpec::default()).unwrap()
-    );
+    assert_eq!(spec["vrrp"]["default"], serde_json::to_value(VrrpSpec::default()).unwrap());
+    assert_eq!(spec["proxy"]["default"], serde_json::to_value(ProxySpec::default()).unwrap());
+    assert_eq!(spec["election"]["default"], serde_json::to_value(ElectionSpec::default()).unwrap());
 }
 
 #[test]
@@ -97,10 +67,7 @@ fn every_field_a_person_sets_has_a_description() {
         if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
             for (name, sub) in props {
                 let here = format!("{path}.{name}");
-                if sub.get("description").is_none()
-                    && !here.contains(".metadata")
-                    && !here.contains("Selector.")
-                {
+                if sub.get("description").is_none() && !here.contains(".metadata") && !here.contains("Selector.") {
                     missing.push(here.clone());
                 }
                 walk(&here, sub, missing);
@@ -112,16 +79,8 @@ fn every_field_a_person_sets_has_a_description() {
     }
     let crd = serde_json::to_value(HighAvailabilityCluster::crd()).unwrap();
     let mut missing = Vec::new();
-    walk(
-        "",
-        &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"],
-        &mut missing,
-    );
-    assert_eq!(
-        missing,
-        Vec::<String>::new(),
-        "fields without kubectl explain text"
-    );
+    walk("", &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"], &mut missing);
+    assert_eq!(missing, Vec::<String>::new(), "fields without kubectl explain text");
 }
 
 #[test]

@@ -47,12 +47,8 @@ pub enum Component {
 
 impl Component {
     /// Every component, in start order.
-    pub const ALL: [Component; 4] = [
-        Component::Etcd,
-        Component::KubeApiserver,
-        Component::KubeControllerManager,
-        Component::KubeScheduler,
-    ];
+    pub const ALL: [Component; 4] =
+        [Component::Etcd, Component::KubeApiserver, Component::KubeControllerManager, Component::KubeScheduler];
 
     /// The binary's name.
     pub fn name(self) -> &'static str {
@@ -67,10 +63,7 @@ impl Component {
     /// The controllers exit when they lose their lease; the kubelet would restart them, and so does a
     /// supervisor here. etcd and the API server stay down when stopped, as a fault test wants.
     fn restarts(self) -> bool {
-        matches!(
-            self,
-            Component::KubeControllerManager | Component::KubeScheduler
-        )
+        matches!(self, Component::KubeControllerManager | Component::KubeScheduler)
     }
 }
 
@@ -108,18 +101,11 @@ impl Cluster {
         let bins = PathBuf::from(last_line(process::output(
             Command::new(e2e.join("controlplane/build.sh")).stderr(Stdio::inherit()),
         )?));
-        let tools = PathBuf::from(last_line(process::output(
-            Command::new(e2e.join("kubetools.py")).stderr(Stdio::inherit()),
-        )?));
-        let dir = std::env::var_os("KUBEHA_E2E_DIR")
-            .map_or_else(|| PathBuf::from("/tmp/kubeha-e2e"), PathBuf::from);
+        let tools =
+            PathBuf::from(last_line(process::output(Command::new(e2e.join("kubetools.py")).stderr(Stdio::inherit()))?));
+        let dir = std::env::var_os("KUBEHA_E2E_DIR").map_or_else(|| PathBuf::from("/tmp/kubeha-e2e"), PathBuf::from);
         let pki = Pki::new(dir.join("pki"));
-        Ok(Self {
-            dir,
-            bins,
-            tools,
-            pki,
-        })
+        Ok(Self { dir, bins, tools, pki })
     }
 
     /// Waits for exclusive use of the cluster (tests run one at a time against it).
@@ -131,10 +117,8 @@ impl Cluster {
             .write(true)
             .open(&path)
             .ctx(|| format!("opening {}", path.display()))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Io {
-            what: format!("locking {}", path.display()),
-            source: errno.into(),
-        })?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| Error::Io { what: format!("locking {}", path.display()), source: errno.into() })?;
         Ok(ClusterLock { _lock: lock })
     }
 
@@ -182,10 +166,7 @@ impl Cluster {
             self.start(&node, Component::Etcd)?;
         }
         for node in NODES {
-            self.wait_for(&format!("etcd on {node} healthy"), || async move {
-                etcd_healthy(&node)
-            })
-            .await?;
+            self.wait_for(&format!("etcd on {node} healthy"), || async move { etcd_healthy(&node) }).await?;
         }
         let etcd_healthy = start.elapsed();
         for node in NODES {
@@ -206,11 +187,7 @@ impl Cluster {
             })
             .await?;
         }
-        Ok(UpTimes {
-            etcd_healthy,
-            apiservers_ready,
-            leases_held: start.elapsed(),
-        })
+        Ok(UpTimes { etcd_healthy, apiservers_ready, leases_held: start.elapsed() })
     }
 
     /// Only the network of the test world — bridge, hosts, addresses, no control plane — after removing
@@ -227,30 +204,17 @@ impl Cluster {
     /// Starts `argv` on `host` (its network namespace and hostname), its output in
     /// `logs/<host>/<name>.log`. The returned handle SIGKILLs it when dropped.
     pub fn spawn(&self, host: &Host, name: &str, argv: &[String]) -> Result<Process> {
-        let log = self
-            .dir
-            .join("logs")
-            .join(host.name())
-            .join(format!("{name}.log"));
+        let log = self.dir.join("logs").join(host.name()).join(format!("{name}.log"));
         if let Some(dir) = log.parent() {
             fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
         }
         let out = File::create(&log).ctx(|| format!("creating {}", log.display()))?;
-        let err = out
-            .try_clone()
-            .ctx(|| format!("opening {}", log.display()))?;
-        let program = argv
-            .first()
-            .ok_or_else(|| Error::Usage("spawn needs a command".into()))?;
+        let err = out.try_clone().ctx(|| format!("opening {}", log.display()))?;
+        let program = argv.first().ok_or_else(|| Error::Usage("spawn needs a command".into()))?;
         let mut cmd = Command::new(program);
-        cmd.args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(out).stderr(err);
         process::enter(&mut cmd, host, false)?;
-        let child = cmd
-            .spawn()
-            .ctx(|| format!("starting {program} on {host}"))?;
+        let child = cmd.spawn().ctx(|| format!("starting {program} on {host}"))?;
         Ok(Process { child, log })
     }
 
@@ -260,19 +224,8 @@ impl Cluster {
             .iter()
             .chain(CLIENTS.iter())
             .filter(|h| {
-                process::output(Command::new("ip").args([
-                    "-n",
-                    &h.netns(),
-                    "-o",
-                    "addr",
-                    "show",
-                    "dev",
-                    "eth0",
-                ]))
-                .is_ok_and(|out| {
-                    out.split_whitespace()
-                        .any(|w| w.split('/').next() == Some(&address.to_string()))
-                })
+                process::output(Command::new("ip").args(["-n", &h.netns(), "-o", "addr", "show", "dev", "eth0"]))
+                    .is_ok_and(|out| out.split_whitespace().any(|w| w.split('/').next() == Some(&address.to_string())))
             })
             .copied()
             .collect()
@@ -287,14 +240,7 @@ impl Cluster {
         net::teardown();
         let _ = fs::remove_dir_all(self.dir.join("run"));
         let left = self.leftovers();
-        if left.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Usage(format!(
-                "down left behind: {}",
-                left.join(", ")
-            )))
-        }
+        if left.is_empty() { Ok(()) } else { Err(Error::Usage(format!("down left behind: {}", left.join(", ")))) }
     }
 
     /// What of the test world exists right now: namespaces, links, and processes running the control-plane
@@ -342,8 +288,7 @@ impl Cluster {
     /// Stops the node's API server gracefully (SIGTERM; SIGKILL after 15 s).
     pub fn stop_apiserver(&self, node: &Node) -> Result<()> {
         master(node)?;
-        self.daemon(node, Component::KubeApiserver)
-            .stop(Duration::from_secs(15));
+        self.daemon(node, Component::KubeApiserver).stop(Duration::from_secs(15));
         Ok(())
     }
 
@@ -358,9 +303,7 @@ impl Cluster {
 
     /// Runs a command on a host (its network namespace and hostname), with this process's stdio.
     pub fn exec(&self, host: &Host, argv: &[String]) -> Result<ExitStatus> {
-        let program = argv
-            .first()
-            .ok_or_else(|| Error::Usage("exec needs a command".into()))?;
+        let program = argv.first().ok_or_else(|| Error::Usage("exec needs a command".into()))?;
         let mut cmd = Command::new(program);
         cmd.args(&argv[1..]).env("KUBECONFIG", self.kubeconfig());
         process::enter(&mut cmd, host, false)?;
@@ -370,10 +313,7 @@ impl Cluster {
     /// A kube client that talks to this master's API server directly, as the admin.
     pub async fn client(&self, node: &Node) -> Result<Client> {
         let kubeconfig = Kubeconfig::read_from(self.kubeconfig())?;
-        let options = KubeConfigOptions {
-            context: Some(node.name()),
-            ..KubeConfigOptions::default()
-        };
+        let options = KubeConfigOptions { context: Some(node.name()), ..KubeConfigOptions::default() };
         let mut config = Config::from_custom_kubeconfig(kubeconfig, &options).await?;
         // A partitioned master must fail a call quickly, not hang a test.
         config.connect_timeout = Some(Duration::from_secs(2));
@@ -389,21 +329,13 @@ impl Cluster {
         let Ok(mut cmd) = self.local_kubectl(node) else {
             return false;
         };
-        cmd.args(["get", "--raw", "/readyz"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        tokio::process::Command::from(cmd)
-            .status()
-            .await
-            .is_ok_and(|s| s.success())
+        cmd.args(["get", "--raw", "/readyz"]).stdout(Stdio::null()).stderr(Stdio::null());
+        tokio::process::Command::from(cmd).status().await.is_ok_and(|s| s.success())
     }
 
     /// Waits until the master's API server is ready.
     pub async fn wait_ready(&self, node: &Node) -> Result<()> {
-        self.wait_for(&format!("kube-apiserver on {node} ready"), || {
-            self.readyz(node)
-        })
-        .await
+        self.wait_for(&format!("kube-apiserver on {node} ready"), || self.readyz(node)).await
     }
 
     /// The master (n1…) whose controller holds the Lease kube-system/`name` right now, asked through any
@@ -431,23 +363,12 @@ impl Cluster {
             } else {
                 "partitioned"
             };
-            let _ = write!(
-                out,
-                "{node} {:<15} link={link:<11}",
-                node.ipv4().to_string()
-            );
+            let _ = write!(out, "{node} {:<15} link={link:<11}", node.ipv4().to_string());
             for c in Component::ALL {
-                let state = self
-                    .daemon(&node, c)
-                    .pid()
-                    .map_or_else(|| "stopped".to_string(), |p| format!("pid {p}"));
+                let state = self.daemon(&node, c).pid().map_or_else(|| "stopped".to_string(), |p| format!("pid {p}"));
                 let _ = write!(out, " {}={state}", c.name());
             }
-            let ready = if self.readyz(&node).await {
-                "ready"
-            } else {
-                "not ready"
-            };
+            let ready = if self.readyz(&node).await { "ready" } else { "not ready" };
             let _ = writeln!(out, " /readyz={ready}");
         }
         for lease in LEASES {
@@ -459,27 +380,14 @@ impl Cluster {
             let _ = writeln!(out, "lease kube-system/{lease}: {holder}");
         }
         let left = net::leftovers();
-        let _ = writeln!(
-            out,
-            "network: {}",
-            if left.is_empty() {
-                "down".to_string()
-            } else {
-                left.join(", ")
-            }
-        );
+        let _ = writeln!(out, "network: {}", if left.is_empty() { "down".to_string() } else { left.join(", ") });
         out
     }
 
     /// kubectl run inside the node against its own API server on 127.0.0.1.
     fn local_kubectl(&self, node: &Node) -> Result<Command> {
         let mut cmd = self.kubectl();
-        cmd.args([
-            "--server",
-            "https://127.0.0.1:6443",
-            "--request-timeout",
-            "3s",
-        ]);
+        cmd.args(["--server", "https://127.0.0.1:6443", "--request-timeout", "3s"]);
         process::enter(&mut cmd, node, false)?;
         Ok(cmd)
     }
@@ -496,11 +404,7 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        Err(Error::Timeout {
-            what: what.into(),
-            after: START_TIMEOUT,
-            logs: self.dir.join("logs"),
-        })
+        Err(Error::Timeout { what: what.into(), after: START_TIMEOUT, logs: self.dir.join("logs") })
     }
 
     /// Registers n1–n3 as Nodes with their InternalIP and the control-plane role label, as kubelets
@@ -523,25 +427,15 @@ impl Cluster {
             ]}});
             // A merge patch, as the kubelet's: server-side apply keys addresses by type and refuses a
             // dual-stack node's two InternalIPs.
-            nodes
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
-                .await?;
+            nodes.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await?;
         }
         Ok(())
     }
 
     fn daemon(&self, node: &Node, c: Component) -> Daemon {
         Daemon {
-            pidfile: self
-                .dir
-                .join("run")
-                .join(node.name())
-                .join(format!("{}.pid", c.name())),
-            log: self
-                .dir
-                .join("logs")
-                .join(node.name())
-                .join(format!("{}.log", c.name())),
+            pidfile: self.dir.join("run").join(node.name()).join(format!("{}.pid", c.name())),
+            log: self.dir.join("logs").join(node.name()).join(format!("{}.log", c.name())),
         }
     }
 
@@ -549,14 +443,8 @@ impl Cluster {
         let mut argv = vec![self.bins.join(c.name()).display().to_string()];
         argv.extend(self.args(node, c));
         if c.restarts() {
-            let mut supervised: Vec<String> = [
-                "/bin/sh",
-                "-c",
-                "while :; do \"$@\"; sleep 1; done",
-                "supervise",
-            ]
-            .map(String::from)
-            .to_vec();
+            let mut supervised: Vec<String> =
+                ["/bin/sh", "-c", "while :; do \"$@\"; sleep 1; done", "supervise"].map(String::from).to_vec();
             supervised.append(&mut argv);
             argv = supervised;
         }
@@ -570,10 +458,7 @@ impl Cluster {
         let state = self.dir.join(&name);
         let mut args: Vec<String> = match c {
             Component::Etcd => {
-                let peers: Vec<String> = NODES
-                    .iter()
-                    .map(|n| format!("{n}=http://{}:2380", n.ipv4()))
-                    .collect();
+                let peers: Vec<String> = NODES.iter().map(|n| format!("{n}=http://{}:2380", n.ipv4())).collect();
                 vec![
                     format!("--name={name}"),
                     format!("--data-dir={}", state.join("etcd").display()),
@@ -668,9 +553,7 @@ impl Process {
     pub fn terminate(&mut self) -> Result<ExitStatus> {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX));
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        self.child
-            .wait()
-            .ctx(|| "waiting for a terminated process".into())
+        self.child.wait().ctx(|| "waiting for a terminated process".into())
     }
 
     /// Whether it has exited, and how.
@@ -694,10 +577,8 @@ impl Drop for Process {
 /// black box and do not build it themselves (cargo holds its build lock while tests run): `make test` builds
 /// every binary before running the tests.
 pub fn kubeha_binary(name: &str) -> Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
     let path = target.join("debug").join(name);
     if path.is_file() {
         Ok(path)
@@ -710,11 +591,7 @@ pub fn kubeha_binary(name: &str) -> Result<PathBuf> {
 }
 
 fn master(host: &Host) -> Result<()> {
-    if host.is_master() {
-        Ok(())
-    } else {
-        Err(Error::Usage(format!("{host} is a client, not a master")))
-    }
+    if host.is_master() { Ok(()) } else { Err(Error::Usage(format!("{host} is a client, not a master"))) }
 }
 
 /// `n2_5b0c…` → `n2`: client-go's holder identity is the hostname, an underscore and a UUID. A Lease whose

@@ -86,12 +86,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::StartApiserver { node } => cluster.start_apiserver(&Host::parse(&node)?).await?,
         Cmd::Exec { host, command } => {
             let status = cluster.exec(&Host::parse(&host)?, &command)?;
-            return Ok(ExitCode::from(
-                status
-                    .code()
-                    .and_then(|c| u8::try_from(c).ok())
-                    .unwrap_or(1),
-            ));
+            return Ok(ExitCode::from(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1)));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -45,17 +45,11 @@ pub const CLIENTS: [Host; 1] = [Host::client(1)];
 
 impl Host {
     const fn master(index: u8) -> Self {
-        Self {
-            kind: HostKind::Master,
-            index,
-        }
+        Self { kind: HostKind::Master, index }
     }
 
     const fn client(index: u8) -> Self {
-        Self {
-            kind: HostKind::Client,
-            index,
-        }
+        Self { kind: HostKind::Client, index }
     }
 
     /// Looks a host up by its name (`n2`, `c1`); what `e2e/cluster` accepts on its command line.
@@ -63,10 +57,7 @@ impl Host {
         let known = || NODES.iter().chain(CLIENTS.iter());
         known().find(|h| h.name() == name).copied().ok_or_else(|| {
             let names: Vec<String> = known().map(|h| h.name()).collect();
-            Error::Usage(format!(
-                "unknown host '{name}': the test world has {}",
-                names.join(", ")
-            ))
+            Error::Usage(format!("unknown host '{name}': the test world has {}", names.join(", ")))
         })
     }
 
@@ -103,16 +94,7 @@ impl Host {
     pub fn ipv6(&self) -> Ipv6Addr {
         // 2001:db8::11 for 198.51.100.11: the same digits, read as hex, so the two are easy to match up.
         let digits = self.last_octet().to_string();
-        Ipv6Addr::new(
-            0x2001,
-            0xdb8,
-            0,
-            0,
-            0,
-            0,
-            0,
-            u16::from_str_radix(&digits, 16).unwrap_or(0),
-        )
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from_str_radix(&digits, 16).unwrap_or(0))
     }
 
     fn last_octet(&self) -> u8 {
@@ -139,15 +121,7 @@ pub(crate) fn ip(args: &[&str]) -> Result<()> {
 pub(crate) fn setup() -> Result<()> {
     // No multicast snooping: VRRP adverts to 224.0.0.18 / ff02::12 must reach every port without an IGMP
     // querier on the segment.
-    ip(&[
-        "link",
-        "add",
-        BRIDGE,
-        "type",
-        "bridge",
-        "mcast_snooping",
-        "0",
-    ])?;
+    ip(&["link", "add", BRIDGE, "type", "bridge", "mcast_snooping", "0"])?;
     ip(&["addr", "add", GATEWAY_V4, "dev", BRIDGE])?;
     ip(&["-6", "addr", "add", GATEWAY_V6, "dev", BRIDGE, "nodad"])?;
     ip(&["link", "set", BRIDGE, "up"])?;
@@ -155,31 +129,11 @@ pub(crate) fn setup() -> Result<()> {
     for host in NODES.iter().chain(CLIENTS.iter()) {
         let (ns, port) = (host.netns(), host.bridge_port());
         ip(&["netns", "add", &ns])?;
-        ip(&[
-            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ])?;
+        ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
         ip(&["link", "set", &port, "master", BRIDGE, "up"])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{}/24", host.ipv4()),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&[
-            "-n",
-            &ns,
-            "-6",
-            "addr",
-            "add",
-            &format!("{}/64", host.ipv6()),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
+        ip(&["-n", &ns, "addr", "add", &format!("{}/24", host.ipv4()), "dev", "eth0"])?;
+        ip(&["-n", &ns, "-6", "addr", "add", &format!("{}/64", host.ipv6()), "dev", "eth0", "nodad"])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
     }
     Ok(())
@@ -201,10 +155,7 @@ pub(crate) fn teardown() {
 pub(crate) fn leftovers() -> Vec<String> {
     let mut found = Vec::new();
     for host in NODES.iter().chain(CLIENTS.iter()) {
-        if std::path::Path::new("/run/netns")
-            .join(host.netns())
-            .exists()
-        {
+        if std::path::Path::new("/run/netns").join(host.netns()).exists() {
             found.push(format!("netns {}", host.netns()));
         }
         if link_exists(&host.bridge_port()) {

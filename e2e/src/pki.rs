@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 use serde_json::json;
 
@@ -28,11 +28,7 @@ pub(crate) struct Pki {
 /// A client identity the cluster knows: the file stem and the certificate's subject.
 const CLIENTS: [(&str, &str, Option<&str>); 3] = [
     ("admin", "kubernetes-admin", Some("system:masters")),
-    (
-        "kube-controller-manager",
-        "system:kube-controller-manager",
-        None,
-    ),
+    ("kube-controller-manager", "system:kube-controller-manager", None),
     ("kube-scheduler", "system:kube-scheduler", None),
 ];
 
@@ -63,11 +59,7 @@ impl Pki {
         let mut ca = CertificateParams::default();
         ca.distinguished_name = name("kubeha-e2e-ca", None);
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let ca = CertifiedIssuer::self_signed(ca, ca_key)?;
         self.write("ca.crt", &ca.pem())?;
         self.write("ca.key", &ca.key().serialize_pem())?;
@@ -95,20 +87,14 @@ impl Pki {
         let mut serving = CertificateParams::default();
         serving.distinguished_name = name("kube-apiserver", None);
         serving.subject_alt_names = sans;
-        serving.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        serving.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.issue("apiserver", serving, &ca)?;
 
         for (file, cn, org) in CLIENTS {
             let mut client = CertificateParams::default();
             client.distinguished_name = name(cn, org);
-            client.key_usages = vec![
-                KeyUsagePurpose::DigitalSignature,
-                KeyUsagePurpose::KeyEncipherment,
-            ];
+            client.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
             client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             self.issue(file, client, &ca)?;
         }
@@ -121,12 +107,7 @@ impl Pki {
         self.write_kubeconfigs()
     }
 
-    fn issue(
-        &self,
-        stem: &str,
-        params: CertificateParams,
-        ca: &CertifiedIssuer<'_, KeyPair>,
-    ) -> Result<()> {
+    fn issue(&self, stem: &str, params: CertificateParams, ca: &CertifiedIssuer<'_, KeyPair>) -> Result<()> {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, ca)?;
         self.write(&format!("{stem}.crt"), &cert.pem())?;
@@ -140,29 +121,15 @@ impl Pki {
 
     fn write_kubeconfigs(&self) -> Result<()> {
         let ca = self.b64("ca.crt")?;
-        let admin_clusters: Vec<_> = NODES
-            .iter()
-            .map(|n| cluster_entry(&n.name(), &format!("https://{}:6443", n.ipv4()), &ca))
-            .collect();
-        let admin_contexts: Vec<_> = NODES
-            .iter()
-            .map(|n| context_entry(&n.name(), &n.name(), "admin"))
-            .collect();
-        let admin = kubeconfig(
-            admin_clusters,
-            admin_contexts,
-            &NODES[0].name(),
-            self.user("admin")?,
-        );
+        let admin_clusters: Vec<_> =
+            NODES.iter().map(|n| cluster_entry(&n.name(), &format!("https://{}:6443", n.ipv4()), &ca)).collect();
+        let admin_contexts: Vec<_> = NODES.iter().map(|n| context_entry(&n.name(), &n.name(), "admin")).collect();
+        let admin = kubeconfig(admin_clusters, admin_contexts, &NODES[0].name(), self.user("admin")?);
         self.write("admin.kubeconfig", &admin)?;
         for (identity, _, _) in &CLIENTS[1..] {
             let local = cluster_entry("local", "https://127.0.0.1:6443", &ca);
-            let config = kubeconfig(
-                vec![local],
-                vec![context_entry("local", "local", identity)],
-                "local",
-                self.user(identity)?,
-            );
+            let config =
+                kubeconfig(vec![local], vec![context_entry("local", "local", identity)], "local", self.user(identity)?);
             self.write(&format!("{identity}.kubeconfig"), &config)?;
         }
         Ok(())

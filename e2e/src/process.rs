@@ -26,18 +26,12 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
 /// Runs a command to completion and returns its standard output.
 pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let line = describe(cmd);
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .ctx(|| format!("running `{line}`"))?;
+    let out = cmd.stdin(Stdio::null()).output().ctx(|| format!("running `{line}`"))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Err(Error::Command {
-            cmd: line,
-            detail: format!("{}: {}", out.status, tail.join(" | ")),
-        });
+        return Err(Error::Command { cmd: line, detail: format!("{}: {}", out.status, tail.join(" | ")) });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -53,8 +47,7 @@ pub(crate) fn describe(cmd: &Command) -> String {
 /// children can be signalled together and outlive the caller.
 pub(crate) fn enter(cmd: &mut Command, host: &Host, new_session: bool) -> Result<()> {
     let path = Path::new("/run/netns").join(host.netns());
-    let netns =
-        File::open(&path).ctx(|| format!("opening {} (is the cluster up?)", path.display()))?;
+    let netns = File::open(&path).ctx(|| format!("opening {} (is the cluster up?)", path.display()))?;
     let hostname = host.name();
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe work is allowed.
     // It makes four plain syscalls (setns, unshare, sethostname, setsid) on data moved in before the fork and
@@ -96,23 +89,14 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .ctx(|| format!("opening {}", self.log.display()))?;
-        let log2 = log
-            .try_clone()
-            .ctx(|| format!("duplicating {}", self.log.display()))?;
+        let log2 = log.try_clone().ctx(|| format!("duplicating {}", self.log.display()))?;
         let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
+        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(log).stderr(log2);
         enter(&mut cmd, host, true)?;
-        let mut child = cmd
-            .spawn()
-            .ctx(|| format!("starting {} on {host}", argv[0]))?;
+        let mut child = cmd.spawn().ctx(|| format!("starting {} on {host}", argv[0]))?;
         let pid = child.id();
-        let start = start_time(pid)
-            .ok_or_else(|| Error::Usage(format!("{} on {host} exited at once", argv[0])))?;
-        fs::write(&self.pidfile, format!("{pid} {start}\n"))
-            .ctx(|| format!("writing {}", self.pidfile.display()))?;
+        let start = start_time(pid).ok_or_else(|| Error::Usage(format!("{} on {host} exited at once", argv[0])))?;
+        fs::write(&self.pidfile, format!("{pid} {start}\n")).ctx(|| format!("writing {}", self.pidfile.display()))?;
         thread::spawn(move || child.wait());
         Ok(pid)
     }
@@ -162,10 +146,7 @@ fn wait_gone(gone: impl Fn() -> bool, within: Duration) -> bool {
 /// identifies one process for good.
 fn start_time(pid: u32) -> Option<u64> {
     let mut stat = String::new();
-    File::open(format!("/proc/{pid}/stat"))
-        .ok()?
-        .read_to_string(&mut stat)
-        .ok()?;
+    File::open(format!("/proc/{pid}/stat")).ok()?.read_to_string(&mut stat).ok()?;
     // The command name (field 2) may hold spaces and parentheses: split after its closing parenthesis.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -187,8 +168,7 @@ pub(crate) fn pids_in(host: &Host) -> Vec<u32> {
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            fs::metadata(format!("/proc/{pid}/ns/net"))
-                .is_ok_and(|m| m.ino() == ns.ino() && m.dev() == ns.dev())
+            fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == ns.ino() && m.dev() == ns.dev())
         })
         .filter(|pid| start_time(*pid).is_some())
         .collect()
@@ -210,10 +190,7 @@ pub(crate) fn kill_all_in(host: &Host, crash: bool, grace: Duration) -> Result<(
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(Error::Usage(format!(
-                "processes {pids:?} in {} survive SIGKILL",
-                host.netns()
-            )));
+            return Err(Error::Usage(format!("processes {pids:?} in {} survive SIGKILL", host.netns())));
         }
         for pid in pids {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
@@ -229,9 +206,7 @@ pub(crate) fn running_from(dir: &Path) -> Vec<u32> {
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe.starts_with(dir))
-        })
+        .filter(|pid| fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe.starts_with(dir)))
         .filter(|pid| start_time(*pid).is_some())
         .collect()
 }

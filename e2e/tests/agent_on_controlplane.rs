@@ -21,21 +21,9 @@ fn agent(up: &Up, node: Host, priority: u8) -> kubeha_e2e::Process {
         ip = node.ipv4()
     );
     std::fs::write(&file, yaml).unwrap();
-    let bin = kubeha_e2e::kubeha_binary("kubeha-agent")
-        .unwrap()
-        .display()
-        .to_string();
-    let argv = [
-        bin.as_str(),
-        "--log-format",
-        "text",
-        "run",
-        "--config",
-        file.to_str().unwrap(),
-    ];
-    up.cluster
-        .spawn(&node, "kubeha-agent", &argv.map(String::from))
-        .unwrap()
+    let bin = kubeha_e2e::kubeha_binary("kubeha-agent").unwrap().display().to_string();
+    let argv = [bin.as_str(), "--log-format", "text", "run", "--config", file.to_str().unwrap()];
+    up.cluster.spawn(&node, "kubeha-agent", &argv.map(String::from)).unwrap()
 }
 
 fn until_holders(up: &Up, want: &[Host], within: Duration) -> Duration {
@@ -47,21 +35,14 @@ fn until_holders(up: &Up, want: &[Host], within: Duration) -> Duration {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!(
-        "VIP holders {:?}, wanted {want:?} within {within:?}",
-        up.cluster.holders(vip)
-    );
+    panic!("VIP holders {:?}, wanted {want:?} within {within:?}", up.cluster.holders(vip));
 }
 
 #[tokio::test]
 async fn a_master_whose_api_server_stops_hands_the_vip_to_one_that_serves() {
     let up = Up::new().await;
     let [n1, n2, n3] = NODES;
-    let _agents = [
-        agent(&up, n1, 200),
-        agent(&up, n2, 190),
-        agent(&up, n3, 180),
-    ];
+    let _agents = [agent(&up, n1, 200), agent(&up, n2, 190), agent(&up, n3, 180)];
     until_holders(&up, &[n1], Duration::from_secs(10));
 
     up.cluster.stop_apiserver(&n1).unwrap();

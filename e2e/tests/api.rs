@@ -20,12 +20,7 @@ fn kubectl_stdin(cluster: &Cluster, args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("kubectl runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -50,23 +45,12 @@ async fn the_api_server_accepts_good_clusters_and_explains_every_rejection() {
 
     let good = [
         ("ipv4", spec_with(json!({}))),
-        (
-            "ipv6",
-            json!({"vip": "2001:db8::10/64", "vrid": 52, "interface": "eth0"}),
-        ),
-        (
-            "host-route",
-            json!({"vip": "198.51.100.10/32", "vrid": 53, "interface": "eth0"}),
-        ),
-        (
-            "keepalived-v2",
-            spec_with(json!({"vrid": 54, "vrrp": {"version": 2, "advertInterval": "1s"}})),
-        ),
+        ("ipv6", json!({"vip": "2001:db8::10/64", "vrid": 52, "interface": "eth0"})),
+        ("host-route", json!({"vip": "198.51.100.10/32", "vrid": 53, "interface": "eth0"})),
+        ("keepalived-v2", spec_with(json!({"vrid": 54, "vrrp": {"version": 2, "advertInterval": "1s"}}))),
         (
             "named-masters",
-            spec_with(
-                json!({"vrid": 55, "masters": {"nodes": ["n1", "n2", "n3"], "priorities": {"n1": 200}}}),
-            ),
+            spec_with(json!({"vrid": 55, "masters": {"nodes": ["n1", "n2", "n3"], "priorities": {"n1": 200}}})),
         ),
         (
             "lease-mode",
@@ -77,18 +61,10 @@ async fn the_api_server_accepts_good_clusters_and_explains_every_rejection() {
     ];
     for (name, spec) in good {
         let out = kubectl_stdin(c, &["create", "-f", "-"], &hac(name, spec));
-        assert!(
-            out.status.success(),
-            "{name} rejected: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{name} rejected: {}", String::from_utf8_lossy(&out.stderr));
     }
     // The server filled in the defaults the operator relies on.
-    let out = c
-        .kubectl()
-        .args(["get", "hac", "ipv4", "-o", "json"])
-        .output()
-        .unwrap();
+    let out = c.kubectl().args(["get", "hac", "ipv4", "-o", "json"]).output().unwrap();
     let obj: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(obj["spec"]["vrrp"]["advertInterval"], "100ms");
     assert_eq!(obj["spec"]["proxy"]["port"], 8443);
@@ -97,113 +73,32 @@ async fn the_api_server_accepts_good_clusters_and_explains_every_rejection() {
     let out = c.kubectl().args(["get", "hac"]).output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(
-        header,
-        [
-            "NAME",
-            "VIP",
-            "VRID",
-            "ACTIVE",
-            "READY",
-            "MEMBERS",
-            "TOLERANCE",
-            "AGE"
-        ]
-    );
+    assert_eq!(header, ["NAME", "VIP", "VRID", "ACTIVE", "READY", "MEMBERS", "TOLERANCE", "AGE"]);
     assert!(table.contains("2001:db8::10/64"), "{table}");
-    let out = c
-        .kubectl()
-        .args(["explain", "hac.spec.vrrp.advertInterval"])
-        .output()
-        .unwrap();
+    let out = c.kubectl().args(["explain", "hac.spec.vrrp.advertInterval"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("How often the master advertises"));
 
     // (what is wrong, spec, the field the error must name, words of the fix)
     let bad: Vec<(&str, Value, &str, &str)> = vec![
-        (
-            "vrid 0",
-            spec_with(json!({"vrid": 0})),
-            "spec.vrid",
-            "from 1 to 255",
-        ),
-        (
-            "vrid 256",
-            spec_with(json!({"vrid": 256})),
-            "spec.vrid",
-            "from 1 to 255",
-        ),
-        (
-            "no prefix length",
-            spec_with(json!({"vip": "198.51.100.10"})),
-            "spec.vip",
-            "with its prefix length",
-        ),
-        (
-            "network address",
-            spec_with(json!({"vip": "198.51.100.0/24"})),
-            "spec.vip",
-            "network address of its prefix",
-        ),
+        ("vrid 0", spec_with(json!({"vrid": 0})), "spec.vrid", "from 1 to 255"),
+        ("vrid 256", spec_with(json!({"vrid": 256})), "spec.vrid", "from 1 to 255"),
+        ("no prefix length", spec_with(json!({"vip": "198.51.100.10"})), "spec.vip", "with its prefix length"),
+        ("network address", spec_with(json!({"vip": "198.51.100.0/24"})), "spec.vip", "network address of its prefix"),
         (
             "IPv6 network address",
             spec_with(json!({"vip": "2001:db8::/64"})),
             "spec.vip",
             "network address of its prefix",
         ),
-        (
-            "broadcast address",
-            spec_with(json!({"vip": "198.51.100.255/24"})),
-            "spec.vip",
-            "broadcast address",
-        ),
-        (
-            "broadcast of a /25",
-            spec_with(json!({"vip": "198.51.100.127/25"})),
-            "spec.vip",
-            "broadcast address",
-        ),
-        (
-            "IPv4 link-local",
-            spec_with(json!({"vip": "169.254.10.10/16"})),
-            "spec.vip",
-            "link-local",
-        ),
-        (
-            "IPv6 link-local",
-            spec_with(json!({"vip": "fe80::10/64"})),
-            "spec.vip",
-            "link-local",
-        ),
-        (
-            "loopback",
-            spec_with(json!({"vip": "127.0.0.10/8"})),
-            "spec.vip",
-            "loopback",
-        ),
-        (
-            "multicast",
-            spec_with(json!({"vip": "224.0.0.18/24"})),
-            "spec.vip",
-            "unicast",
-        ),
-        (
-            "unspecified",
-            spec_with(json!({"vip": "0.0.0.0/0"})),
-            "spec.vip",
-            "unspecified",
-        ),
-        (
-            "bad interface",
-            spec_with(json!({"interface": "eth0/1"})),
-            "spec.interface",
-            "interface name",
-        ),
-        (
-            "VRRP version 4",
-            spec_with(json!({"vrrp": {"version": 4}})),
-            "spec.vrrp.version",
-            "2 or 3",
-        ),
+        ("broadcast address", spec_with(json!({"vip": "198.51.100.255/24"})), "spec.vip", "broadcast address"),
+        ("broadcast of a /25", spec_with(json!({"vip": "198.51.100.127/25"})), "spec.vip", "broadcast address"),
+        ("IPv4 link-local", spec_with(json!({"vip": "169.254.10.10/16"})), "spec.vip", "link-local"),
+        ("IPv6 link-local", spec_with(json!({"vip": "fe80::10/64"})), "spec.vip", "link-local"),
+        ("loopback", spec_with(json!({"vip": "127.0.0.10/8"})), "spec.vip", "loopback"),
+        ("multicast", spec_with(json!({"vip": "224.0.0.18/24"})), "spec.vip", "unicast"),
+        ("unspecified", spec_with(json!({"vip": "0.0.0.0/0"})), "spec.vip", "unspecified"),
+        ("bad interface", spec_with(json!({"interface": "eth0/1"})), "spec.interface", "interface name"),
+        ("VRRP version 4", spec_with(json!({"vrrp": {"version": 4}})), "spec.vrrp.version", "2 or 3"),
         (
             "v2 with sub-second adverts",
             spec_with(json!({"vrrp": {"version": 2, "advertInterval": "500ms"}})),
@@ -246,12 +141,7 @@ async fn the_api_server_accepts_good_clusters_and_explains_every_rejection() {
             "spec.election.renewDeadline",
             "1.2 × spec.election.retryPeriod",
         ),
-        (
-            "empty masters",
-            spec_with(json!({"masters": {"nodes": []}})),
-            "spec.masters.nodes",
-            "at least one node",
-        ),
+        ("empty masters", spec_with(json!({"masters": {"nodes": []}})), "spec.masters.nodes", "at least one node"),
         (
             "nodes and selector",
             spec_with(json!({"masters": {"nodes": ["n1"], "nodeSelector": {}}})),
@@ -270,12 +160,7 @@ async fn the_api_server_accepts_good_clusters_and_explains_every_rejection() {
             "spec.proxy.port",
             "differ from spec.proxy.backendPort",
         ),
-        (
-            "unknown balance",
-            spec_with(json!({"proxy": {"balance": "Random"}})),
-            "spec.proxy.balance",
-            "RoundRobin",
-        ),
+        ("unknown balance", spec_with(json!({"proxy": {"balance": "Random"}})), "spec.proxy.balance", "RoundRobin"),
         (
             "penalty above 254",
             spec_with(json!({"health": {"priorityPenalty": 300}})),
@@ -286,19 +171,12 @@ async fn the_api_server_accepts_good_clusters_and_explains_every_rejection() {
     assert!(bad.len() >= 15);
     let mut failures = Vec::new();
     for (what, spec, field, fix) in &bad {
-        let out = kubectl_stdin(
-            c,
-            &["create", "--dry-run=server", "-f", "-"],
-            &hac("bad", spec.clone()),
-        );
+        let out = kubectl_stdin(c, &["create", "--dry-run=server", "-f", "-"], &hac("bad", spec.clone()));
         let err = String::from_utf8_lossy(&out.stderr);
         if out.status.success() {
             failures.push(format!("{what}: accepted"));
         } else if !err.contains(&format!("{field}:")) || !err.contains(fix) {
-            failures.push(format!(
-                "{what}: wanted {field:?} and {fix:?} in: {}",
-                err.trim()
-            ));
+            failures.push(format!("{what}: wanted {field:?} and {fix:?} in: {}", err.trim()));
         }
     }
     assert!(

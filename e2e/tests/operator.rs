@@ -51,13 +51,7 @@ where
 }
 
 /// Writes a member's status as its agent would (server-side apply, the agent's own field manager).
-async fn report(
-    members: &Api<HighAvailabilityMember>,
-    name: &str,
-    state: &str,
-    holds_vip: bool,
-    effective: i32,
-) {
+async fn report(members: &Api<HighAvailabilityMember>, name: &str, state: &str, holds_vip: bool, effective: i32) {
     let now = Timestamp::now().to_string();
     let status = json!({
         "apiVersion": "kubeha.io/v1alpha1", "kind": "HighAvailabilityMember",
@@ -69,26 +63,14 @@ async fn report(
         }
     });
     members
-        .patch_status(
-            name,
-            &PatchParams::apply(&format!("agent-{name}")).force(),
-            &Patch::Apply(&status),
-        )
+        .patch_status(name, &PatchParams::apply(&format!("agent-{name}")).force(), &Patch::Apply(&status))
         .await
         .unwrap_or_else(|e| panic!("status of {name}: {e}"));
 }
 
-async fn condition(
-    hacs: &Api<HighAvailabilityCluster>,
-    name: &str,
-    type_: &str,
-) -> Option<(String, String)> {
+async fn condition(hacs: &Api<HighAvailabilityCluster>, name: &str, type_: &str) -> Option<(String, String)> {
     let h = hacs.get_opt(name).await.ok()??;
-    let c = h
-        .status?
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == type_)?;
+    let c = h.status?.conditions.into_iter().find(|c| c.type_ == type_)?;
     Some((c.status, c.reason))
 }
 
@@ -115,89 +97,49 @@ async fn the_operator_renders_members_reports_status_and_cleans_up() {
     apply_hac(&up, "api", "198.51.100.10/24", 51);
     let started = Instant::now();
     wait_until("three members", Duration::from_secs(30), || async {
-        members
-            .list(&Default::default())
-            .await
-            .is_ok_and(|l| l.items.len() == 3)
+        members.list(&Default::default()).await.is_ok_and(|l| l.items.len() == 3)
     })
     .await;
-    eprintln!(
-        "three members {:?} after the cluster was applied",
-        started.elapsed()
-    );
+    eprintln!("three members {:?} after the cluster was applied", started.elapsed());
     for (node, priority) in [("n1", 200), ("n2", 190), ("n3", 180)] {
         let m = members.get(&format!("api-{node}")).await.unwrap();
-        assert_eq!(
-            (m.spec.node_name.as_str(), m.spec.priority),
-            (node, priority)
-        );
-        assert_eq!(
-            (m.spec.vip.as_deref(), m.spec.vrid),
-            (Some("198.51.100.10/24"), Some(51))
-        );
+        assert_eq!((m.spec.node_name.as_str(), m.spec.priority), (node, priority));
+        assert_eq!((m.spec.vip.as_deref(), m.spec.vrid), (Some("198.51.100.10/24"), Some(51)));
         let proxy = m.spec.proxy.as_ref().unwrap();
-        assert_eq!(
-            proxy.backends,
-            [
-                "198.51.100.11:6443",
-                "198.51.100.12:6443",
-                "198.51.100.13:6443"
-            ]
-        );
+        assert_eq!(proxy.backends, ["198.51.100.11:6443", "198.51.100.12:6443", "198.51.100.13:6443"]);
         assert_eq!(m.metadata.owner_references.unwrap()[0].name, "api");
         assert_eq!(m.metadata.labels.unwrap()["kubeha.io/node"], node);
     }
     wait_until("awaiting agents", Duration::from_secs(15), || async {
-        condition(&hacs, "api", "VIPAvailable").await
-            == Some(("False".into(), "AwaitingAgents".into()))
+        condition(&hacs, "api", "VIPAvailable").await == Some(("False".into(), "AwaitingAgents".into()))
     })
     .await;
 
     // The agents report: n1 holds the VIP.
-    for (node, state, vip, prio) in [
-        ("n1", "Master", true, 200),
-        ("n2", "Backup", false, 190),
-        ("n3", "Backup", false, 180),
-    ] {
+    for (node, state, vip, prio) in
+        [("n1", "Master", true, 200), ("n2", "Backup", false, 190), ("n3", "Backup", false, 180)]
+    {
         report(&members, &format!("api-{node}"), state, vip, prio).await;
     }
     wait_until("ready with n1 active", Duration::from_secs(15), || async {
         let h = hacs.get("api").await.unwrap();
         let s = h.status.unwrap_or_default();
-        s.active_node.as_deref() == Some("n1")
-            && s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
+        s.active_node.as_deref() == Some("n1") && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
     })
     .await;
     let table = up.kubectl(&["get", "hac", "api"]);
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(
-        &row[..7],
-        ["api", "198.51.100.10/24", "51", "n1", "True", "3/3", "1"],
-        "{table}"
-    );
+    assert_eq!(&row[..7], ["api", "198.51.100.10/24", "51", "n1", "True", "3/3", "1"], "{table}");
 
     // n1 stops reporting (its node died); after a gap, n2 takes the VIP.
     report(&members, "api-n1", "Backup", false, 200).await;
     report(&members, "api-n2", "Master", true, 190).await;
-    wait_until(
-        "failover n1 → n2 recorded",
-        Duration::from_secs(15),
-        || async {
-            let s = hacs.get("api").await.unwrap().status.unwrap_or_default();
-            s.active_node.as_deref() == Some("n2") && s.failover_count == 1
-        },
-    )
+    wait_until("failover n1 → n2 recorded", Duration::from_secs(15), || async {
+        let s = hacs.get("api").await.unwrap().status.unwrap_or_default();
+        s.active_node.as_deref() == Some("n2") && s.failover_count == 1
+    })
     .await;
-    let f = hacs
-        .get("api")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .last_failover
-        .unwrap();
+    let f = hacs.get("api").await.unwrap().status.unwrap().last_failover.unwrap();
     assert_eq!((f.from.as_deref(), f.to.as_str()), (Some("n1"), "n2"));
     let ev = events(&up, "api");
     assert!(ev.contains("VIP moved from n1 to n2"), "{ev}");
@@ -207,23 +149,13 @@ async fn the_operator_renders_members_reports_status_and_cleans_up() {
 
     // A master that leaves the control plane loses its member (after the release timeout: no agent here);
     // when it comes back, it gets one again.
-    up.kubectl(&[
-        "label",
-        "node",
-        "n3",
-        "node-role.kubernetes.io/control-plane-",
-    ]);
+    up.kubectl(&["label", "node", "n3", "node-role.kubernetes.io/control-plane-"]);
     wait_until("api-n3 removed", Duration::from_secs(30), || async {
         members.get_opt("api-n3").await.is_ok_and(|m| m.is_none())
     })
     .await;
     assert!(events(&up, "api").contains("n3 is no longer a master"));
-    up.kubectl(&[
-        "label",
-        "node",
-        "n3",
-        "node-role.kubernetes.io/control-plane=",
-    ]);
+    up.kubectl(&["label", "node", "n3", "node-role.kubernetes.io/control-plane="]);
     wait_until("api-n3 back", Duration::from_secs(30), || async {
         members.get_opt("api-n3").await.is_ok_and(|m| m.is_some())
     })
@@ -233,18 +165,11 @@ async fn the_operator_renders_members_reports_status_and_cleans_up() {
     apply_hac(&up, "other", "198.51.100.20/24", 51);
     wait_until("Conflict on both", Duration::from_secs(15), || async {
         condition(&hacs, "other", "Conflict").await == Some(("True".into(), "VRIDInUse".into()))
-            && condition(&hacs, "api", "Conflict").await
-                == Some(("True".into(), "VRIDInUse".into()))
+            && condition(&hacs, "api", "Conflict").await == Some(("True".into(), "VRIDInUse".into()))
     })
     .await;
-    let others = members
-        .list(&kube::api::ListParams::default().labels("kubeha.io/cluster=other"))
-        .await
-        .unwrap();
-    assert!(
-        others.items.is_empty(),
-        "the newer cluster must not get members"
-    );
+    let others = members.list(&kube::api::ListParams::default().labels("kubeha.io/cluster=other")).await.unwrap();
+    assert!(others.items.is_empty(), "the newer cluster must not get members");
     up.kubectl(&["delete", "hac", "other", "--wait=true", "--timeout=60s"]);
 
     // Deleting the cluster removes its members: no agent releases here, so after the release timeout.
@@ -253,18 +178,9 @@ async fn the_operator_renders_members_reports_status_and_cleans_up() {
     assert!(
         left.items.is_empty(),
         "members left: {:?}",
-        left.items
-            .iter()
-            .map(|m| m.metadata.name.clone())
-            .collect::<Vec<_>>()
+        left.items.iter().map(|m| m.metadata.name.clone()).collect::<Vec<_>>()
     );
-    let ev = up.kubectl(&[
-        "get",
-        "events",
-        "-A",
-        "-o",
-        "custom-columns=REASON:.reason,MESSAGE:.message",
-    ]);
+    let ev = up.kubectl(&["get", "events", "-A", "-o", "custom-columns=REASON:.reason,MESSAGE:.message"]);
     assert!(ev.contains("ReleaseTimeout"), "{ev}");
 }
 
@@ -272,63 +188,35 @@ async fn the_operator_renders_members_reports_status_and_cleans_up() {
 async fn a_standby_operator_takes_over_when_the_leader_dies() {
     let up = Up::with_crds().await;
     up.kubectl(&["create", "namespace", "kubeha-system"]);
-    let leases: Api<Lease> = Api::namespaced(
-        up.cluster.client(&kubeha_e2e::NODES[0]).await.unwrap(),
-        "kubeha-system",
-    );
-    let holder = || async {
-        leases
-            .get_opt("kubeha-operator")
-            .await
-            .ok()
-            .flatten()
-            .and_then(|l| l.spec?.holder_identity)
-    };
+    let leases: Api<Lease> = Api::namespaced(up.cluster.client(&kubeha_e2e::NODES[0]).await.unwrap(), "kubeha-system");
+    let holder =
+        || async { leases.get_opt("kubeha-operator").await.ok().flatten().and_then(|l| l.spec?.holder_identity) };
 
     let mut a = operator(&up, "op-a", 18082);
-    wait_until("op-a leads", Duration::from_secs(20), || async {
-        holder().await.as_deref() == Some("op-a")
-    })
-    .await;
+    wait_until("op-a leads", Duration::from_secs(20), || async { holder().await.as_deref() == Some("op-a") }).await;
     let mut b = operator(&up, "op-b", 18083);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        holder().await.as_deref(),
-        Some("op-a"),
-        "the standby must not take a held lease"
-    );
+    assert_eq!(holder().await.as_deref(), Some("op-a"), "the standby must not take a held lease");
 
     // A crash: no release, so op-b waits out the lease (6 s) from the last renewal it saw.
     a.kill();
     let killed = Instant::now();
-    wait_until(
-        "op-b leads after op-a was killed",
-        Duration::from_secs(20),
-        || async { holder().await.as_deref() == Some("op-b") },
-    )
+    wait_until("op-b leads after op-a was killed", Duration::from_secs(20), || async {
+        holder().await.as_deref() == Some("op-b")
+    })
     .await;
     let handover = killed.elapsed();
     eprintln!("handover after SIGKILL of the leader: {handover:?} (lease 6 s, retry 1 s)");
     // client-go semantics bound it: the standby may see the last renewal up to one jittered retry (≤ 2.2 s)
     // after it happened, and notices the expiry up to another one late: 6 + 2 × 2.2 s, plus 1 s of slack.
-    assert!(
-        handover <= Duration::from_millis(6000 + 4400 + 1000),
-        "handover took {handover:?}"
-    );
+    assert!(handover <= Duration::from_millis(6000 + 4400 + 1000), "handover took {handover:?}");
 
     // The new leader reconciles.
     let members: Api<HighAvailabilityMember> = api(&up).await;
     apply_hac(&up, "api", "198.51.100.10/24", 51);
-    wait_until(
-        "members from the new leader",
-        Duration::from_secs(20),
-        || async {
-            members
-                .list(&Default::default())
-                .await
-                .is_ok_and(|l| l.items.len() == 3)
-        },
-    )
+    wait_until("members from the new leader", Duration::from_secs(20), || async {
+        members.list(&Default::default()).await.is_ok_and(|l| l.items.len() == 3)
+    })
     .await;
 
     // A graceful stop releases the lease: a restarted op-a takes over at its next retry, not after 6 s.
@@ -336,19 +224,11 @@ async fn a_standby_operator_takes_over_when_the_leader_dies() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(b.terminate().success(), "op-b exits cleanly on SIGTERM");
     let stopped = Instant::now();
-    wait_until(
-        "op-a leads after op-b released",
-        Duration::from_secs(10),
-        || async { holder().await.as_deref() == Some("op-a") },
-    )
+    wait_until("op-a leads after op-b released", Duration::from_secs(10), || async {
+        holder().await.as_deref() == Some("op-a")
+    })
     .await;
-    eprintln!(
-        "handover after SIGTERM of the leader: {:?}",
-        stopped.elapsed()
-    );
-    assert!(
-        stopped.elapsed() < Duration::from_secs(6),
-        "a released lease is taken before it would expire"
-    );
+    eprintln!("handover after SIGTERM of the leader: {:?}", stopped.elapsed());
+    assert!(stopped.elapsed() < Duration::from_secs(6), "a released lease is taken before it would expire");
     a.kill();
 }

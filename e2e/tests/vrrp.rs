@@ -21,10 +21,7 @@ impl World {
         let cluster = Cluster::open().unwrap();
         let lock = cluster.lock().unwrap();
         cluster.up_network().unwrap();
-        Self {
-            cluster,
-            _lock: lock,
-        }
+        Self { cluster, _lock: lock }
     }
 
     /// Starts the agent on `node` with `priority` and extra YAML lines.
@@ -34,27 +31,20 @@ impl World {
 
     /// Starts the agent with the given `vrrp:` mapping (inside the braces) and extra YAML lines.
     fn agent_with(&self, node: Host, priority: u8, vrrp: &str, extra: &str) -> Process {
+        self.agent_for(&format!("{VIP}/24"), node, priority, vrrp, extra)
+    }
+
+    /// Starts the agent for the VIP `vip` (address/prefix).
+    fn agent_for(&self, vip: &str, node: Host, priority: u8, vrrp: &str, extra: &str) -> Process {
         let file = self.cluster.dir().join(format!("{node}.yaml"));
         let yaml = format!(
-            "nodeName: {node}\ninterface: eth0\nvip: {VIP}/24\nvrid: 51\npriority: {priority}\n\
+            "nodeName: {node}\ninterface: eth0\nvip: {vip}\nvrid: 51\npriority: {priority}\n\
              vrrp: {{{vrrp}}}\nmetrics: {{listen: \"127.0.0.1:9641\"}}\n{extra}"
         );
         std::fs::write(&file, yaml).unwrap();
-        let bin = kubeha_e2e::kubeha_binary("kubeha-agent")
-            .unwrap()
-            .display()
-            .to_string();
-        let argv = [
-            bin.as_str(),
-            "--log-format",
-            "text",
-            "run",
-            "--config",
-            file.to_str().unwrap(),
-        ];
-        self.cluster
-            .spawn(&node, "kubeha-agent", &argv.map(String::from))
-            .unwrap()
+        let bin = kubeha_e2e::kubeha_binary("kubeha-agent").unwrap().display().to_string();
+        let argv = [bin.as_str(), "--log-format", "text", "run", "--config", file.to_str().unwrap()];
+        self.cluster.spawn(&node, "kubeha-agent", &argv.map(String::from)).unwrap()
     }
 
     fn holders(&self) -> Vec<Host> {
@@ -70,10 +60,7 @@ impl World {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!(
-            "VIP holders {:?}, wanted {want:?} within {within:?}",
-            self.holders()
-        );
+        panic!("VIP holders {:?}, wanted {want:?} within {within:?}", self.holders());
     }
 }
 
@@ -87,11 +74,7 @@ impl Drop for World {
 fn three_agents_elect_the_highest_priority() {
     let w = World::new();
     let [n1, n2, n3] = NODES;
-    let _a = [
-        w.agent(n1, 100, ""),
-        w.agent(n2, 200, ""),
-        w.agent(n3, 150, ""),
-    ];
+    let _a = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
     w.until_holders(&[n2], Duration::from_secs(5));
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(w.holders(), [n2], "and it stays so");
@@ -101,11 +84,7 @@ fn three_agents_elect_the_highest_priority() {
 fn a_sigkilled_master_is_replaced_and_its_vip_expires_by_itself() {
     let w = World::new();
     let [n1, n2, n3] = NODES;
-    let mut agents = [
-        w.agent(n1, 100, ""),
-        w.agent(n2, 200, ""),
-        w.agent(n3, 150, ""),
-    ];
+    let mut agents = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
     w.until_holders(&[n2], Duration::from_secs(5));
 
     agents[1].kill();
@@ -120,23 +99,12 @@ fn a_sigkilled_master_is_replaced_and_its_vip_expires_by_itself() {
 fn a_sigtermed_master_hands_over_at_once() {
     let w = World::new();
     let [n1, n2, n3] = NODES;
-    let mut agents = [
-        w.agent(n1, 100, ""),
-        w.agent(n2, 200, ""),
-        w.agent(n3, 150, ""),
-    ];
+    let mut agents = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
     w.until_holders(&[n2], Duration::from_secs(5));
 
     let status = agents[1].terminate().unwrap();
-    assert!(
-        status.success(),
-        "exit 0 on SIGTERM: {status:?}\n{}",
-        agents[1].log()
-    );
-    assert!(
-        !w.holders().contains(&n2),
-        "the VIP is removed before the agent exits"
-    );
+    assert!(status.success(), "exit 0 on SIGTERM: {status:?}\n{}", agents[1].log());
+    assert!(!w.holders().contains(&n2), "the VIP is removed before the agent exits");
     // Priority 0 makes n3 take over after its Skew_Time (≈ 26 ms at 100 ms adverts), not the down interval.
     let took = w.until_holders(&[n3], Duration::from_millis(300));
     eprintln!("n3 holds the VIP {took:?} after n2 exited");
@@ -146,11 +114,7 @@ fn a_sigtermed_master_hands_over_at_once() {
 fn after_a_partition_heals_there_is_one_master_again() {
     let w = World::new();
     let [n1, n2, n3] = NODES;
-    let _a = [
-        w.agent(n1, 100, ""),
-        w.agent(n2, 200, ""),
-        w.agent(n3, 150, ""),
-    ];
+    let _a = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
     w.until_holders(&[n2], Duration::from_secs(5));
 
     w.cluster.partition(&n2).unwrap();
@@ -166,11 +130,7 @@ fn after_a_partition_heals_there_is_one_master_again() {
 fn a_master_restarted_after_a_crash_comes_back_without_a_duplicate_vip() {
     let w = World::new();
     let [n1, n2, n3] = NODES;
-    let mut agents = [
-        w.agent(n1, 100, ""),
-        w.agent(n2, 200, ""),
-        w.agent(n3, 150, ""),
-    ];
+    let mut agents = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
     w.until_holders(&[n2], Duration::from_secs(5));
 
     agents[1].kill();
@@ -191,11 +151,7 @@ fn unicast_peers_work_with_multicast_blocked() {
             .args(["link", "set", "dev", &n.bridge_port(), "mcast_flood", "off"])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     {
         // The control: with multicast adverts, the blocked segment leaves every agent master.
@@ -205,15 +161,8 @@ fn unicast_peers_work_with_multicast_blocked() {
     // Dropped is SIGKILLed: their VIPs expire with the kernel lifetime (2 s).
     w.until_holders(&[], Duration::from_secs(4));
     let peers = |me: Host| {
-        let others: Vec<String> = NODES
-            .iter()
-            .filter(|n| **n != me)
-            .map(|n| n.ipv4().to_string())
-            .collect();
-        format!(
-            "version: 3, advertInterval: 100ms, peers: [{}]",
-            others.join(", ")
-        )
+        let others: Vec<String> = NODES.iter().filter(|n| **n != me).map(|n| n.ipv4().to_string()).collect();
+        format!("version: 3, advertInterval: 100ms, peers: [{}]", others.join(", "))
     };
     let mut agents = [
         w.agent_with(n1, 100, &peers(n1), ""),
@@ -236,47 +185,29 @@ fn a_bad_config_file_stops_the_agent_naming_the_key() {
         if let Some(s) = a.exited() {
             break s;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the agent kept running with a bad file"
-        );
+        assert!(start.elapsed() < Duration::from_secs(5), "the agent kept running with a bad file");
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(2));
-    assert!(
-        a.log().contains("garp.repeat: 500 is not from 0 to 100"),
-        "{}",
-        a.log()
-    );
+    assert!(a.log().contains("garp.repeat: 500 is not from 0 to 100"), "{}", a.log());
     assert!(w.holders().is_empty());
 }
 
 fn mac(host: Host) -> String {
-    let out = std::process::Command::new("ip")
-        .args(["-n", &host.netns(), "-o", "link", "show", "eth0"])
-        .output()
-        .unwrap();
+    let out =
+        std::process::Command::new("ip").args(["-n", &host.netns(), "-o", "link", "show", "eth0"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let words: Vec<&str> = text.split_whitespace().collect();
-    let i = words
-        .iter()
-        .position(|w| *w == "link/ether")
-        .expect("a MAC");
+    let i = words.iter().position(|w| *w == "link/ether").expect("a MAC");
     words[i + 1].to_string()
 }
 
 /// The MAC the client's neighbour table has for the VIP, if any.
 fn client_sees(client: Host) -> Option<String> {
-    let out = std::process::Command::new("ip")
-        .args(["-n", &client.netns(), "neigh", "show", VIP])
-        .output()
-        .unwrap();
+    let out = std::process::Command::new("ip").args(["-n", &client.netns(), "neigh", "show", VIP]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let words: Vec<&str> = text.split_whitespace().collect();
-    words
-        .iter()
-        .position(|w| *w == "lladdr")
-        .map(|i| words[i + 1].to_string())
+    words.iter().position(|w| *w == "lladdr").map(|i| words[i + 1].to_string())
 }
 
 fn ping(w: &World, client: Host) -> bool {
@@ -292,10 +223,7 @@ fn wait_client_sees(client: Host, mac: &str, within: Duration) -> Duration {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    panic!(
-        "client sees {:?} for the VIP, wanted {mac} within {within:?}",
-        client_sees(client)
-    );
+    panic!("client sees {:?} for the VIP, wanted {mac} within {within:?}", client_sees(client));
 }
 
 #[test]
@@ -303,11 +231,7 @@ fn gratuitous_arp_moves_clients_to_the_new_master() {
     let w = World::new();
     let [n1, n2, n3] = NODES;
     let c1 = kubeha_e2e::CLIENTS[0];
-    let mut agents = [
-        w.agent(n1, 100, ""),
-        w.agent(n2, 200, ""),
-        w.agent(n3, 150, ""),
-    ];
+    let mut agents = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
     w.until_holders(&[n2], Duration::from_secs(5));
     assert!(ping(&w, c1), "the client reaches the VIP");
     assert_eq!(client_sees(c1), Some(mac(n2)));
@@ -327,11 +251,7 @@ fn after_a_partition_heals_clients_follow_the_surviving_master() {
     let w = World::new();
     let [n1, n2, n3] = NODES;
     let c1 = kubeha_e2e::CLIENTS[0];
-    let _a = [
-        w.agent(n1, 100, ""),
-        w.agent(n2, 200, ""),
-        w.agent(n3, 150, ""),
-    ];
+    let _a = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
     w.until_holders(&[n2], Duration::from_secs(5));
     assert!(ping(&w, c1));
     std::thread::sleep(Duration::from_millis(1200));
@@ -353,14 +273,7 @@ fn after_a_partition_heals_clients_follow_the_surviving_master() {
 fn listener(w: &World, host: Host) -> Process {
     let code = "import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
                 s.bind(('127.0.0.1',18000))\ns.listen(64)\ntime.sleep(600)";
-    let p = w
-        .cluster
-        .spawn(
-            &host,
-            "listener",
-            &["python3", "-c", code].map(String::from),
-        )
-        .unwrap();
+    let p = w.cluster.spawn(&host, "listener", &["python3", "-c", code].map(String::from)).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     p
 }
@@ -373,11 +286,7 @@ fn a_failing_health_check_on_the_master_moves_the_vip_and_back() {
     let w = World::new();
     let [n1, n2, n3] = NODES;
     let mut service = listener(&w, n2);
-    let _a = [
-        w.agent(n1, 100, ""),
-        w.agent(n2, 200, &TCP_CHECK.replace("WEIGHT", "-100")),
-        w.agent(n3, 150, ""),
-    ];
+    let _a = [w.agent(n1, 100, ""), w.agent(n2, 200, &TCP_CHECK.replace("WEIGHT", "-100")), w.agent(n3, 150, "")];
     w.until_holders(&[n2], Duration::from_secs(5));
 
     service.kill();
@@ -392,11 +301,7 @@ fn a_failing_check_of_weight_zero_gives_the_vip_up_at_once() {
     let w = World::new();
     let [n1, n2, n3] = NODES;
     let mut service = listener(&w, n2);
-    let _a = [
-        w.agent(n1, 100, ""),
-        w.agent(n2, 200, &TCP_CHECK.replace("WEIGHT", "0")),
-        w.agent(n3, 150, ""),
-    ];
+    let _a = [w.agent(n1, 100, ""), w.agent(n2, 200, &TCP_CHECK.replace("WEIGHT", "0")), w.agent(n3, 150, "")];
     w.until_holders(&[n2], Duration::from_secs(5));
 
     service.kill();
@@ -410,15 +315,61 @@ fn a_master_that_loses_its_link_gives_the_vip_up() {
     let w = World::new();
     let [n1, n2, n3] = NODES;
     let link = "health:\n  - {name: link, link: {interface: eth0}, interval: 100ms, timeout: 100ms, rise: 1, fall: 1, weight: 0}\n";
-    let _a = [
-        w.agent(n1, 100, ""),
-        w.agent(n2, 200, link),
-        w.agent(n3, 150, ""),
-    ];
+    let _a = [w.agent(n1, 100, ""), w.agent(n2, 200, link), w.agent(n3, 150, "")];
     w.until_holders(&[n2], Duration::from_secs(5));
     w.cluster.partition(&n2).unwrap();
     // Unlike the plain partition test, n2 does not keep a VIP nobody can reach.
     w.until_holders(&[n3], Duration::from_secs(3));
     w.cluster.heal(&n2).unwrap();
     w.until_holders(&[n2], Duration::from_secs(3));
+}
+
+#[test]
+fn an_ipv6_vip_fails_over_and_clients_follow() {
+    let w = World::new();
+    let [n1, n2, n3] = NODES;
+    let c1 = kubeha_e2e::CLIENTS[0];
+    let vip: IpAddr = "2001:db8::10".parse().unwrap();
+    let v3 = "version: 3, advertInterval: 100ms";
+    let mut agents = [
+        w.agent_for("2001:db8::10/64", n1, 100, v3, ""),
+        w.agent_for("2001:db8::10/64", n2, 200, v3, ""),
+        w.agent_for("2001:db8::10/64", n3, 150, v3, ""),
+    ];
+    let until = |want: &[Host], within: Duration| {
+        let start = Instant::now();
+        while w.cluster.holders(vip) != want {
+            assert!(start.elapsed() < within, "IPv6 VIP holders {:?}, wanted {want:?}", w.cluster.holders(vip));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    until(&[n2], Duration::from_secs(5));
+    let ping6 = || {
+        w.cluster
+            .exec(&c1, &["ping", "-6", "-c", "1", "-W", "1", "2001:db8::10"].map(String::from))
+            .is_ok_and(|s| s.success())
+    };
+    assert!(ping6(), "the client reaches the IPv6 VIP");
+    agents[1].terminate().unwrap();
+    until(&[n3], Duration::from_secs(1));
+    assert!(ping6(), "and reaches it on n3");
+}
+
+#[test]
+fn the_address_owner_with_priority_255_is_master_at_once() {
+    let w = World::new();
+    let [n1, n2, _] = NODES;
+    // n1 owns the address (it is its own primary address): priority 255, master without waiting.
+    let owner_vip = format!("{}/24", n1.ipv4());
+    let v3 = "version: 3, advertInterval: 100ms";
+    let start = Instant::now();
+    let mut a = w.agent_for(&owner_vip, n1, 255, v3, "");
+    let _b = w.agent_for(&owner_vip, n2, 200, v3, "");
+    while !a.log().contains("reason=AddressOwner") {
+        assert!(start.elapsed() < Duration::from_secs(2), "{}", a.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(w.cluster.holders(n1.ipv4().into()), [n1], "n2 stays backup: {}", a.log());
+    assert!(a.exited().is_none());
 }

@@ -100,10 +100,7 @@ mod tests {
         let all = [old.clone(), new.clone()];
         let c_new = conflicts(&new, &all);
         assert_eq!(c_new.len(), 1);
-        assert_eq!(
-            (c_new[0].with.as_str(), c_new[0].reason, c_new[0].newer),
-            ("old", "VRIDInUse", true)
-        );
+        assert_eq!((c_new[0].with.as_str(), c_new[0].reason, c_new[0].newer), ("old", "VRIDInUse", true));
         assert!(c_new[0].message.contains("n3"), "{}", c_new[0].message);
         let c_old = conflicts(&old, &all);
         assert_eq!((c_old[0].with.as_str(), c_old[0].newer), ("new", false));
@@ -124,11 +121,7 @@ mod tests {
         let a = claim("a", 1, "198.51.100.10", 51, &["n1"]);
         let b = claim("b", 1, "198.51.100.10", 52, &["n9"]);
         let c = conflicts(&b, &[a.clone(), b.clone()]);
-        assert_eq!(
-            (c[0].reason, c[0].newer),
-            ("VIPInUse", true),
-            "same creation time: the name decides"
-        );
+        assert_eq!((c[0].reason, c[0].newer), ("VIPInUse", true), "same creation time: the name decides");
         assert!(!conflicts(&a, &[a.clone(), b])[0].newer);
     }
 }

@@ -22,9 +22,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use crate::conflict::{Claim, conflicts};
-use crate::desired::{
-    CLUSTER_LABEL, RELEASE_FINALIZER, desired, masters, member_name, vip_address,
-};
+use crate::desired::{CLUSTER_LABEL, RELEASE_FINALIZER, desired, masters, member_name, vip_address};
 use crate::status::{Inputs, aggregate, meaningfully_different};
 
 /// The field manager of everything the operator writes.
@@ -79,16 +77,8 @@ impl Metrics {
             "Member specs created or changed by server-side apply",
             m.members_written.clone(),
         );
-        r.register(
-            "status_writes",
-            "Cluster status writes (unchanged statuses are skipped)",
-            m.status_writes.clone(),
-        );
-        r.register(
-            "reconcile_duration_seconds",
-            "Time per reconcile",
-            m.duration.clone(),
-        );
+        r.register("status_writes", "Cluster status writes (unchanged statuses are skipped)", m.status_writes.clone());
+        r.register("reconcile_duration_seconds", "Time per reconcile", m.duration.clone());
         m
     }
 }
@@ -107,9 +97,7 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context")
-            .field("release_timeout", &self.release_timeout)
-            .finish_non_exhaustive()
+        f.debug_struct("Context").field("release_timeout", &self.release_timeout).finish_non_exhaustive()
     }
 }
 
@@ -138,28 +126,19 @@ pub async fn run(
 
     let (nodes, nodes_writer) = reflector::store();
     let (members, members_writer) = reflector::store();
-    let node_stream = reflector::reflector(
-        nodes_writer,
-        watcher(nodes_api.clone(), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let member_stream = reflector::reflector(
-        members_writer,
-        watcher(members_api.clone(), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let node_stream = reflector::reflector(nodes_writer, watcher(nodes_api.clone(), watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    let member_stream = reflector::reflector(members_writer, watcher(members_api.clone(), watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
     tokio::spawn(node_stream.for_each(|_| async {}));
     tokio::spawn(member_stream.for_each(|_| async {}));
 
     let controller = Controller::new(clusters, watcher::Config::default());
     let cluster_store = controller.store();
     let all = cluster_store.clone();
-    let reporter = Reporter {
-        controller: MANAGER.into(),
-        instance: Some(settings.instance),
-    };
+    let reporter = Reporter { controller: MANAGER.into(), instance: Some(settings.instance) };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -177,10 +156,7 @@ pub async fn run(
         .owns(members_api, watcher::Config::default())
         // A node joining, leaving or changing address can change every cluster's masters.
         .watches(nodes_api, watcher::Config::default(), move |_: Node| {
-            all.state()
-                .iter()
-                .map(|c| ObjectRef::from_obj(&**c))
-                .collect::<Vec<_>>()
+            all.state().iter().map(|c| ObjectRef::from_obj(&**c)).collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -208,10 +184,7 @@ async fn reconcile(
     };
     let labels = vec![("result".to_string(), outcome.to_string())];
     ctx.metrics.reconciles.get_or_create(&labels).inc();
-    ctx.metrics
-        .duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
+    ctx.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     result
 }
 
@@ -233,11 +206,7 @@ fn error_policy(
 }
 
 fn guard(ctx: &Context) -> Result<(), Error> {
-    if (ctx.may_act)() {
-        Ok(())
-    } else {
-        Err(Error::NotLeader)
-    }
+    if (ctx.may_act)() { Ok(()) } else { Err(Error::NotLeader) }
 }
 
 /// The members that belong to `hac`, from the cache.
@@ -269,12 +238,7 @@ async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, E
     let name = hac.name_any();
     let nodes: Vec<Node> = ctx.nodes.state().iter().map(|n| (**n).clone()).collect();
     let want = desired(hac, &nodes);
-    let claims: Vec<Claim> = ctx
-        .clusters
-        .state()
-        .iter()
-        .map(|c| claim(c, &nodes))
-        .collect();
+    let claims: Vec<Claim> = ctx.clusters.state().iter().map(|c| claim(c, &nodes)).collect();
     let found = conflicts(&claim(hac, &nodes), &claims);
     let members_api: Api<HighAvailabilityMember> = Api::all(ctx.client.clone());
     let existing = owned(ctx, hac);
@@ -284,27 +248,15 @@ async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, E
     } else {
         for m in &want.members {
             let current = existing.iter().find(|e| e.metadata.name == m.metadata.name);
-            if current.is_some_and(|c| c.spec == m.spec && c.metadata.deletion_timestamp.is_none())
-            {
+            if current.is_some_and(|c| c.spec == m.spec && c.metadata.deletion_timestamp.is_none()) {
                 continue;
             }
             guard(ctx)?;
-            members_api
-                .patch(
-                    &m.name_any(),
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(m),
-                )
-                .await?;
+            members_api.patch(&m.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(m)).await?;
             ctx.metrics.members_written.inc();
             tracing::info!(cluster = %name, member = %m.name_any(), priority = m.spec.priority, "member applied");
         }
-        for gone in existing.iter().filter(|e| {
-            !want
-                .members
-                .iter()
-                .any(|m| m.metadata.name == e.metadata.name)
-        }) {
+        for gone in existing.iter().filter(|e| !want.members.iter().any(|m| m.metadata.name == e.metadata.name)) {
             retire(gone, ctx, hac).await?;
         }
     }
@@ -326,11 +278,7 @@ async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, E
             "status": out.status,
         });
         Api::<HighAvailabilityCluster>::all(ctx.client.clone())
-            .patch_status(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
+            .patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
             .await?;
         ctx.metrics.status_writes.inc();
     }
@@ -344,11 +292,7 @@ async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, E
 
 /// Deletes a member that is no longer wanted. Its agent releases the VIP and removes the release
 /// finalizer; if no agent does within the release timeout, the operator removes it and warns.
-async fn retire(
-    m: &HighAvailabilityMember,
-    ctx: &Context,
-    hac: &HighAvailabilityCluster,
-) -> Result<(), Error> {
+async fn retire(m: &HighAvailabilityMember, ctx: &Context, hac: &HighAvailabilityCluster) -> Result<(), Error> {
     let api: Api<HighAvailabilityMember> = Api::all(ctx.client.clone());
     let name = m.name_any();
     match &m.metadata.deletion_timestamp {
@@ -362,27 +306,14 @@ async fn retire(
             let releasing = m.finalizers().iter().any(|f| f == RELEASE_FINALIZER);
             if releasing && waited >= ctx.release_timeout {
                 guard(ctx)?;
-                let rest: Vec<&String> = m
-                    .finalizers()
-                    .iter()
-                    .filter(|f| *f != RELEASE_FINALIZER)
-                    .collect();
+                let rest: Vec<&String> = m.finalizers().iter().filter(|f| *f != RELEASE_FINALIZER).collect();
                 let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": m.resource_version()}});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
                 let note = format!(
                     "the agent on {} did not confirm releasing the VIP within {:?}; member removed anyway: check that node for the address",
                     m.spec.node_name, ctx.release_timeout
                 );
-                publish(
-                    ctx,
-                    hac,
-                    true,
-                    "ReleaseTimeout",
-                    note,
-                    Some(m.object_ref(&())),
-                )
-                .await;
+                publish(ctx, hac, true, "ReleaseTimeout", note, Some(m.object_ref(&()))).await;
             }
         }
     }
@@ -392,15 +323,7 @@ async fn retire(
 async fn cleanup(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, Error> {
     let members = owned(ctx, hac);
     if members.is_empty() {
-        publish(
-            ctx,
-            hac,
-            false,
-            "Released",
-            "every member released; the cluster is gone".into(),
-            None,
-        )
-        .await;
+        publish(ctx, hac, false, "Released", "every member released; the cluster is gone".into(), None).await;
         return Ok(Action::await_change());
     }
     for m in &members {
@@ -429,11 +352,7 @@ async fn publish(
     related: Option<ObjectReference>,
 ) {
     let event = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
+        type_: if warning { EventType::Warning } else { EventType::Normal },
         reason: reason.into(),
         note: Some(note),
         action: "Reconcile".into(),

@@ -9,8 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::core::{Selector, SelectorExt as _};
 use kube::{Resource as _, ResourceExt as _};
 use kubeha_crds::{
-    HealthCheck, HighAvailabilityCluster, HighAvailabilityMember, HighAvailabilityMemberSpec,
-    HttpsCheck, MemberProxy, MemberVrrp, Metrics,
+    HealthCheck, HighAvailabilityCluster, HighAvailabilityMember, HighAvailabilityMemberSpec, HttpsCheck, MemberProxy,
+    MemberVrrp, Metrics,
 };
 
 /// Label on every member: the cluster it belongs to.
@@ -47,10 +47,7 @@ impl std::fmt::Display for Problem {
         match self {
             Problem::NodeNotFound(n) => write!(f, "node {n} in spec.masters.nodes does not exist"),
             Problem::NoAddress { node, family } => {
-                write!(
-                    f,
-                    "node {node} has no {family} InternalIP, so it cannot carry an {family} VIP"
-                )
+                write!(f, "node {node} has no {family} InternalIP, so it cannot carry an {family} VIP")
             }
             Problem::BadSelector(e) => write!(f, "spec.masters.nodeSelector is invalid: {e}"),
         }
@@ -68,25 +65,14 @@ pub struct Desired {
 
 /// The masters `hac` selects among `nodes`, sorted by name; names in `spec.masters.nodes` that match no
 /// node are reported.
-pub fn masters<'a>(
-    hac: &HighAvailabilityCluster,
-    nodes: &'a [Node],
-) -> (Vec<&'a Node>, Vec<Problem>) {
+pub fn masters<'a>(hac: &HighAvailabilityCluster, nodes: &'a [Node]) -> (Vec<&'a Node>, Vec<Problem>) {
     let m = &hac.spec.masters;
     let mut problems = Vec::new();
     let mut chosen: Vec<&Node> = if let Some(names) = &m.nodes {
         let wanted: BTreeSet<&str> = names.iter().map(String::as_str).collect();
         let found: BTreeSet<String> = nodes.iter().map(|n| n.name_any()).collect();
-        problems.extend(
-            wanted
-                .iter()
-                .filter(|w| !found.contains(**w))
-                .map(|w| Problem::NodeNotFound((*w).into())),
-        );
-        nodes
-            .iter()
-            .filter(|n| wanted.contains(n.name_any().as_str()))
-            .collect()
+        problems.extend(wanted.iter().filter(|w| !found.contains(**w)).map(|w| Problem::NodeNotFound((*w).into())));
+        nodes.iter().filter(|n| wanted.contains(n.name_any().as_str())).collect()
     } else if let Some(selector) = &m.node_selector {
         match Selector::try_from(selector.clone()) {
             Ok(sel) => nodes.iter().filter(|n| sel.matches(n.labels())).collect(),
@@ -96,10 +82,7 @@ pub fn masters<'a>(
             }
         }
     } else {
-        nodes
-            .iter()
-            .filter(|n| n.labels().contains_key(CONTROL_PLANE_LABEL))
-            .collect()
+        nodes.iter().filter(|n| n.labels().contains_key(CONTROL_PLANE_LABEL)).collect()
     };
     chosen.sort_by_key(|n| n.name_any());
     (chosen, problems)
@@ -109,21 +92,10 @@ pub fn masters<'a>(
 /// a health penalty (default 60) moves a master below the next ones (the spacing shrinks for many masters
 /// but never below 1).
 pub fn priorities(masters: &[String], overrides: &BTreeMap<String, i32>) -> BTreeMap<String, i32> {
-    let rest: Vec<&String> = masters
-        .iter()
-        .filter(|m| !overrides.contains_key(*m))
-        .collect();
-    let step = if rest.len() > 1 {
-        (10).min((TOP_PRIORITY - 1) / (rest.len() as i32 - 1))
-            .max(1)
-    } else {
-        10
-    };
-    let mut out: BTreeMap<String, i32> = rest
-        .iter()
-        .enumerate()
-        .map(|(i, m)| ((*m).clone(), (TOP_PRIORITY - step * i as i32).max(1)))
-        .collect();
+    let rest: Vec<&String> = masters.iter().filter(|m| !overrides.contains_key(*m)).collect();
+    let step = if rest.len() > 1 { (10).min((TOP_PRIORITY - 1) / (rest.len() as i32 - 1)).max(1) } else { 10 };
+    let mut out: BTreeMap<String, i32> =
+        rest.iter().enumerate().map(|(i, m)| ((*m).clone(), (TOP_PRIORITY - step * i as i32).max(1))).collect();
     for m in masters {
         if let Some(p) = overrides.get(m) {
             out.insert(m.clone(), *p);
@@ -166,28 +138,19 @@ pub fn member_name(hac: &str, node: &str) -> String {
 pub fn desired(hac: &HighAvailabilityCluster, nodes: &[Node]) -> Desired {
     let (chosen, mut problems) = masters(hac, nodes);
     let Some(vip) = vip_address(&hac.spec.vip) else {
-        return Desired {
-            members: Vec::new(),
-            problems,
-        };
+        return Desired { members: Vec::new(), problems };
     };
     let family = if vip.is_ipv4() { "IPv4" } else { "IPv6" };
     let mut addressed: Vec<(String, IpAddr)> = Vec::new();
     for node in chosen {
         match node_address(node, &vip) {
             Some(ip) => addressed.push((node.name_any(), ip)),
-            None => problems.push(Problem::NoAddress {
-                node: node.name_any(),
-                family,
-            }),
+            None => problems.push(Problem::NoAddress { node: node.name_any(), family }),
         }
     }
     let names: Vec<String> = addressed.iter().map(|(n, _)| n.clone()).collect();
     let prio = priorities(&names, &hac.spec.masters.priorities);
-    let members = addressed
-        .iter()
-        .map(|(node, ip)| member(hac, node, ip, prio[node], &addressed, &vip))
-        .collect();
+    let members = addressed.iter().map(|(node, ip)| member(hac, node, ip, prio[node], &addressed, &vip)).collect();
     Desired { members, problems }
 }
 
@@ -201,10 +164,7 @@ fn member(
 ) -> HighAvailabilityMember {
     let s = &hac.spec;
     let peers = if s.vrrp.unicast {
-        all.iter()
-            .filter(|(n, _)| n != node)
-            .map(|(_, a)| a.to_string())
-            .collect()
+        all.iter().filter(|(n, _)| n != node).map(|(_, a)| a.to_string()).collect()
     } else {
         Vec::new()
     };
@@ -212,11 +172,7 @@ fn member(
         vec![HealthCheck {
             name: "apiserver".into(),
             https: Some(HttpsCheck {
-                url: format!(
-                    "https://{}{}",
-                    host_port(ip, s.proxy.backend_port),
-                    s.health.path
-                ),
+                url: format!("https://{}{}", host_port(ip, s.proxy.backend_port), s.health.path),
                 ca_file: None,
                 insecure_skip_verify: false,
             }),
@@ -234,10 +190,7 @@ fn member(
     let proxy = s.proxy.enabled.then(|| MemberProxy {
         enabled: true,
         listen: host_port(vip, s.proxy.port),
-        backends: all
-            .iter()
-            .map(|(_, a)| host_port(a, s.proxy.backend_port))
-            .collect(),
+        backends: all.iter().map(|(_, a)| host_port(a, s.proxy.backend_port)).collect(),
         balance: s.proxy.balance,
         health_check: s.proxy.health_check.clone(),
         connect_timeout: s.proxy.connect_timeout,
@@ -268,10 +221,7 @@ fn member(
     let mut m = HighAvailabilityMember::new(&member_name(&hac.name_any(), node), spec);
     m.metadata = ObjectMeta {
         name: m.metadata.name.take(),
-        labels: Some(BTreeMap::from([
-            (CLUSTER_LABEL.into(), hac.name_any()),
-            (NODE_LABEL.into(), node.into()),
-        ])),
+        labels: Some(BTreeMap::from([(CLUSTER_LABEL.into(), hac.name_any()), (NODE_LABEL.into(), node.into())])),
         owner_references: owner(hac).map(|o| vec![o]),
         finalizers: Some(vec![RELEASE_FINALIZER.into()]),
         ..ObjectMeta::default()
@@ -300,19 +250,11 @@ pub(crate) mod tests {
         let mut n = Node::default();
         n.metadata.name = Some(name.into());
         if control_plane {
-            n.metadata.labels = Some(BTreeMap::from([(
-                CONTROL_PLANE_LABEL.into(),
-                String::new(),
-            )]));
+            n.metadata.labels = Some(BTreeMap::from([(CONTROL_PLANE_LABEL.into(), String::new())]));
         }
         n.status = Some(NodeStatus {
             addresses: Some(
-                ips.iter()
-                    .map(|a| NodeAddress {
-                        type_: "InternalIP".into(),
-                        address: (*a).into(),
-                    })
-                    .collect(),
+                ips.iter().map(|a| NodeAddress { type_: "InternalIP".into(), address: (*a).into() }).collect(),
             ),
             ..NodeStatus::default()
         });
@@ -341,11 +283,7 @@ pub(crate) mod tests {
     #[test]
     fn by_default_the_control_plane_nodes_are_the_masters_in_name_order() {
         let d = desired(&hac(json!({})), &three());
-        let names: Vec<_> = d
-            .members
-            .iter()
-            .map(|m| m.spec.node_name.as_str())
-            .collect();
+        let names: Vec<_> = d.members.iter().map(|m| m.spec.node_name.as_str()).collect();
         assert_eq!(names, ["n1", "n2", "n3"]);
         assert!(d.problems.is_empty());
         assert_eq!(d.members[0].metadata.name.as_deref(), Some("api-n1"));
@@ -353,24 +291,13 @@ pub(crate) mod tests {
 
     #[test]
     fn named_masters_and_selectors_choose_and_missing_names_are_reported() {
-        let d = desired(
-            &hac(json!({"masters": {"nodes": ["n3", "w1", "n9"]}})),
-            &three(),
-        );
-        let names: Vec<_> = d
-            .members
-            .iter()
-            .map(|m| m.spec.node_name.as_str())
-            .collect();
+        let d = desired(&hac(json!({"masters": {"nodes": ["n3", "w1", "n9"]}})), &three());
+        let names: Vec<_> = d.members.iter().map(|m| m.spec.node_name.as_str()).collect();
         assert_eq!(names, ["n3", "w1"]);
         assert_eq!(d.problems, [Problem::NodeNotFound("n9".into())]);
 
         let sel = json!({"masters": {"nodeSelector": {"matchExpressions": [{"key": CONTROL_PLANE_LABEL, "operator": "DoesNotExist"}]}}});
-        let names: Vec<_> = desired(&hac(sel), &three())
-            .members
-            .into_iter()
-            .map(|m| m.spec.node_name)
-            .collect();
+        let names: Vec<_> = desired(&hac(sel), &three()).members.into_iter().map(|m| m.spec.node_name).collect();
         assert_eq!(names, ["w1"]);
     }
 
@@ -378,92 +305,48 @@ pub(crate) mod tests {
     fn priorities_are_ordered_spaced_below_a_penalty_and_overridable() {
         let ms: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
         let p = priorities(&ms, &BTreeMap::new());
-        assert_eq!(
-            p,
-            BTreeMap::from([("n1".into(), 200), ("n2".into(), 190), ("n3".into(), 180)])
-        );
+        assert_eq!(p, BTreeMap::from([("n1".into(), 200), ("n2".into(), 190), ("n3".into(), 180)]));
         // A default penalty of 60 takes the top master below both others.
         assert!(p["n1"] - 60 < p["n3"]);
         let p = priorities(&ms, &BTreeMap::from([("n3".into(), 250)]));
-        assert_eq!(
-            p,
-            BTreeMap::from([("n1".into(), 200), ("n2".into(), 190), ("n3".into(), 250)])
-        );
+        assert_eq!(p, BTreeMap::from([("n1".into(), 200), ("n2".into(), 190), ("n3".into(), 250)]));
         let many: Vec<String> = (0..64).map(|i| format!("n{i:02}")).collect();
         let p = priorities(&many, &BTreeMap::new());
         assert!(p.values().all(|v| (1..=200).contains(v)));
-        assert_eq!(
-            p.values().collect::<BTreeSet<_>>().len(),
-            64,
-            "distinct priorities"
-        );
+        assert_eq!(p.values().collect::<BTreeSet<_>>().len(), 64, "distinct priorities");
     }
 
     #[test]
     fn a_member_carries_the_whole_agent_configuration() {
-        let d = desired(
-            &hac(json!({"vrrp": {"unicast": true}, "health": {"priorityPenalty": 70}})),
-            &three(),
-        );
+        let d = desired(&hac(json!({"vrrp": {"unicast": true}, "health": {"priorityPenalty": 70}})), &three());
         let m = &d.members[1].spec;
-        assert_eq!(
-            (m.node_name.as_str(), m.priority, m.vrid),
-            ("n2", 190, Some(51))
-        );
+        assert_eq!((m.node_name.as_str(), m.priority, m.vrid), ("n2", 190, Some(51)));
         assert_eq!(m.vrrp.peers, ["198.51.100.11", "198.51.100.13"]);
         let check = &m.health[0];
-        assert_eq!(
-            check.https.as_ref().unwrap().url,
-            "https://198.51.100.12:6443/readyz"
-        );
+        assert_eq!(check.https.as_ref().unwrap().url, "https://198.51.100.12:6443/readyz");
         assert_eq!(check.weight, -70);
         let proxy = m.proxy.as_ref().unwrap();
         assert_eq!(proxy.listen, "198.51.100.10:8443");
-        assert_eq!(
-            proxy.backends,
-            [
-                "198.51.100.11:6443",
-                "198.51.100.12:6443",
-                "198.51.100.13:6443"
-            ]
-        );
+        assert_eq!(proxy.backends, ["198.51.100.11:6443", "198.51.100.12:6443", "198.51.100.13:6443"]);
         let meta = &d.members[1].metadata;
         assert_eq!(meta.labels.as_ref().unwrap()[NODE_LABEL], "n2");
-        assert_eq!(
-            meta.finalizers.as_deref(),
-            Some(&[RELEASE_FINALIZER.to_string()][..])
-        );
+        assert_eq!(meta.finalizers.as_deref(), Some(&[RELEASE_FINALIZER.to_string()][..]));
         assert_eq!(meta.owner_references.as_ref().unwrap()[0].uid, "uid-1");
     }
 
     #[test]
     fn an_ipv6_vip_uses_ipv6_addresses_and_nodes_without_one_are_reported() {
-        let d = desired(
-            &hac(json!({"vip": "2001:db8::10/64", "masters": {"nodes": ["n1", "w1"]}})),
-            &three(),
-        );
+        let d = desired(&hac(json!({"vip": "2001:db8::10/64", "masters": {"nodes": ["n1", "w1"]}})), &three());
         assert_eq!(d.members.len(), 1);
         let m = &d.members[0].spec;
         assert_eq!(m.proxy.as_ref().unwrap().listen, "[2001:db8::10]:8443");
-        assert_eq!(
-            m.health[0].https.as_ref().unwrap().url,
-            "https://[2001:db8::11]:6443/readyz"
-        );
-        assert_eq!(
-            d.problems,
-            [Problem::NoAddress {
-                node: "w1".into(),
-                family: "IPv6"
-            }]
-        );
+        assert_eq!(m.health[0].https.as_ref().unwrap().url, "https://[2001:db8::11]:6443/readyz");
+        assert_eq!(d.problems, [Problem::NoAddress { node: "w1".into(), family: "IPv6" }]);
     }
 
     #[test]
     fn multicast_has_no_peers_and_disabled_parts_are_absent() {
-        let d = desired(
-            &hac(json!({"proxy": {"enabled": false}, "health": {"enabled": false}})),
-            &three(),
-        );
+        let d = desired(&hac(json!({"proxy": {"enabled": false}, "health": {"enabled": false}})), &three());
         let m = &d.members[0].spec;
         assert!(m.vrrp.peers.is_empty());
         assert!(m.proxy.is_none());

@@ -61,45 +61,28 @@ async fn main() -> anyhow::Result<()> {
         renew_deadline: args.renew_deadline.into(),
         retry_period: args.retry_period.into(),
     };
-    election
-        .validate()
-        .context("--lease-duration, --renew-deadline and --retry-period")?;
+    election.validate().context("--lease-duration, --renew-deadline and --retry-period")?;
 
-    let client = kube::Client::try_default().await.context(
-        "connecting to the Kubernetes API (KUBECONFIG or the in-cluster service account)",
-    )?;
-    client
-        .apiserver_version()
+    let client = kube::Client::try_default()
         .await
-        .context("asking the Kubernetes API for its version")?;
+        .context("connecting to the Kubernetes API (KUBECONFIG or the in-cluster service account)")?;
+    client.apiserver_version().await.context("asking the Kubernetes API for its version")?;
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let leader_gauge = Gauge::<i64>::default();
-    registry.register(
-        "kubeha_operator_leader",
-        "1 while this replica leads",
-        leader_gauge.clone(),
-    );
+    registry.register("kubeha_operator_leader", "1 while this replica leads", leader_gauge.clone());
     let (ready_tx, ready_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = telemetry::bind(args.metrics_addr).await?;
-    let probes = tokio::spawn(telemetry::serve_probes(
-        listener,
-        registry,
-        ready_rx,
-        stopped(stop_rx.clone()),
-    ));
+    let probes = tokio::spawn(telemetry::serve_probes(listener, registry, ready_rx, stopped(stop_rx.clone())));
 
     let (elector, mut leadership) = Elector::new(client.clone(), election)?;
     let elector = tokio::spawn(elector.run(stopped(stop_rx.clone())));
     ready_tx.send_replace(true);
     tracing::info!(identity = %identity, lease = %args.lease_name, "started; electing");
 
-    let settings = Settings {
-        instance: identity,
-        release_timeout: args.release_timeout.into(),
-    };
+    let settings = Settings { instance: identity, release_timeout: args.release_timeout.into() };
     let mut running: Option<(tokio::task::JoinHandle<()>, watch::Sender<bool>)> = None;
     let mut terminate = signals()?;
     loop {
@@ -150,10 +133,7 @@ async fn stop_controller(running: Option<(tokio::task::JoinHandle<()>, watch::Se
     if let Some((task, halt)) = running {
         halt.send_replace(true);
         // The controller's own writes are guarded by the deadline; do not wait long for a graceful end.
-        if tokio::time::timeout(Duration::from_secs(2), &mut Box::pin(task))
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(2), &mut Box::pin(task)).await.is_err() {
             tracing::warn!("controller did not stop within 2 s");
         }
     }
@@ -186,8 +166,5 @@ fn default_identity() -> String {
 }
 
 fn nix_hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty())
 }

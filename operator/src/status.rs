@@ -7,22 +7,15 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kubeha_crds::{
-    Failover, HighAvailabilityCluster, HighAvailabilityClusterStatus, HighAvailabilityMember,
-    MemberSummary, VrrpState, fault_tolerance,
+    Failover, HighAvailabilityCluster, HighAvailabilityClusterStatus, HighAvailabilityMember, MemberSummary, VrrpState,
+    fault_tolerance,
 };
 
 use crate::conflict::Conflict;
 use crate::desired::Problem;
 
 /// The condition types, in the order `kubectl describe` shows them.
-pub const CONDITIONS: [&str; 6] = [
-    "Ready",
-    "VIPAvailable",
-    "ProxyAvailable",
-    "Degraded",
-    "QuorumAtRisk",
-    "Conflict",
-];
+pub const CONDITIONS: [&str; 6] = ["Ready", "VIPAvailable", "ProxyAvailable", "Degraded", "QuorumAtRisk", "Conflict"];
 
 /// An Event to publish on the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,11 +56,7 @@ pub struct Outcome {
 
 /// A member whose agent has not written its status within this long is Unknown: its node may be down.
 fn heartbeat_timeout(hac: &HighAvailabilityCluster) -> Duration {
-    hac.spec
-        .election
-        .lease_duration
-        .0
-        .max(Duration::from_secs(5))
+    hac.spec.election.lease_duration.0.max(Duration::from_secs(5))
 }
 
 struct View<'a> {
@@ -81,9 +70,8 @@ struct View<'a> {
 
 fn view<'a>(m: &'a HighAvailabilityMember, timeout: Duration, now: Timestamp) -> View<'a> {
     let st = m.status.as_ref();
-    let fresh = st
-        .and_then(|s| s.heartbeat_time.as_ref())
-        .is_some_and(|t| now.duration_since(t.0).unsigned_abs() <= timeout);
+    let fresh =
+        st.and_then(|s| s.heartbeat_time.as_ref()).is_some_and(|t| now.duration_since(t.0).unsigned_abs() <= timeout);
     let state = match st {
         Some(s) if fresh => s.state,
         _ => VrrpState::Unknown,
@@ -91,41 +79,21 @@ fn view<'a>(m: &'a HighAvailabilityMember, timeout: Duration, now: Timestamp) ->
     let healthy = fresh
         && matches!(state, VrrpState::Master | VrrpState::Backup)
         && st.is_some_and(|s| s.health.iter().all(|h| h.healthy) && s.penalties.is_empty());
-    let young = m
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .is_none_or(|c| now.duration_since(c.0).unsigned_abs() <= timeout);
-    View {
-        m,
-        state,
-        fresh,
-        healthy,
-        pending: st.is_none() && young,
-    }
+    let young =
+        m.metadata.creation_timestamp.as_ref().is_none_or(|c| now.duration_since(c.0).unsigned_abs() <= timeout);
+    View { m, state, fresh, healthy, pending: st.is_none() && young }
 }
 
 /// Computes the status and Events.
 pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     let hac = i.hac;
     let prev = hac.status.clone().unwrap_or_default();
-    let views: Vec<View<'_>> = i
-        .members
-        .iter()
-        .map(|m| view(m, heartbeat_timeout(hac), i.now))
-        .collect();
+    let views: Vec<View<'_>> = i.members.iter().map(|m| view(m, heartbeat_timeout(hac), i.now)).collect();
     let node = |v: &View<'_>| v.m.spec.node_name.clone();
-    let holders: Vec<String> = views
-        .iter()
-        .filter(|v| v.fresh && v.m.status.as_ref().is_some_and(|s| s.holds_vip))
-        .map(node)
-        .collect();
+    let holders: Vec<String> =
+        views.iter().filter(|v| v.fresh && v.m.status.as_ref().is_some_and(|s| s.holds_vip)).map(node).collect();
     let active = (holders.len() == 1).then(|| holders[0].clone());
-    let masters = i.members.len()
-        + i.problems
-            .iter()
-            .filter(|p| matches!(p, Problem::NoAddress { .. }))
-            .count();
+    let masters = i.members.len() + i.problems.iter().filter(|p| matches!(p, Problem::NoAddress { .. })).count();
     let healthy = views.iter().filter(|v| v.healthy).count();
     let mut events = Vec::new();
 
@@ -133,69 +101,29 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     let mut conds: Vec<(&str, Option<bool>, &str, String)> = Vec::new();
     // VIPAvailable: exactly one member holds the VIP.
     let vip = match holders.len() {
-        1 => (
-            true,
-            "Held",
-            format!("{} holds {}", holders[0], hac.spec.vip),
-        ),
-        0 if views.iter().all(|v| !v.fresh) => (
-            false,
-            "AwaitingAgents",
-            "no agent has reported yet".to_string(),
-        ),
-        0 => (
-            false,
-            "NoHolder",
-            format!("no member holds {}", hac.spec.vip),
-        ),
+        1 => (true, "Held", format!("{} holds {}", holders[0], hac.spec.vip)),
+        0 if views.iter().all(|v| !v.fresh) => (false, "AwaitingAgents", "no agent has reported yet".to_string()),
+        0 => (false, "NoHolder", format!("no member holds {}", hac.spec.vip)),
         _ => (
             false,
             "MultipleHolders",
-            format!(
-                "{} all hold {}: a partition or a VRID collision",
-                holders.join(", "),
-                hac.spec.vip
-            ),
+            format!("{} all hold {}: a partition or a VRID collision", holders.join(", "), hac.spec.vip),
         ),
     };
     conds.push(("VIPAvailable", Some(vip.0), vip.1, vip.2));
     // ProxyAvailable: the active member proxies to at least one healthy API server.
     let proxy = if !hac.spec.proxy.enabled {
-        (
-            false,
-            "Disabled",
-            "spec.proxy.enabled is false: clients reach only the active master's API server".into(),
-        )
+        (false, "Disabled", "spec.proxy.enabled is false: clients reach only the active master's API server".into())
     } else {
         match views.iter().find(|v| Some(node(v)) == active) {
-            None => (
-                false,
-                "NoActiveNode",
-                "no member holds the VIP to serve the proxy on".into(),
-            ),
+            None => (false, "NoActiveNode", "no member holds the VIP to serve the proxy on".into()),
             Some(v) => {
-                let backends =
-                    v.m.status
-                        .as_ref()
-                        .map(|s| s.proxy_backends.as_slice())
-                        .unwrap_or_default();
+                let backends = v.m.status.as_ref().map(|s| s.proxy_backends.as_slice()).unwrap_or_default();
                 let up = backends.iter().filter(|b| b.healthy).count();
                 if up > 0 {
-                    (
-                        true,
-                        "Serving",
-                        format!(
-                            "{} proxies to {up} of {} API servers",
-                            node(v),
-                            backends.len()
-                        ),
-                    )
+                    (true, "Serving", format!("{} proxies to {up} of {} API servers", node(v), backends.len()))
                 } else {
-                    (
-                        false,
-                        "NoHealthyBackend",
-                        format!("{} reports no healthy API server behind the proxy", node(v)),
-                    )
+                    (false, "NoHealthyBackend", format!("{} reports no healthy API server behind the proxy", node(v)))
                 }
             }
         }
@@ -205,25 +133,11 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     let mut sick: Vec<String> = views
         .iter()
         .filter(|v| !v.healthy && !v.pending)
-        .map(|v| {
-            format!(
-                "{} is {}",
-                node(v),
-                if v.fresh {
-                    describe(v)
-                } else {
-                    "not reporting".into()
-                }
-            )
-        })
+        .map(|v| format!("{} is {}", node(v), if v.fresh { describe(v) } else { "not reporting".into() }))
         .collect();
     sick.extend(i.problems.iter().map(ToString::to_string));
     let degraded = if sick.is_empty() {
-        (
-            false,
-            "AllHealthy",
-            format!("all {} members healthy", views.len()),
-        )
+        (false, "AllHealthy", format!("all {} members healthy", views.len()))
     } else {
         (true, "MembersUnhealthy", sick.join("; "))
     };
@@ -232,25 +146,12 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     let quorum = masters / 2 + 1;
     let waiting_for: Vec<String> = views.iter().filter(|v| v.pending).map(node).collect();
     let risk = match masters {
-        n if !waiting_for.is_empty() && n > 2 => (
-            None,
-            "AwaitingAgents",
-            format!(
-                "waiting for the agents on {} to report",
-                waiting_for.join(", ")
-            ),
-        ),
+        n if !waiting_for.is_empty() && n > 2 => {
+            (None, "AwaitingAgents", format!("waiting for the agents on {} to report", waiting_for.join(", ")))
+        }
         0 => (Some(true), "NoMasters", "no master is selected".to_string()),
-        1 => (
-            Some(true),
-            "SingleMaster",
-            "with one master there is no failover: select three or five".into(),
-        ),
-        2 => (
-            Some(true),
-            "TwoMasters",
-            "two masters tolerate no failure (etcd needs both): use three".into(),
-        ),
+        1 => (Some(true), "SingleMaster", "with one master there is no failover: select three or five".into()),
+        2 => (Some(true), "TwoMasters", "two masters tolerate no failure (etcd needs both): use three".into()),
         _ if healthy < quorum => (
             Some(true),
             "QuorumLost",
@@ -264,26 +165,14 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
         n if n % 2 == 0 => (
             Some(false),
             "EvenMasterCount",
-            format!(
-                "{n} masters tolerate {} failures, no more than {} would",
-                fault_tolerance(n),
-                n - 1
-            ),
+            format!("{n} masters tolerate {} failures, no more than {} would", fault_tolerance(n), n - 1),
         ),
-        n => (
-            Some(false),
-            "Tolerates",
-            format!("{} of {n} masters may fail", fault_tolerance(n)),
-        ),
+        n => (Some(false), "Tolerates", format!("{} of {n} masters may fail", fault_tolerance(n))),
     };
     conds.push(("QuorumAtRisk", risk.0, risk.1, risk.2));
     let conflict = match i.conflicts.first() {
         Some(c) => (true, c.reason, c.message.clone()),
-        None => (
-            false,
-            "NoConflict",
-            "no other cluster claims this VIP or VRID here".into(),
-        ),
+        None => (false, "NoConflict", "no other cluster claims this VIP or VRID here".into()),
     };
     conds.push(("Conflict", Some(conflict.0), conflict.1, conflict.2));
     let blocker = conds.iter().find(|(t, status, _, _)| {
@@ -296,15 +185,7 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
         }
     });
     let ready = match blocker {
-        None => (
-            true,
-            "Ready",
-            format!(
-                "{} serves the API on {}",
-                active.clone().unwrap_or_default(),
-                hac.spec.vip
-            ),
-        ),
+        None => (true, "Ready", format!("{} serves the API on {}", active.clone().unwrap_or_default(), hac.spec.vip)),
         Some((t, _, reason, msg)) => (false, *reason, format!("{t}: {msg}")),
     };
     conds.insert(0, ("Ready", Some(ready.0), ready.1, ready.2));
@@ -312,28 +193,16 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     let generation = hac.metadata.generation;
     let conditions: Vec<Condition> = conds
         .into_iter()
-        .map(|(t, ok, reason, message)| {
-            condition(&prev.conditions, t, ok, reason, message, generation, i.now)
-        })
+        .map(|(t, ok, reason, message)| condition(&prev.conditions, t, ok, reason, message, generation, i.now))
         .collect();
 
     // Events for what changed since the previous status.
     for c in &conditions {
-        let was_true = prev
-            .conditions
-            .iter()
-            .any(|p| p.type_ == c.type_ && p.status == "True");
-        if c.status == "True"
-            && !was_true
-            && matches!(c.type_.as_str(), "Conflict" | "QuorumAtRisk")
-        {
+        let was_true = prev.conditions.iter().any(|p| p.type_ == c.type_ && p.status == "True");
+        if c.status == "True" && !was_true && matches!(c.type_.as_str(), "Conflict" | "QuorumAtRisk") {
             events.push(PlannedEvent {
                 warning: true,
-                reason: if c.type_ == "Conflict" {
-                    "Conflict"
-                } else {
-                    "QuorumAtRisk"
-                },
+                reason: if c.type_ == "Conflict" { "Conflict" } else { "QuorumAtRisk" },
                 note: c.message.clone(),
                 node: None,
             });
@@ -361,27 +230,15 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     let mut last_failover = prev.last_failover.clone();
     let mut failover_count = prev.failover_count;
     // The holder before: the previous active node, or across a gap with no holder, the last one we knew.
-    let previous_holder = prev
-        .active_node
-        .clone()
-        .or_else(|| prev.last_holder.clone());
+    let previous_holder = prev.active_node.clone().or_else(|| prev.last_holder.clone());
     if let (Some(to), Some(from)) = (&active, &previous_holder)
         && to != from
     {
-        let reason = failover_reason(
-            views.iter().find(|v| node(v) == *from),
-            views.iter().find(|v| node(v) == *to),
-        );
+        let reason = failover_reason(views.iter().find(|v| node(v) == *from), views.iter().find(|v| node(v) == *to));
         let at = views
             .iter()
             .find(|v| node(v) == *to)
-            .and_then(|v| {
-                v.m.status
-                    .as_ref()?
-                    .last_transition
-                    .as_ref()
-                    .map(|t| t.at.clone())
-            })
+            .and_then(|v| v.m.status.as_ref()?.last_transition.as_ref().map(|t| t.at.clone()))
             .unwrap_or(Time(i.now));
         events.push(PlannedEvent {
             warning: true,
@@ -389,12 +246,7 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
             note: format!("VIP moved from {from} to {to}: {reason}"),
             node: Some(to.clone()),
         });
-        last_failover = Some(Failover {
-            from: Some(from.clone()),
-            to: to.clone(),
-            at,
-            reason: reason.into(),
-        });
+        last_failover = Some(Failover { from: Some(from.clone()), to: to.clone(), at, reason: reason.into() });
         failover_count += 1;
     }
 
@@ -406,11 +258,7 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
             priority: v.m.spec.priority,
             effective_priority: v.m.status.as_ref().and_then(|s| s.effective_priority),
             healthy: v.healthy,
-            since: v
-                .m
-                .status
-                .as_ref()
-                .and_then(|s| s.last_transition.as_ref().map(|t| t.at.clone())),
+            since: v.m.status.as_ref().and_then(|s| s.last_transition.as_ref().map(|t| t.at.clone())),
         })
         .collect();
     let status = HighAvailabilityClusterStatus {
@@ -429,22 +277,12 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
 
 fn describe(v: &View<'_>) -> String {
     let st = v.m.status.as_ref();
-    let failing: Vec<&str> = st
-        .map(|s| {
-            s.health
-                .iter()
-                .filter(|h| !h.healthy)
-                .map(|h| h.name.as_str())
-                .collect()
-        })
-        .unwrap_or_default();
+    let failing: Vec<&str> =
+        st.map(|s| s.health.iter().filter(|h| !h.healthy).map(|h| h.name.as_str()).collect()).unwrap_or_default();
     if !failing.is_empty() {
         format!("{:?} with failing checks: {}", v.state, failing.join(", "))
     } else if let Some(p) = st.and_then(|s| s.penalties.first()) {
-        format!(
-            "{:?}, priority lowered by {} ({})",
-            v.state, p.amount, p.reason
-        )
+        format!("{:?}, priority lowered by {} ({})", v.state, p.amount, p.reason)
     } else {
         format!("{:?}", v.state)
     }
@@ -454,21 +292,11 @@ fn failover_reason(from: Option<&View<'_>>, to: Option<&View<'_>>) -> &'static s
     let Some(from) = from else {
         return "MemberRemoved";
     };
-    let prio = |v: &View<'_>| {
-        v.m.status
-            .as_ref()
-            .and_then(|s| s.effective_priority)
-            .unwrap_or(v.m.spec.priority)
-    };
+    let prio = |v: &View<'_>| v.m.status.as_ref().and_then(|s| s.effective_priority).unwrap_or(v.m.spec.priority);
     match from.state {
         VrrpState::Unknown => "MasterDown",
         VrrpState::Fault => "Unhealthy",
-        _ if from
-            .m
-            .status
-            .as_ref()
-            .is_some_and(|s| !s.penalties.is_empty() || s.health.iter().any(|h| !h.healthy)) =>
-        {
+        _ if from.m.status.as_ref().is_some_and(|s| !s.penalties.is_empty() || s.health.iter().any(|h| !h.healthy)) => {
             "Unhealthy"
         }
         _ if prio(from) < from.m.spec.priority => "Unhealthy",
@@ -508,10 +336,7 @@ fn condition(
 }
 
 /// Whether two statuses differ in more than condition timestamps: when they do not, the write is skipped.
-pub fn meaningfully_different(
-    a: &HighAvailabilityClusterStatus,
-    b: &HighAvailabilityClusterStatus,
-) -> bool {
+pub fn meaningfully_different(a: &HighAvailabilityClusterStatus, b: &HighAvailabilityClusterStatus) -> bool {
     let strip = |s: &HighAvailabilityClusterStatus| {
         let mut s = s.clone();
         for c in &mut s.conditions {
@@ -537,13 +362,8 @@ mod tests {
         Timestamp::from_second(1_800_000_000).unwrap()
     }
 
-    fn cluster(
-        spec: serde_json::Value,
-        n: usize,
-    ) -> (HighAvailabilityCluster, Vec<HighAvailabilityMember>) {
-        let nodes: Vec<_> = (1..=n)
-            .map(|i| node(&format!("n{i}"), &[&format!("198.51.100.1{i}")], true))
-            .collect();
+    fn cluster(spec: serde_json::Value, n: usize) -> (HighAvailabilityCluster, Vec<HighAvailabilityMember>) {
+        let nodes: Vec<_> = (1..=n).map(|i| node(&format!("n{i}"), &[&format!("198.51.100.1{i}")], true)).collect();
         let h = hac(spec);
         let members = desired(&h, &nodes).members;
         (h, members)
@@ -556,12 +376,7 @@ mod tests {
             state,
             holds_vip: vip,
             effective_priority: Some(m.spec.priority),
-            health: vec![CheckResult {
-                name: "apiserver".into(),
-                healthy: true,
-                message: None,
-                since: None,
-            }],
+            health: vec![CheckResult { name: "apiserver".into(), healthy: true, message: None, since: None }],
             proxy_backends: vec![BackendStatus {
                 address: "198.51.100.11:6443".into(),
                 healthy: true,
@@ -588,13 +403,7 @@ mod tests {
     }
 
     fn run(h: &HighAvailabilityCluster, ms: &[HighAvailabilityMember]) -> Outcome {
-        aggregate(&Inputs {
-            hac: h,
-            members: ms,
-            problems: &[],
-            conflicts: &[],
-            now: now(),
-        })
+        aggregate(&Inputs { hac: h, members: ms, problems: &[], conflicts: &[], now: now() })
     }
 
     fn cond<'a>(s: &'a HighAvailabilityClusterStatus, t: &str) -> (&'a str, &'a str) {
@@ -617,11 +426,7 @@ mod tests {
         assert_eq!(s.active_node.as_deref(), Some("n1"));
         assert_eq!(s.members_ready.as_deref(), Some("3/3"));
         assert_eq!(s.fault_tolerance, Some(1));
-        assert!(
-            s.conditions
-                .iter()
-                .all(|c| c.observed_generation == h.metadata.generation)
-        );
+        assert!(s.conditions.iter().all(|c| c.observed_generation == h.metadata.generation));
     }
 
     #[test]
@@ -640,17 +445,8 @@ mod tests {
         let s = run(&h, &ms).status;
         assert_eq!(cond(&s, "VIPAvailable"), ("False", "AwaitingAgents"));
         assert!(s.members.iter().all(|m| m.state == VrrpState::Unknown));
-        assert_eq!(
-            cond(&s, "QuorumAtRisk"),
-            ("Unknown", "AwaitingAgents"),
-            "no alarm before anyone reports"
-        );
-        assert!(
-            run(&h, &ms)
-                .events
-                .iter()
-                .all(|e| e.reason != "QuorumAtRisk")
-        );
+        assert_eq!(cond(&s, "QuorumAtRisk"), ("Unknown", "AwaitingAgents"), "no alarm before anyone reports");
+        assert!(run(&h, &ms).events.iter().all(|e| e.reason != "QuorumAtRisk"));
         assert_eq!(s.members_ready.as_deref(), Some("0/3"));
     }
 
@@ -661,18 +457,10 @@ mod tests {
         let s = run(&h, &ms).status;
         assert_eq!(s.members[2].state, VrrpState::Unknown);
         assert_eq!(cond(&s, "Degraded"), ("True", "MembersUnhealthy"));
-        let msg = &s
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Degraded")
-            .unwrap()
-            .message;
+        let msg = &s.conditions.iter().find(|c| c.type_ == "Degraded").unwrap().message;
         assert!(msg.contains("n3 is not reporting"), "{msg}");
         // 2 of 3 healthy is exactly quorum: one more failure loses it.
-        assert_eq!(
-            cond(&s, "QuorumAtRisk"),
-            ("True", "OneFailureFromQuorumLoss")
-        );
+        assert_eq!(cond(&s, "QuorumAtRisk"), ("True", "OneFailureFromQuorumLoss"));
         assert_eq!(cond(&s, "Ready"), ("True", "Ready"), "still serving");
     }
 
@@ -684,16 +472,9 @@ mod tests {
         report(&mut ms, 2, VrrpState::Master, true);
         let out = run(&h, &ms);
         let f = out.status.last_failover.as_ref().unwrap();
-        assert_eq!(
-            (f.from.as_deref(), f.to.as_str(), f.reason.as_str()),
-            (Some("n1"), "n2", "MasterDown")
-        );
+        assert_eq!((f.from.as_deref(), f.to.as_str(), f.reason.as_str()), (Some("n1"), "n2", "MasterDown"));
         assert_eq!(out.status.failover_count, 1);
-        assert!(
-            out.events
-                .iter()
-                .any(|e| e.reason == "Failover" && e.note == "VIP moved from n1 to n2: MasterDown")
-        );
+        assert!(out.events.iter().any(|e| e.reason == "Failover" && e.note == "VIP moved from n1 to n2: MasterDown"));
         // The same state again is no new failover.
         h.status = Some(out.status);
         let again = run(&h, &ms);
@@ -708,18 +489,12 @@ mod tests {
         // n1 dies; for a moment nobody holds the VIP, and a reconcile sees exactly that.
         ms[0].status.as_mut().unwrap().heartbeat_time = Some(Time(now() - Duration::from_secs(60)));
         let gap = run(&h, &ms).status;
-        assert_eq!(
-            (gap.active_node.as_deref(), gap.last_holder.as_deref()),
-            (None, Some("n1"))
-        );
+        assert_eq!((gap.active_node.as_deref(), gap.last_holder.as_deref()), (None, Some("n1")));
         h.status = Some(gap);
         report(&mut ms, 3, VrrpState::Master, true);
         let after = run(&h, &ms).status;
         let f = after.last_failover.as_ref().unwrap();
-        assert_eq!(
-            (f.from.as_deref(), f.to.as_str(), f.reason.as_str()),
-            (Some("n1"), "n3", "MasterDown")
-        );
+        assert_eq!((f.from.as_deref(), f.to.as_str(), f.reason.as_str()), (Some("n1"), "n3", "MasterDown"));
         assert_eq!(after.failover_count, 1);
     }
 
@@ -732,10 +507,7 @@ mod tests {
         report(&mut ms, 2, VrrpState::Backup, false);
         report(&mut ms, 1, VrrpState::Master, true);
         let f = run(&h, &ms).status.last_failover.unwrap();
-        assert_eq!(
-            (f.from.as_deref(), f.to.as_str(), f.reason.as_str()),
-            (Some("n2"), "n1", "Preempted")
-        );
+        assert_eq!((f.from.as_deref(), f.to.as_str(), f.reason.as_str()), (Some("n2"), "n1", "Preempted"));
     }
 
     #[test]
@@ -761,17 +533,9 @@ mod tests {
             now: now() + Duration::from_secs(10),
         });
         let t = |s: &HighAvailabilityClusterStatus, ty: &str| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == ty)
-                .unwrap()
-                .last_transition_time
-                .0
+            s.conditions.iter().find(|c| c.type_ == ty).unwrap().last_transition_time.0
         };
-        assert_eq!(
-            t(&flipped.status, "VIPAvailable"),
-            now() + Duration::from_secs(10)
-        );
+        assert_eq!(t(&flipped.status, "VIPAvailable"), now() + Duration::from_secs(10));
         assert_eq!(t(&flipped.status, "Conflict"), now());
         assert!(meaningfully_different(&first, &flipped.status));
     }
@@ -786,16 +550,7 @@ mod tests {
         ] {
             let (h, mut ms) = cluster(json!({}), n);
             for i in 1..=n {
-                report(
-                    &mut ms,
-                    i,
-                    if i == 1 {
-                        VrrpState::Master
-                    } else {
-                        VrrpState::Backup
-                    },
-                    i == 1,
-                );
+                report(&mut ms, i, if i == 1 { VrrpState::Master } else { VrrpState::Backup }, i == 1);
             }
             let s = run(&h, &ms).status;
             assert_eq!(cond(&s, "QuorumAtRisk"), (status, reason), "{n} masters");
@@ -808,52 +563,21 @@ mod tests {
         let (mut h, ms) = healthy_three();
         h.status = Some(run(&h, &ms[..2]).status);
         let out = run(&h, &ms[1..]);
-        let reasons: Vec<_> = out
-            .events
-            .iter()
-            .map(|e| (e.reason, e.note.as_str()))
-            .collect();
-        assert!(
-            reasons.contains(&("MemberJoined", "n3 joined as a master")),
-            "{reasons:?}"
-        );
-        assert!(
-            reasons.contains(&("MemberLeft", "n1 is no longer a master")),
-            "{reasons:?}"
-        );
+        let reasons: Vec<_> = out.events.iter().map(|e| (e.reason, e.note.as_str())).collect();
+        assert!(reasons.contains(&("MemberJoined", "n3 joined as a master")), "{reasons:?}");
+        assert!(reasons.contains(&("MemberLeft", "n1 is no longer a master")), "{reasons:?}");
     }
 
     #[test]
     fn a_conflict_blocks_readiness_and_warns_once() {
         let (mut h, ms) = healthy_three();
-        let c = [Conflict {
-            with: "other".into(),
-            reason: "VRIDInUse",
-            message: "uses VRID 51".into(),
-            newer: true,
-        }];
-        let out = aggregate(&Inputs {
-            hac: &h,
-            members: &ms,
-            problems: &[],
-            conflicts: &c,
-            now: now(),
-        });
+        let c = [Conflict { with: "other".into(), reason: "VRIDInUse", message: "uses VRID 51".into(), newer: true }];
+        let out = aggregate(&Inputs { hac: &h, members: &ms, problems: &[], conflicts: &c, now: now() });
         assert_eq!(cond(&out.status, "Conflict"), ("True", "VRIDInUse"));
         assert_eq!(cond(&out.status, "Ready"), ("False", "VRIDInUse"));
-        assert!(
-            out.events
-                .iter()
-                .any(|e| e.warning && e.reason == "Conflict")
-        );
+        assert!(out.events.iter().any(|e| e.warning && e.reason == "Conflict"));
         h.status = Some(out.status);
-        let again = aggregate(&Inputs {
-            hac: &h,
-            members: &ms,
-            problems: &[],
-            conflicts: &c,
-            now: now(),
-        });
+        let again = aggregate(&Inputs { hac: &h, members: &ms, problems: &[], conflicts: &c, now: now() });
         assert!(again.events.iter().all(|e| e.reason != "Conflict"));
     }
 

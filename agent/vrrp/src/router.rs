@@ -198,15 +198,7 @@ impl Router {
 
     /// When [`Input::Timer`] is due next, if any timer runs.
     pub fn deadline(&self) -> Option<Duration> {
-        [
-            self.down_at,
-            self.advert_at,
-            self.second_burst_at,
-            self.refresh_at,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        [self.down_at, self.advert_at, self.second_burst_at, self.refresh_at].into_iter().flatten().min()
     }
 
     /// Advertisement_Interval as a duration.
@@ -239,10 +231,7 @@ impl Router {
             Input::Startup => self.startup(now, out),
             Input::Shutdown => self.shutdown(out),
             Input::Timer => self.timer(now, out),
-            Input::Advertisement {
-                from,
-                advertisement,
-            } => self.advertisement(now, from, &advertisement, out),
+            Input::Advertisement { from, advertisement } => self.advertisement(now, from, &advertisement, out),
             Input::Priority(p) => self.set_priority(now, p, out),
             Input::Fault(f) => self.set_fault(now, f, out),
         }
@@ -280,11 +269,7 @@ impl Router {
             // RFC 9568 §6.4.2: Master_Down_Timer fired.
             self.down_at = None;
             if self.state == State::Backup {
-                let reason = if self.released {
-                    Reason::MasterReleased
-                } else {
-                    Reason::MasterDown
-                };
+                let reason = if self.released { Reason::MasterReleased } else { Reason::MasterDown };
                 self.released = false;
                 self.become_master(now, reason, out);
             }
@@ -293,32 +278,20 @@ impl Router {
             return;
         }
         if self.advert_at.is_some_and(|t| now >= t) {
-            out.push(Action::Advertise {
-                priority: self.effective,
-            });
+            out.push(Action::Advertise { priority: self.effective });
             self.advert_at = Some(now + self.advert_interval());
         }
         if self.second_burst_at.is_some_and(|t| now >= t) {
             self.second_burst_at = None;
-            out.push(Action::Announce {
-                count: self.cfg.announce.repeat,
-            });
+            out.push(Action::Announce { count: self.cfg.announce.repeat });
         }
         if self.refresh_at.is_some_and(|t| now >= t) {
-            out.push(Action::Announce {
-                count: self.cfg.announce.repeat,
-            });
+            out.push(Action::Announce { count: self.cfg.announce.repeat });
             self.refresh_at = Some(now + self.cfg.announce.refresh);
         }
     }
 
-    fn advertisement(
-        &mut self,
-        now: Duration,
-        from: IpAddr,
-        adv: &Advertisement,
-        out: &mut Vec<Action>,
-    ) {
+    fn advertisement(&mut self, now: Duration, from: IpAddr, adv: &Advertisement, out: &mut Vec<Action>) {
         if adv.vrid != self.cfg.vrid || adv.version != self.cfg.version {
             return;
         }
@@ -345,13 +318,9 @@ impl Router {
             State::Master => {
                 if adv.priority == 0 {
                     // RFC 9568 §6.4.3: another router gave up; reassert at once.
-                    out.push(Action::Advertise {
-                        priority: self.effective,
-                    });
+                    out.push(Action::Advertise { priority: self.effective });
                     self.advert_at = Some(now + self.advert_interval());
-                } else if adv.priority > self.effective
-                    || (adv.priority == self.effective && from > self.cfg.primary)
-                {
+                } else if adv.priority > self.effective || (adv.priority == self.effective && from > self.cfg.primary) {
                     // RFC 9568 §6.4.3: a better master exists.
                     self.master_seen = Some(from);
                     if self.cfg.version == Version::V3 {
@@ -360,9 +329,7 @@ impl Router {
                     // Not in the RFC: one last advert with our priority, so that the winner learns that two
                     // masters met (a healed partition) and re-announces the VIP. Otherwise it never hears
                     // from us again and clients that still send to our MAC are black-holed.
-                    out.push(Action::Advertise {
-                        priority: self.effective,
-                    });
+                    out.push(Action::Advertise { priority: self.effective });
                     out.push(Action::RemoveAddresses);
                     self.stop_timers();
                     self.down_at = Some(now + self.master_down_interval());
@@ -370,12 +337,8 @@ impl Router {
                 } else {
                     // Two masters (a partition healed): the loser will go quiet, but clients may still send to
                     // its MAC. Not in the RFC: advertise and announce at once so that they come back to us.
-                    out.push(Action::Advertise {
-                        priority: self.effective,
-                    });
-                    out.push(Action::Announce {
-                        count: self.cfg.announce.repeat,
-                    });
+                    out.push(Action::Advertise { priority: self.effective });
+                    out.push(Action::Announce { count: self.cfg.announce.repeat });
                     self.advert_at = Some(now + self.advert_interval());
                 }
             }
@@ -421,9 +384,7 @@ impl Router {
     fn become_master(&mut self, now: Duration, reason: Reason, out: &mut Vec<Action>) {
         self.stop_timers();
         self.master_seen = None;
-        out.push(Action::Advertise {
-            priority: self.effective,
-        });
+        out.push(Action::Advertise { priority: self.effective });
         out.push(Action::AddAddresses);
         let a = self.cfg.announce;
         if a.repeat > 0 {

@@ -138,10 +138,7 @@ impl fmt::Display for DecodeError {
                 write!(f, "truncated: {len} bytes, {needed} needed")
             }
             DecodeError::TrailingBytes { len, expected } => {
-                write!(
-                    f,
-                    "{len} bytes where the address count accounts for {expected}"
-                )
+                write!(f, "{len} bytes where the address count accounts for {expected}")
             }
             DecodeError::Ttl(t) => write!(f, "TTL/hop limit {t}, not 255: sent from off-link"),
             DecodeError::Version(v) => write!(f, "version {v} is not VRRPv2 over IPv4 or VRRPv3"),
@@ -154,9 +151,7 @@ impl fmt::Display for DecodeError {
             DecodeError::AuthType(t) => {
                 write!(f, "VRRPv2 auth type {t}; only 0 (none) is accepted")
             }
-            DecodeError::MixedFamilies => {
-                f.write_str("source and destination of different address families")
-            }
+            DecodeError::MixedFamilies => f.write_str("source and destination of different address families"),
         }
     }
 }
@@ -191,30 +186,16 @@ impl<'a> Packet<'a> {
     /// Checks the lengths of `bytes` for a message over IPv6 (`v6`) or IPv4.
     pub fn new_checked(bytes: &'a [u8], v6: bool) -> Result<Self, DecodeError> {
         if bytes.len() < HEADER {
-            return Err(DecodeError::Truncated {
-                len: bytes.len(),
-                needed: HEADER,
-            });
+            return Err(DecodeError::Truncated { len: bytes.len(), needed: HEADER });
         }
         let p = Self { bytes, v6 };
-        let expected = HEADER
-            + usize::from(p.count()) * p.address_len()
-            + if p.raw_version() == 2 {
-                V2_AUTH_DATA
-            } else {
-                0
-            };
+        let expected =
+            HEADER + usize::from(p.count()) * p.address_len() + if p.raw_version() == 2 { V2_AUTH_DATA } else { 0 };
         if bytes.len() < expected {
-            return Err(DecodeError::Truncated {
-                len: bytes.len(),
-                needed: expected,
-            });
+            return Err(DecodeError::Truncated { len: bytes.len(), needed: expected });
         }
         if bytes.len() > expected {
-            return Err(DecodeError::TrailingBytes {
-                len: bytes.len(),
-                expected,
-            });
+            return Err(DecodeError::TrailingBytes { len: bytes.len(), expected });
         }
         Ok(p)
     }
@@ -270,17 +251,15 @@ impl<'a> Packet<'a> {
     /// The addresses, in order.
     pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
         let n = self.address_len();
-        self.bytes[HEADER..HEADER + usize::from(self.count()) * n]
-            .chunks_exact(n)
-            .map(move |c| {
-                if n == 16 {
-                    let mut a = [0u8; 16];
-                    a.copy_from_slice(c);
-                    IpAddr::V6(Ipv6Addr::from(a))
-                } else {
-                    IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3]))
-                }
-            })
+        self.bytes[HEADER..HEADER + usize::from(self.count()) * n].chunks_exact(n).map(move |c| {
+            if n == 16 {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(c);
+                IpAddr::V6(Ipv6Addr::from(a))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+            }
+        })
     }
 
     /// Validates every field as RFC 9568 §7.1 / RFC 3768 §7.1 require of a receiver (TTL, version, type,
@@ -308,11 +287,7 @@ impl<'a> Packet<'a> {
         if interval == 0 {
             return Err(DecodeError::ZeroInterval);
         }
-        let interval_cs = if version == Version::V2 {
-            interval * 100
-        } else {
-            interval
-        };
+        let interval_cs = if version == Version::V2 { interval * 100 } else { interval };
         let advertisement = Advertisement {
             version,
             vrid: self.vrid(),
@@ -320,10 +295,7 @@ impl<'a> Packet<'a> {
             interval_cs,
             addresses: self.addresses().collect(),
         };
-        Ok(Received {
-            advertisement,
-            checksum,
-        })
+        Ok(Received { advertisement, checksum })
     }
 }
 
@@ -351,13 +323,9 @@ pub enum EncodeError {
 impl fmt::Display for EncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            EncodeError::Addresses => {
-                "an advertisement carries 1–255 addresses of the endpoints' family"
-            }
+            EncodeError::Addresses => "an advertisement carries 1–255 addresses of the endpoints' family",
             EncodeError::Version => "VRRPv2 is IPv4 only",
-            EncodeError::Interval => {
-                "interval out of range: v3 10ms–40950ms in 10ms steps, v2 whole seconds 1s–255s"
-            }
+            EncodeError::Interval => "interval out of range: v3 10ms–40950ms in 10ms steps, v2 whole seconds 1s–255s",
         })
     }
 }
@@ -365,14 +333,9 @@ impl fmt::Display for EncodeError {
 impl Advertisement {
     /// The bytes of this advertisement from `endpoints`, with the checksum in `form` (over IPv6 the
     /// pseudo-header is always included; version 2 never has one).
-    pub fn encode(
-        &self,
-        endpoints: &Endpoints,
-        form: ChecksumForm,
-    ) -> Result<Vec<u8>, EncodeError> {
+    pub fn encode(&self, endpoints: &Endpoints, form: ChecksumForm) -> Result<Vec<u8>, EncodeError> {
         let v6 = endpoints.src.is_ipv6();
-        if endpoints.dst.is_ipv6() != v6 || self.addresses.is_empty() || self.addresses.len() > 255
-        {
+        if endpoints.dst.is_ipv6() != v6 || self.addresses.is_empty() || self.addresses.len() > 255 {
             return Err(EncodeError::Addresses);
         }
         if self.addresses.iter().any(|a| a.is_ipv6() != v6) {
@@ -427,16 +390,10 @@ fn verify(bytes: &[u8], version: Version, e: &Endpoints) -> Result<ChecksumForm,
     let with_pseudo = checksum(&zeroed, Some(e));
     match (v6, version) {
         (true, _) if found == with_pseudo => Ok(ChecksumForm::PseudoHeader),
-        (true, _) => Err(DecodeError::Checksum {
-            found,
-            expected: with_pseudo,
-        }),
+        (true, _) => Err(DecodeError::Checksum { found, expected: with_pseudo }),
         (false, _) if found == message => Ok(ChecksumForm::Message),
         (false, Version::V3) if found == with_pseudo => Ok(ChecksumForm::PseudoHeader),
-        (false, _) => Err(DecodeError::Checksum {
-            found,
-            expected: message,
-        }),
+        (false, _) => Err(DecodeError::Checksum { found, expected: message }),
     }
 }
 
@@ -456,19 +413,13 @@ pub fn checksum(message: &[u8], pseudo: Option<&Endpoints>) -> u16 {
     };
     let len = message.len() as u32;
     match pseudo {
-        Some(Endpoints {
-            src: IpAddr::V4(s),
-            dst: IpAddr::V4(d),
-        }) => {
+        Some(Endpoints { src: IpAddr::V4(s), dst: IpAddr::V4(d) }) => {
             add(&s.octets());
             add(&d.octets());
             add(&[0, PROTOCOL]);
             add(&(len as u16).to_be_bytes());
         }
-        Some(Endpoints {
-            src: IpAddr::V6(s),
-            dst: IpAddr::V6(d),
-        }) => {
+        Some(Endpoints { src: IpAddr::V6(s), dst: IpAddr::V6(d) }) => {
             add(&s.octets());
             add(&d.octets());
             add(&len.to_be_bytes());

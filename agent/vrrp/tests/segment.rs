@@ -42,11 +42,7 @@ fn config(priority: u8, addr: IpAddr, interval_cs: u16) -> Config {
         preempt: true,
         preempt_delay: Duration::ZERO,
         primary: addr,
-        announce: Announce {
-            repeat: 5,
-            second_burst: Duration::from_secs(5),
-            refresh: Duration::ZERO,
-        },
+        announce: Announce { repeat: 5, second_burst: Duration::from_secs(5), refresh: Duration::ZERO },
     }
 }
 
@@ -115,13 +111,11 @@ impl Segment {
                     addresses: cfg.addresses.clone(),
                 };
                 for j in 0..self.nodes.len() {
-                    if j == i || !self.nodes[j].linked || self.random() % 1000 < self.loss_permille
-                    {
+                    if j == i || !self.nodes[j].linked || self.random() % 1000 < self.loss_permille {
                         continue;
                     }
                     self.seq += 1;
-                    self.queue
-                        .insert((self.now + self.delay, self.seq), (j, i, adv.clone()));
+                    self.queue.insert((self.now + self.delay, self.seq), (j, i, adv.clone()));
                 }
             }
             Action::AddAddresses => {
@@ -166,13 +160,7 @@ impl Segment {
                 let (_, (to, from, adv)) = self.queue.pop_first().unwrap();
                 let sender = self.nodes[from].addr;
                 if self.nodes[to].linked {
-                    self.input(
-                        to,
-                        Input::Advertisement {
-                            from: sender,
-                            advertisement: adv,
-                        },
-                    );
+                    self.input(to, Input::Advertisement { from: sender, advertisement: adv });
                 }
             } else if let Some((_, i)) = next_timer {
                 self.input(i, Input::Timer);
@@ -204,37 +192,22 @@ impl Segment {
 
     fn set_link(&mut self, i: usize, up: bool) -> &mut Self {
         let t = self.now.as_secs_f64();
-        let _ = writeln!(
-            self.log,
-            "{t:8.3}s {} link {}",
-            self.nodes[i].name,
-            if up { "restored" } else { "cut" }
-        );
+        let _ = writeln!(self.log, "{t:8.3}s {} link {}", self.nodes[i].name, if up { "restored" } else { "cut" });
         self.nodes[i].linked = up;
         self
     }
 
     fn masters(&self) -> Vec<&str> {
-        self.nodes
-            .iter()
-            .filter(|n| n.alive && n.router.state() == State::Master)
-            .map(|n| n.name.as_str())
-            .collect()
+        self.nodes.iter().filter(|n| n.alive && n.router.state() == State::Master).map(|n| n.name.as_str()).collect()
     }
 
     fn holders(&self) -> Vec<&str> {
-        self.nodes
-            .iter()
-            .filter(|n| n.alive && n.holds_vip)
-            .map(|n| n.name.as_str())
-            .collect()
+        self.nodes.iter().filter(|n| n.alive && n.holds_vip).map(|n| n.name.as_str()).collect()
     }
 }
 
 fn golden(name: &str, seg: &Segment) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(format!("{name}.txt"));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{name}.txt"));
     if std::env::var_os("KUBEHA_UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &seg.log).unwrap();
     }
@@ -290,13 +263,7 @@ fn a_partition_makes_two_masters_and_healing_leaves_one_that_reannounces() {
     assert_eq!(s.masters(), vec!["n1", "n2"], "each side elects its own");
     s.set_link(0, true).at(12.0);
     assert_eq!((s.masters(), s.holders()), (vec!["n1"], vec!["n1"]));
-    assert!(
-        s.log
-            .lines()
-            .any(|l| l.contains("n1 announces") && l.trim_start().starts_with("10.")),
-        "{}",
-        s.log
-    );
+    assert!(s.log.lines().any(|l| l.contains("n1 announces") && l.trim_start().starts_with("10.")), "{}", s.log);
     golden("partition_heal", &s);
 }
 

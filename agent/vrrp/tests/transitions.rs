@@ -18,11 +18,7 @@ fn cfg(priority: u8) -> Config {
         preempt: true,
         preempt_delay: Duration::ZERO,
         primary: ME.parse().unwrap(),
-        announce: Announce {
-            repeat: 5,
-            second_burst: Duration::from_secs(5),
-            refresh: Duration::ZERO,
-        },
+        announce: Announce { repeat: 5, second_burst: Duration::from_secs(5), refresh: Duration::ZERO },
     }
 }
 
@@ -40,13 +36,8 @@ fn adv(priority: u8) -> Input {
 }
 
 fn adv_from(from: &str, priority: u8) -> Input {
-    let Input::Advertisement { advertisement, .. } = adv(priority) else {
-        unreachable!()
-    };
-    Input::Advertisement {
-        from: from.parse::<IpAddr>().unwrap(),
-        advertisement,
-    }
+    let Input::Advertisement { advertisement, .. } = adv(priority) else { unreachable!() };
+    Input::Advertisement { from: from.parse::<IpAddr>().unwrap(), advertisement }
 }
 
 fn t(ms: u64) -> Duration {
@@ -82,17 +73,11 @@ fn the_timers_follow_section_6_1() {
     // Skew_Time = ((256 − Priority) × Master_Adver_Interval) / 256; Master_Down_Interval = 3 × MAI + Skew.
     let r = Router::new(cfg(100));
     assert_eq!(r.skew_time(), Duration::from_secs(1) * 156 / 256);
-    assert_eq!(
-        r.master_down_interval(),
-        Duration::from_secs(3) + Duration::from_secs(1) * 156 / 256
-    );
+    assert_eq!(r.master_down_interval(), Duration::from_secs(3) + Duration::from_secs(1) * 156 / 256);
     let mut v2 = cfg(200);
     v2.version = Version::V2;
     // RFC 3768 §6.1: Skew_Time = (256 − Priority) / 256 seconds.
-    assert_eq!(
-        Router::new(v2).skew_time(),
-        Duration::from_secs(1) * 56 / 256
-    );
+    assert_eq!(Router::new(v2).skew_time(), Duration::from_secs(1) * 56 / 256);
 }
 
 #[test]
@@ -126,11 +111,7 @@ fn table() {
             at: 0,
             state: State::Master,
             reason: Some(Reason::AddressOwner),
-            does: &[
-                Action::Advertise { priority: 255 },
-                Action::AddAddresses,
-                Action::Announce { count: 5 },
-            ],
+            does: &[Action::Advertise { priority: 255 }, Action::AddAddresses, Action::Announce { count: 5 }],
         },
         Row {
             rule: "§6.4.2 Backup, Master_Down_Timer fires → Master",
@@ -140,11 +121,7 @@ fn table() {
             at: 3610,
             state: State::Master,
             reason: Some(Reason::MasterDown),
-            does: &[
-                Action::Advertise { priority: 100 },
-                Action::AddAddresses,
-                Action::Announce { count: 5 },
-            ],
+            does: &[Action::Advertise { priority: 100 }, Action::AddAddresses, Action::Announce { count: 5 }],
         },
         Row {
             rule: "§6.4.2 Backup, timer not yet due → nothing",
@@ -224,10 +201,7 @@ fn table() {
             at: 3700,
             state: State::Master,
             reason: None,
-            does: &[
-                Action::Advertise { priority: 100 },
-                Action::Announce { count: 5 },
-            ],
+            does: &[Action::Advertise { priority: 100 }, Action::Announce { count: 5 }],
         },
         Row {
             rule: "kubeha: Master meets a lower master (healed partition) → advertise and announce at once",
@@ -237,10 +211,7 @@ fn table() {
             at: 3700,
             state: State::Master,
             reason: None,
-            does: &[
-                Action::Advertise { priority: 100 },
-                Action::Announce { count: 5 },
-            ],
+            does: &[Action::Advertise { priority: 100 }, Action::Announce { count: 5 }],
         },
         Row {
             rule: "§6.4.3 Master, advert priority 0 → advertise at once",
@@ -300,18 +271,10 @@ fn table() {
         assert_eq!(r.state(), row.state, "{}", row.rule);
         let changed = transitions(&out);
         match row.reason {
-            Some(reason) => assert_eq!(
-                changed,
-                vec![(row.start, row.state, reason)],
-                "{}",
-                row.rule
-            ),
+            Some(reason) => assert_eq!(changed, vec![(row.start, row.state, reason)], "{}", row.rule),
             None => assert!(changed.is_empty(), "{}: {changed:?}", row.rule),
         }
-        let actions: Vec<&Action> = out
-            .iter()
-            .filter(|a| !matches!(a, Action::Transition { .. }))
-            .collect();
+        let actions: Vec<&Action> = out.iter().filter(|a| !matches!(a, Action::Transition { .. })).collect();
         assert_eq!(actions, row.does.iter().collect::<Vec<_>>(), "{}", row.rule);
     }
 }
@@ -323,42 +286,20 @@ fn a_released_master_is_replaced_after_the_skew_time_not_the_down_interval() {
     r.handle(t(100), adv(250), &mut out);
     r.handle(t(200), adv(0), &mut out);
     // Skew_Time with MAI 1 s and priority 200: 56/256 s ≈ 219 ms.
-    assert_eq!(
-        r.deadline(),
-        Some(t(200) + Duration::from_secs(1) * 56 / 256)
-    );
+    assert_eq!(r.deadline(), Some(t(200) + Duration::from_secs(1) * 56 / 256));
     r.handle(r.deadline().unwrap(), Input::Timer, &mut out);
-    assert_eq!(
-        transitions(&out).last(),
-        Some(&(State::Backup, State::Master, Reason::MasterReleased))
-    );
+    assert_eq!(transitions(&out).last(), Some(&(State::Backup, State::Master, Reason::MasterReleased)));
 }
 
 #[test]
 fn a_backup_learns_the_masters_interval() {
     let mut r = in_state(100, State::Backup);
     let mut out = Vec::new();
-    let Input::Advertisement {
-        from,
-        mut advertisement,
-    } = adv(150)
-    else {
-        unreachable!()
-    };
+    let Input::Advertisement { from, mut advertisement } = adv(150) else { unreachable!() };
     advertisement.interval_cs = 10;
-    r.handle(
-        t(100),
-        Input::Advertisement {
-            from,
-            advertisement,
-        },
-        &mut out,
-    );
+    r.handle(t(100), Input::Advertisement { from, advertisement }, &mut out);
     // 3 × 100 ms + (156/256) × 100 ms
-    assert_eq!(
-        r.deadline(),
-        Some(t(100) + Duration::from_millis(300) + Duration::from_millis(100) * 156 / 256)
-    );
+    assert_eq!(r.deadline(), Some(t(100) + Duration::from_millis(300) + Duration::from_millis(100) * 156 / 256));
 }
 
 #[test]
@@ -386,27 +327,11 @@ fn leaving_fault_returns_to_backup_and_adverts_of_other_routers_are_ignored() {
     assert_eq!((r.state(), r.deadline()), (State::Fault, None));
     r.handle(t(300), Input::Fault(false), &mut out);
     assert_eq!(r.state(), State::Backup);
-    assert_eq!(
-        transitions(&out).last(),
-        Some(&(State::Fault, State::Backup, Reason::FaultCleared))
-    );
-    let Input::Advertisement {
-        from,
-        mut advertisement,
-    } = adv(250)
-    else {
-        unreachable!()
-    };
+    assert_eq!(transitions(&out).last(), Some(&(State::Fault, State::Backup, Reason::FaultCleared)));
+    let Input::Advertisement { from, mut advertisement } = adv(250) else { unreachable!() };
     advertisement.vrid = 52;
     let d = r.deadline();
-    r.handle(
-        t(400),
-        Input::Advertisement {
-            from,
-            advertisement,
-        },
-        &mut out,
-    );
+    r.handle(t(400), Input::Advertisement { from, advertisement }, &mut out);
     assert_eq!(r.deadline(), d, "another VRID's advert changes nothing");
 }
 

@@ -3,62 +3,37 @@
 
 use std::net::IpAddr;
 
-use kubeha_vrrp::wire::{
-    Advertisement, ChecksumForm, DecodeError, EncodeError, Endpoints, Version, decode,
-};
+use kubeha_vrrp::wire::{Advertisement, ChecksumForm, DecodeError, EncodeError, Endpoints, Version, decode};
 use proptest::prelude::*;
 
 // VRRPv3, VRID 51, priority 150, 100 cs, 198.51.100.10, from 198.51.100.11 to 224.0.0.18.
-const V3_V4_MESSAGE: [u8; 12] = [
-    0x31, 0x33, 0x96, 0x01, 0x00, 0x64, 0x0e, 0x29, 0xc6, 0x33, 0x64, 0x0a,
-];
+const V3_V4_MESSAGE: [u8; 12] = [0x31, 0x33, 0x96, 0x01, 0x00, 0x64, 0x0e, 0x29, 0xc6, 0x33, 0x64, 0x0a];
 // The same with keepalived's RFC 5798 IPv4 pseudo-header checksum.
-const V3_V4_PSEUDO: [u8; 12] = [
-    0x31, 0x33, 0x96, 0x01, 0x00, 0x64, 0x03, 0x5b, 0xc6, 0x33, 0x64, 0x0a,
-];
+const V3_V4_PSEUDO: [u8; 12] = [0x31, 0x33, 0x96, 0x01, 0x00, 0x64, 0x03, 0x5b, 0xc6, 0x33, 0x64, 0x0a];
 // VRRPv3, VRID 52, priority 200, 10 cs, fe80::10 and 2001:db8::10, from fe80::11 to ff02::12.
 const V3_V6: [u8; 40] = [
-    0x31, 0x34, 0xc8, 0x02, 0x00, 0x0a, 0xdc, 0x25, 0xfe, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x20, 0x01, 0x0d, 0xb8, 0x00, 0x00, 0x00, 0x00,
-    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10,
+    0x31, 0x34, 0xc8, 0x02, 0x00, 0x0a, 0xdc, 0x25, 0xfe, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x10, 0x20, 0x01, 0x0d, 0xb8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x10,
 ];
 // VRRPv2, VRID 51, priority 100, 1 s, 198.51.100.10, no authentication.
-const V2_V4: [u8; 20] = [
-    0x21, 0x33, 0x64, 0x01, 0x00, 0x01, 0x50, 0x8c, 0xc6, 0x33, 0x64, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0,
-];
+const V2_V4: [u8; 20] =
+    [0x21, 0x33, 0x64, 0x01, 0x00, 0x01, 0x50, 0x8c, 0xc6, 0x33, 0x64, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0];
 
 fn v4() -> Endpoints {
-    Endpoints {
-        src: "198.51.100.11".parse().unwrap(),
-        dst: "224.0.0.18".parse().unwrap(),
-    }
+    Endpoints { src: "198.51.100.11".parse().unwrap(), dst: "224.0.0.18".parse().unwrap() }
 }
 
 fn v6() -> Endpoints {
-    Endpoints {
-        src: "fe80::11".parse().unwrap(),
-        dst: "ff02::12".parse().unwrap(),
-    }
+    Endpoints { src: "fe80::11".parse().unwrap(), dst: "ff02::12".parse().unwrap() }
 }
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn adv(
-    version: Version,
-    vrid: u8,
-    priority: u8,
-    interval_cs: u16,
-    addrs: &[&str],
-) -> Advertisement {
-    Advertisement {
-        version,
-        vrid,
-        priority,
-        interval_cs,
-        addresses: addrs.iter().map(|a| ip(a)).collect(),
-    }
+fn adv(version: Version, vrid: u8, priority: u8, interval_cs: u16, addrs: &[&str]) -> Advertisement {
+    Advertisement { version, vrid, priority, interval_cs, addresses: addrs.iter().map(|a| ip(a)).collect() }
 }
 
 /// `bytes` with a valid checksum again after an edit (message-only form; for the tests of later checks).
@@ -75,93 +50,43 @@ fn refix(mut bytes: Vec<u8>, e: &Endpoints) -> Vec<u8> {
 fn fixtures_decode_to_what_they_say() {
     let want = adv(Version::V3, 51, 150, 100, &["198.51.100.10"]);
     let r = decode(&V3_V4_MESSAGE, 255, &v4()).unwrap();
-    assert_eq!(
-        (r.advertisement.clone(), r.checksum),
-        (want.clone(), ChecksumForm::Message)
-    );
+    assert_eq!((r.advertisement.clone(), r.checksum), (want.clone(), ChecksumForm::Message));
     let r = decode(&V3_V4_PSEUDO, 255, &v4()).unwrap();
-    assert_eq!(
-        (r.advertisement, r.checksum),
-        (want, ChecksumForm::PseudoHeader)
-    );
+    assert_eq!((r.advertisement, r.checksum), (want, ChecksumForm::PseudoHeader));
     let r = decode(&V3_V6, 255, &v6()).unwrap();
-    assert_eq!(
-        r.advertisement,
-        adv(Version::V3, 52, 200, 10, &["fe80::10", "2001:db8::10"])
-    );
+    assert_eq!(r.advertisement, adv(Version::V3, 52, 200, 10, &["fe80::10", "2001:db8::10"]));
     let r = decode(&V2_V4, 255, &v4()).unwrap();
-    assert_eq!(
-        r.advertisement,
-        adv(Version::V2, 51, 100, 100, &["198.51.100.10"])
-    );
+    assert_eq!(r.advertisement, adv(Version::V2, 51, 100, 100, &["198.51.100.10"]));
 }
 
 #[test]
 fn encoding_gives_the_fixture_bytes() {
     let a = adv(Version::V3, 51, 150, 100, &["198.51.100.10"]);
-    assert_eq!(
-        a.encode(&v4(), ChecksumForm::Message).unwrap(),
-        V3_V4_MESSAGE
-    );
-    assert_eq!(
-        a.encode(&v4(), ChecksumForm::PseudoHeader).unwrap(),
-        V3_V4_PSEUDO
-    );
+    assert_eq!(a.encode(&v4(), ChecksumForm::Message).unwrap(), V3_V4_MESSAGE);
+    assert_eq!(a.encode(&v4(), ChecksumForm::PseudoHeader).unwrap(), V3_V4_PSEUDO);
     let a = adv(Version::V3, 52, 200, 10, &["fe80::10", "2001:db8::10"]);
-    assert_eq!(
-        a.encode(&v6(), ChecksumForm::Message).unwrap(),
-        V3_V6,
-        "IPv6 always has the pseudo-header"
-    );
+    assert_eq!(a.encode(&v6(), ChecksumForm::Message).unwrap(), V3_V6, "IPv6 always has the pseudo-header");
     let a = adv(Version::V2, 51, 100, 100, &["198.51.100.10"]);
-    assert_eq!(
-        a.encode(&v4(), ChecksumForm::PseudoHeader).unwrap(),
-        V2_V4,
-        "v2 never has one"
-    );
+    assert_eq!(a.encode(&v4(), ChecksumForm::PseudoHeader).unwrap(), V2_V4, "v2 never has one");
 }
 
 #[test]
 fn truncated() {
-    assert_eq!(
-        decode(&V3_V4_MESSAGE[..7], 255, &v4()),
-        Err(DecodeError::Truncated { len: 7, needed: 8 })
-    );
-    assert_eq!(
-        decode(&V3_V4_MESSAGE[..10], 255, &v4()),
-        Err(DecodeError::Truncated {
-            len: 10,
-            needed: 12
-        })
-    );
-    assert_eq!(
-        decode(&V2_V4[..12], 255, &v4()),
-        Err(DecodeError::Truncated {
-            len: 12,
-            needed: 20
-        })
-    );
+    assert_eq!(decode(&V3_V4_MESSAGE[..7], 255, &v4()), Err(DecodeError::Truncated { len: 7, needed: 8 }));
+    assert_eq!(decode(&V3_V4_MESSAGE[..10], 255, &v4()), Err(DecodeError::Truncated { len: 10, needed: 12 }));
+    assert_eq!(decode(&V2_V4[..12], 255, &v4()), Err(DecodeError::Truncated { len: 12, needed: 20 }));
 }
 
 #[test]
 fn trailing_bytes() {
     let mut b = V3_V4_MESSAGE.to_vec();
     b.push(0);
-    assert_eq!(
-        decode(&b, 255, &v4()),
-        Err(DecodeError::TrailingBytes {
-            len: 13,
-            expected: 12
-        })
-    );
+    assert_eq!(decode(&b, 255, &v4()), Err(DecodeError::TrailingBytes { len: 13, expected: 12 }));
 }
 
 #[test]
 fn ttl() {
-    assert_eq!(
-        decode(&V3_V4_MESSAGE, 254, &v4()),
-        Err(DecodeError::Ttl(254))
-    );
+    assert_eq!(decode(&V3_V4_MESSAGE, 254, &v4()), Err(DecodeError::Ttl(254)));
     assert_eq!(decode(&V3_V6, 64, &v6()), Err(DecodeError::Ttl(64)));
 }
 
@@ -169,10 +94,7 @@ fn ttl() {
 fn version() {
     let mut b = V3_V4_MESSAGE.to_vec();
     b[0] = 0x41;
-    assert_eq!(
-        decode(&refix(b, &v4()), 255, &v4()),
-        Err(DecodeError::Version(4))
-    );
+    assert_eq!(decode(&refix(b, &v4()), 255, &v4()), Err(DecodeError::Version(4)));
     // VRRPv2 exists only over IPv4; a v2 header in an IPv6 packet (sized as v2 would be) is refused.
     let mut b = vec![0x21, 52, 100, 1, 0, 1, 0, 0];
     b.extend_from_slice(&ip6("2001:db8::10"));
@@ -188,36 +110,21 @@ fn ip6(s: &str) -> [u8; 16] {
 fn type_() {
     let mut b = V3_V4_MESSAGE.to_vec();
     b[0] = 0x32;
-    assert_eq!(
-        decode(&refix(b, &v4()), 255, &v4()),
-        Err(DecodeError::Type(2))
-    );
+    assert_eq!(decode(&refix(b, &v4()), 255, &v4()), Err(DecodeError::Type(2)));
 }
 
 #[test]
 fn checksum() {
     let mut b = V3_V4_MESSAGE.to_vec();
     b[2] = 0x97; // priority changed in transit
-    assert!(matches!(
-        decode(&b, 255, &v4()),
-        Err(DecodeError::Checksum { found: 0x0e29, .. })
-    ));
+    assert!(matches!(decode(&b, 255, &v4()), Err(DecodeError::Checksum { found: 0x0e29, .. })));
     // The IPv6 checksum covers the addresses of the IP header: a different source fails it.
-    let other = Endpoints {
-        src: ip("fe80::99"),
-        dst: ip("ff02::12"),
-    };
-    assert!(matches!(
-        decode(&V3_V6, 255, &other),
-        Err(DecodeError::Checksum { .. })
-    ));
+    let other = Endpoints { src: ip("fe80::99"), dst: ip("ff02::12") };
+    assert!(matches!(decode(&V3_V6, 255, &other), Err(DecodeError::Checksum { .. })));
     // The pseudo-header form is accepted for v3 only: a v2 packet with it is refused.
     let mut b = V2_V4.to_vec();
     b[6] = 0x03;
-    assert!(matches!(
-        decode(&b, 255, &v4()),
-        Err(DecodeError::Checksum { .. })
-    ));
+    assert!(matches!(decode(&b, 255, &v4()), Err(DecodeError::Checksum { .. })));
 }
 
 #[test]
@@ -230,49 +137,31 @@ fn no_addresses() {
 fn zero_interval() {
     let mut b = V3_V4_MESSAGE.to_vec();
     b[5] = 0;
-    assert_eq!(
-        decode(&refix(b, &v4()), 255, &v4()),
-        Err(DecodeError::ZeroInterval)
-    );
+    assert_eq!(decode(&refix(b, &v4()), 255, &v4()), Err(DecodeError::ZeroInterval));
 }
 
 #[test]
 fn auth_type() {
     let mut b = V2_V4.to_vec();
     b[4] = 1;
-    assert_eq!(
-        decode(&refix(b, &v4()), 255, &v4()),
-        Err(DecodeError::AuthType(1))
-    );
+    assert_eq!(decode(&refix(b, &v4()), 255, &v4()), Err(DecodeError::AuthType(1)));
 }
 
 #[test]
 fn mixed_families() {
-    let e = Endpoints {
-        src: ip("198.51.100.11"),
-        dst: ip("ff02::12"),
-    };
-    assert_eq!(
-        decode(&V3_V4_MESSAGE, 255, &e),
-        Err(DecodeError::MixedFamilies)
-    );
+    let e = Endpoints { src: ip("198.51.100.11"), dst: ip("ff02::12") };
+    assert_eq!(decode(&V3_V4_MESSAGE, 255, &e), Err(DecodeError::MixedFamilies));
 }
 
 #[test]
 fn every_decode_error_has_a_distinct_metric_label() {
     let all = [
         DecodeError::Truncated { len: 0, needed: 8 },
-        DecodeError::TrailingBytes {
-            len: 9,
-            expected: 8,
-        },
+        DecodeError::TrailingBytes { len: 9, expected: 8 },
         DecodeError::Ttl(1),
         DecodeError::Version(4),
         DecodeError::Type(2),
-        DecodeError::Checksum {
-            found: 0,
-            expected: 1,
-        },
+        DecodeError::Checksum { found: 0, expected: 1 },
         DecodeError::NoAddresses,
         DecodeError::ZeroInterval,
         DecodeError::AuthType(1),
@@ -301,10 +190,7 @@ fn what_cannot_be_sent_is_refused() {
         adv(Version::V2, 1, 1, 100, &["2001:db8::10"]).encode(&v6(), ChecksumForm::Message),
         Err(EncodeError::Version)
     );
-    assert_eq!(
-        adv(Version::V3, 1, 1, 100, &[]).encode(&e, ChecksumForm::Message),
-        Err(EncodeError::Addresses)
-    );
+    assert_eq!(adv(Version::V3, 1, 1, 100, &[]).encode(&e, ChecksumForm::Message), Err(EncodeError::Addresses));
     assert_eq!(
         adv(Version::V3, 1, 1, 100, &["2001:db8::10"]).encode(&e, ChecksumForm::Message),
         Err(EncodeError::Addresses)
@@ -321,11 +207,7 @@ fn any_advert() -> impl Strategy<Value = (Advertisement, Endpoints)> {
         any::<bool>(),
     )
         .prop_map(|(src, vrid, prio, cs, addrs, v2)| {
-            let (version, cs) = if v2 {
-                (Version::V2, (cs % 255 + 1) * 100)
-            } else {
-                (Version::V3, cs)
-            };
+            let (version, cs) = if v2 { (Version::V2, (cs % 255 + 1) * 100) } else { (Version::V3, cs) };
             let a = Advertisement {
                 version,
                 vrid,
@@ -333,21 +215,10 @@ fn any_advert() -> impl Strategy<Value = (Advertisement, Endpoints)> {
                 interval_cs: cs,
                 addresses: addrs.into_iter().map(IpAddr::from).collect(),
             };
-            (
-                a,
-                Endpoints {
-                    src: IpAddr::from([198, 51, 100, src]),
-                    dst: "224.0.0.18".parse().unwrap(),
-                },
-            )
+            (a, Endpoints { src: IpAddr::from([198, 51, 100, src]), dst: "224.0.0.18".parse().unwrap() })
         });
-    let v6s = (
-        1u8..=255,
-        any::<u8>(),
-        1u16..=4095,
-        prop::collection::vec(any::<[u8; 16]>(), 1..4),
-    )
-        .prop_map(|(vrid, prio, cs, addrs)| {
+    let v6s = (1u8..=255, any::<u8>(), 1u16..=4095, prop::collection::vec(any::<[u8; 16]>(), 1..4)).prop_map(
+        |(vrid, prio, cs, addrs)| {
             let a = Advertisement {
                 version: Version::V3,
                 vrid,
@@ -356,7 +227,8 @@ fn any_advert() -> impl Strategy<Value = (Advertisement, Endpoints)> {
                 addresses: addrs.into_iter().map(IpAddr::from).collect(),
             };
             (a, v6())
-        });
+        },
+    );
     prop_oneof![v4s, v6s]
 }
 

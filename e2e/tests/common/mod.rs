@@ -21,10 +21,7 @@ impl Up {
         let cluster = Cluster::open().expect("control-plane binaries and kubectl");
         let lock = cluster.lock().expect("cluster lock");
         cluster.up().await.expect("e2e/cluster up");
-        Self {
-            cluster,
-            _lock: lock,
-        }
+        Self { cluster, _lock: lock }
     }
 
     /// A fresh cluster with the kubeha CRDs installed and established.
@@ -43,17 +40,8 @@ impl Up {
 
     /// Runs kubectl and returns its stdout; panics with its stderr if it fails.
     pub fn kubectl(&self, args: &[&str]) -> String {
-        let out = self
-            .cluster
-            .kubectl()
-            .args(args)
-            .output()
-            .expect("kubectl runs");
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = self.cluster.kubectl().args(args).output().expect("kubectl runs");
+        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -105,10 +93,7 @@ impl Running {
             .stderr(log)
             .spawn()
             .expect("start kubeha binary");
-        Self {
-            child,
-            name: name.into(),
-        }
+        Self { child, name: name.into() }
     }
 
     /// SIGKILL, like a crash.

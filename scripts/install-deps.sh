@@ -3,9 +3,10 @@
 # quick when everything is there: apt runs only for missing packages.
 set -euo pipefail
 
-# iproute2: namespaces, veths, bridge; iputils-ping: client reachability in the VRRP tests; procps/psmisc:
+# iproute2: namespaces, veths, bridge; iputils-ping: client reachability in the VRRP tests; keepalived: the
+# interop peer and benchmark baseline (its service is not enabled by the tests); procps/psmisc:
 # process inspection for people; util-linux: flock.
-packages=(iproute2 iputils-ping procps psmisc util-linux ca-certificates)
+packages=(iproute2 iputils-ping keepalived procps psmisc util-linux ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -4,71 +4,12 @@
 
 mod common;
 
+use common::{VIP, World};
+
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use kubeha_e2e::{Cluster, ClusterLock, Host, NODES, Process};
-
-const VIP: &str = "198.51.100.10";
-
-struct World {
-    cluster: Cluster,
-    _lock: ClusterLock,
-}
-
-impl World {
-    fn new() -> Self {
-        let cluster = Cluster::open().unwrap();
-        let lock = cluster.lock().unwrap();
-        cluster.up_network().unwrap();
-        Self { cluster, _lock: lock }
-    }
-
-    /// Starts the agent on `node` with `priority` and extra YAML lines.
-    fn agent(&self, node: Host, priority: u8, extra: &str) -> Process {
-        self.agent_with(node, priority, "version: 3, advertInterval: 100ms", extra)
-    }
-
-    /// Starts the agent with the given `vrrp:` mapping (inside the braces) and extra YAML lines.
-    fn agent_with(&self, node: Host, priority: u8, vrrp: &str, extra: &str) -> Process {
-        self.agent_for(&format!("{VIP}/24"), node, priority, vrrp, extra)
-    }
-
-    /// Starts the agent for the VIP `vip` (address/prefix).
-    fn agent_for(&self, vip: &str, node: Host, priority: u8, vrrp: &str, extra: &str) -> Process {
-        let file = self.cluster.dir().join(format!("{node}.yaml"));
-        let yaml = format!(
-            "nodeName: {node}\ninterface: eth0\nvip: {vip}\nvrid: 51\npriority: {priority}\n\
-             vrrp: {{{vrrp}}}\nmetrics: {{listen: \"127.0.0.1:9641\"}}\n{extra}"
-        );
-        std::fs::write(&file, yaml).unwrap();
-        let bin = kubeha_e2e::kubeha_binary("kubeha-agent").unwrap().display().to_string();
-        let argv = [bin.as_str(), "--log-format", "text", "run", "--config", file.to_str().unwrap()];
-        self.cluster.spawn(&node, "kubeha-agent", &argv.map(String::from)).unwrap()
-    }
-
-    fn holders(&self) -> Vec<Host> {
-        self.cluster.holders(VIP.parse::<IpAddr>().unwrap())
-    }
-
-    /// Waits until exactly `want` hold the VIP; returns how long that took.
-    fn until_holders(&self, want: &[Host], within: Duration) -> Duration {
-        let start = Instant::now();
-        while start.elapsed() < within {
-            if self.holders() == want {
-                return start.elapsed();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("VIP holders {:?}, wanted {want:?} within {within:?}", self.holders());
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = self.cluster.down();
-    }
-}
+use kubeha_e2e::{Host, NODES, Process};
 
 #[test]
 fn three_agents_elect_the_highest_priority() {
@@ -211,7 +152,7 @@ fn client_sees(client: Host) -> Option<String> {
 }
 
 fn ping(w: &World, client: Host) -> bool {
-    let argv = ["ping", "-c", "1", "-W", "1", VIP].map(String::from);
+    let argv = ["ping", "-q", "-c", "1", "-W", "1", VIP].map(String::from);
     w.cluster.exec(&client, &argv).is_ok_and(|s| s.success())
 }
 
@@ -346,7 +287,7 @@ fn an_ipv6_vip_fails_over_and_clients_follow() {
     until(&[n2], Duration::from_secs(5));
     let ping6 = || {
         w.cluster
-            .exec(&c1, &["ping", "-6", "-c", "1", "-W", "1", "2001:db8::10"].map(String::from))
+            .exec(&c1, &["ping", "-q", "-6", "-c", "1", "-W", "1", "2001:db8::10"].map(String::from))
             .is_ok_and(|s| s.success())
     };
     assert!(ping6(), "the client reaches the IPv6 VIP");

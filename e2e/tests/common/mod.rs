@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use kubeha_e2e::{Cluster, ClusterLock};
+use std::net::IpAddr;
+use std::time::Instant;
+
+use kubeha_e2e::{Cluster, ClusterLock, Host, Process};
 
 /// The kubeha CRDs as crdgen writes them.
 pub const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/yaml");
@@ -113,5 +116,67 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The network of the test world without a control plane, for agent tests.
+pub const VIP: &str = "198.51.100.10";
+
+pub struct World {
+    pub cluster: Cluster,
+    _lock: ClusterLock,
+}
+
+impl World {
+    pub fn new() -> Self {
+        let cluster = Cluster::open().unwrap();
+        let lock = cluster.lock().unwrap();
+        cluster.up_network().unwrap();
+        Self { cluster, _lock: lock }
+    }
+
+    /// Starts the agent on `node` with `priority` and extra YAML lines.
+    pub fn agent(&self, node: Host, priority: u8, extra: &str) -> Process {
+        self.agent_with(node, priority, "version: 3, advertInterval: 100ms", extra)
+    }
+
+    /// Starts the agent with the given `vrrp:` mapping (inside the braces) and extra YAML lines.
+    pub fn agent_with(&self, node: Host, priority: u8, vrrp: &str, extra: &str) -> Process {
+        self.agent_for(&format!("{VIP}/24"), node, priority, vrrp, extra)
+    }
+
+    /// Starts the agent for the VIP `vip` (address/prefix).
+    pub fn agent_for(&self, vip: &str, node: Host, priority: u8, vrrp: &str, extra: &str) -> Process {
+        let file = self.cluster.dir().join(format!("{node}.yaml"));
+        let yaml = format!(
+            "nodeName: {node}\ninterface: eth0\nvip: {vip}\nvrid: 51\npriority: {priority}\n\
+             vrrp: {{{vrrp}}}\nmetrics: {{listen: \"127.0.0.1:9641\"}}\n{extra}"
+        );
+        std::fs::write(&file, yaml).unwrap();
+        let bin = kubeha_e2e::kubeha_binary("kubeha-agent").unwrap().display().to_string();
+        let argv = [bin.as_str(), "--log-format", "text", "run", "--config", file.to_str().unwrap()];
+        self.cluster.spawn(&node, "kubeha-agent", &argv.map(String::from)).unwrap()
+    }
+
+    pub fn holders(&self) -> Vec<Host> {
+        self.cluster.holders(VIP.parse::<IpAddr>().unwrap())
+    }
+
+    /// Waits until exactly `want` hold the VIP; returns how long that took.
+    pub fn until_holders(&self, want: &[Host], within: Duration) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.holders() == want {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("VIP holders {:?}, wanted {want:?} within {within:?}", self.holders());
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.cluster.down();
     }
 }

@@ -218,6 +218,11 @@ impl Cluster {
         Ok(Process { child, log })
     }
 
+    /// Every live process on `host` (in its network namespace).
+    pub fn processes_on(&self, host: &Host) -> Vec<u32> {
+        process::pids_in(host)
+    }
+
     /// The hosts whose eth0 carries `address` right now.
     pub fn holders(&self, address: std::net::IpAddr) -> Vec<Host> {
         NODES
@@ -579,7 +584,9 @@ impl Drop for Process {
 pub fn kubeha_binary(name: &str) -> Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
-    let path = target.join("debug").join(name);
+    // The profile this crate was built with: tests use debug binaries, the release benchmarks release ones.
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let path = target.join(profile).join(name);
     if path.is_file() {
         Ok(path)
     } else {

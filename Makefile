@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help deps plane demo test lint fmt clean-cluster
+.PHONY: help deps plane demo test lint fmt clean-cluster bench-vrrp
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -23,6 +23,10 @@ demo: plane ## bring up the three-master control plane, show it, fail a master o
 test: plane ## run every test: unit, integration and the e2e tests on the real control plane
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets
+
+bench-vrrp: plane ## kubeha-agent vs keepalived failover benchmark (about 10 minutes); markdown on stdout
+	$(CARGO) build --release -p kubeha-e2e -p kubeha-agent --bins
+	target/release/bench-vrrp
 
 lint: deps ## formatting and clippy, as CI checks them
 	$(CARGO) fmt --all -- --check

@@ -19,6 +19,12 @@ use crate::vip::{NetError, REFRESH, VipOnLink};
 /// Why the driver cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
+    /// The process lacks a capability it needs.
+    #[error(
+        "kubeha-agent needs {0} (and only CAP_NET_ADMIN and CAP_NET_RAW): run it as root, or add them to the \
+         container's securityContext.capabilities"
+    )]
+    Capabilities(String),
     /// Netlink or the interface.
     #[error(transparent)]
     Net(#[from] NetError),
@@ -53,6 +59,7 @@ impl Driver {
     /// Sets up the interface, socket and router for `spec`; removes a VIP left over from an earlier run
     /// (this node is not master yet).
     pub async fn new(spec: &HighAvailabilityMemberSpec, metrics: VrrpMetrics) -> Result<Self, DriverError> {
+        check_capabilities()?;
         let vip = config::vip(spec).ok_or_else(|| DriverError::Config("vip is required for VRRP".into()))?;
         let interface = spec.interface.as_deref().ok_or_else(|| DriverError::Config("interface is required".into()))?;
         let Vip { address, .. } = vip;
@@ -124,7 +131,7 @@ impl Driver {
             origin: Instant::now(),
             holds_vip: false,
             announcer,
-            checks: health::spawn(&spec.health, Some(link_for_checks)),
+            checks: health::spawn(&with_link_check(&spec.health, interface), Some(link_for_checks)),
             base_priority: u8::try_from(spec.priority).unwrap_or(100),
             owner,
             faulted: false,
@@ -309,4 +316,42 @@ async fn changed(checks: &mut [tokio::sync::watch::Receiver<Verdict>]) {
         // A check task ended (it never does on its own): do not spin on it.
         std::future::pending::<()>().await;
     }
+}
+
+/// CAP_NET_ADMIN (12) manages the VIP through netlink; CAP_NET_RAW (13) opens the VRRP and ARP sockets.
+/// Checked up front, so that a missing one stops the agent at start with its name, not at its first takeover.
+fn check_capabilities() -> Result<(), DriverError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let missing: Vec<&str> = [(12, "CAP_NET_ADMIN"), (13, "CAP_NET_RAW")]
+        .into_iter()
+        .filter(|(bit, _)| effective & (1 << bit) == 0)
+        .map(|(_, name)| name)
+        .collect();
+    if missing.is_empty() { Ok(()) } else { Err(DriverError::Capabilities(missing.join(" and "))) }
+}
+
+/// The configured checks, plus — unless one is configured for it — a link check of the VIP's own interface
+/// with weight 0: a master whose link has no carrier cannot serve the VIP, so it goes to FAULT and releases
+/// it, as keepalived does for the interface of an instance.
+fn with_link_check(checks: &[kubeha_crds::HealthCheck], interface: &str) -> Vec<kubeha_crds::HealthCheck> {
+    let mut all = checks.to_vec();
+    if !checks.iter().any(|c| c.link.as_ref().is_some_and(|l| l.interface == interface)) {
+        all.push(kubeha_crds::HealthCheck {
+            name: format!("link-{interface}"),
+            https: None,
+            tcp: None,
+            link: Some(kubeha_crds::LinkCheck { interface: interface.to_string() }),
+            interval: kubeha_crds::Interval::from_millis(100),
+            timeout: kubeha_crds::Interval::from_millis(100),
+            rise: 1,
+            fall: 1,
+            weight: 0,
+        });
+    }
+    all
 }

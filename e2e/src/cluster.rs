@@ -290,6 +290,17 @@ impl Cluster {
         net::ip(&["link", "set", &host.bridge_port(), "up"])
     }
 
+    /// Cuts the host off beyond its NIC, as a failed switch would: the bridge stops forwarding to and from
+    /// its port while the host's link keeps carrier, so the host cannot tell from its interface.
+    pub fn isolate(&self, host: &Host) -> Result<()> {
+        process::run(Command::new("bridge").args(["link", "set", "dev", &host.bridge_port(), "state", "0"]))
+    }
+
+    /// Lets the bridge forward for the host again.
+    pub fn rejoin(&self, host: &Host) -> Result<()> {
+        process::run(Command::new("bridge").args(["link", "set", "dev", &host.bridge_port(), "state", "3"]))
+    }
+
     /// Stops the node's API server gracefully (SIGTERM; SIGKILL after 15 s).
     pub fn stop_apiserver(&self, node: &Node) -> Result<()> {
         master(node)?;

@@ -34,6 +34,10 @@ enum Cmd {
     Partition { host: String },
     /// Restore a host's link to the bridge.
     Heal { host: String },
+    /// Cut a host off at the bridge while its link keeps carrier (a failed switch, not a cable).
+    Isolate { host: String },
+    /// Undo isolate.
+    Rejoin { host: String },
     /// Stop a master's kube-apiserver gracefully.
     StopApiserver { node: String },
     /// Start a master's kube-apiserver and wait until it is ready.
@@ -82,6 +86,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::StartNode { node } => cluster.start_node(&Host::parse(&node)?).await?,
         Cmd::Partition { host } => cluster.partition(&Host::parse(&host)?)?,
         Cmd::Heal { host } => cluster.heal(&Host::parse(&host)?)?,
+        Cmd::Isolate { host } => cluster.isolate(&Host::parse(&host)?)?,
+        Cmd::Rejoin { host } => cluster.rejoin(&Host::parse(&host)?)?,
         Cmd::StopApiserver { node } => cluster.stop_apiserver(&Host::parse(&node)?)?,
         Cmd::StartApiserver { node } => cluster.start_apiserver(&Host::parse(&node)?).await?,
         Cmd::Exec { host, command } => {

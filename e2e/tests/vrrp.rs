@@ -52,19 +52,32 @@ fn a_sigtermed_master_hands_over_at_once() {
 }
 
 #[test]
-fn after_a_partition_heals_there_is_one_master_again() {
+fn a_master_cut_off_beyond_its_nic_meets_the_new_master_and_one_remains() {
     let w = World::new();
     let [n1, n2, n3] = NODES;
     let _a = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
     w.until_holders(&[n2], Duration::from_secs(5));
 
-    w.cluster.partition(&n2).unwrap();
-    // The majority side elects n3; the cut-off n2 keeps its VIP (it cannot know better).
+    // A failed switch: n2's link keeps carrier, so n2 cannot tell and stays master; the others elect n3.
+    w.cluster.isolate(&n2).unwrap();
     w.until_holders(&[n2, n3], Duration::from_secs(3));
-    w.cluster.heal(&n2).unwrap();
+    w.cluster.rejoin(&n2).unwrap();
     w.until_holders(&[n2], Duration::from_secs(3));
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(w.holders(), [n2]);
+}
+
+#[test]
+fn a_master_whose_link_drops_releases_the_vip_and_takes_it_back_when_it_returns() {
+    let w = World::new();
+    let [n1, n2, n3] = NODES;
+    let _a = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
+    w.until_holders(&[n2], Duration::from_secs(5));
+    // Its own link without carrier: the agent tracks the VIP's interface by default and goes to FAULT.
+    w.cluster.partition(&n2).unwrap();
+    w.until_holders(&[n3], Duration::from_secs(3));
+    w.cluster.heal(&n2).unwrap();
+    w.until_holders(&[n2], Duration::from_secs(3));
 }
 
 #[test]
@@ -197,13 +210,13 @@ fn after_a_partition_heals_clients_follow_the_surviving_master() {
     assert!(ping(&w, c1));
     std::thread::sleep(Duration::from_millis(1200));
 
-    w.cluster.partition(&n2).unwrap();
+    w.cluster.isolate(&n2).unwrap();
     w.until_holders(&[n2, n3], Duration::from_secs(3));
     wait_client_sees(c1, &mac(n3), Duration::from_secs(1));
     std::thread::sleep(Duration::from_millis(1200));
 
-    // On healing, n3 steps down silently in RFC terms; n2 must re-announce or c1 keeps sending to n3.
-    w.cluster.heal(&n2).unwrap();
+    // On rejoining, n3 steps down silently in RFC terms; n2 must re-announce or c1 keeps sending to n3.
+    w.cluster.rejoin(&n2).unwrap();
     w.until_holders(&[n2], Duration::from_secs(3));
     let learned = wait_client_sees(c1, &mac(n2), Duration::from_secs(1));
     eprintln!("client back on n2's MAC {learned:?} after the heal left n2 alone");
@@ -313,4 +326,32 @@ fn the_address_owner_with_priority_255_is_master_at_once() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(w.cluster.holders(n1.ipv4().into()), [n1], "n2 stays backup: {}", a.log());
     assert!(a.exited().is_none());
+}
+
+#[test]
+fn without_net_raw_the_agent_says_so_and_does_not_start() {
+    let w = World::new();
+    let file = w.cluster.dir().join("n1.yaml");
+    std::fs::write(&file, format!("nodeName: n1\ninterface: eth0\nvip: {VIP}/24\nvrid: 51\npriority: 100\n")).unwrap();
+    let bin = kubeha_e2e::kubeha_binary("kubeha-agent").unwrap().display().to_string();
+    // setpriv (util-linux) drops CAP_NET_RAW from the bounding set: the agent starts without it.
+    let argv = [
+        "setpriv",
+        "--bounding-set",
+        "-net_raw",
+        &bin,
+        "--log-format",
+        "text",
+        "run",
+        "--config",
+        file.to_str().unwrap(),
+    ];
+    let mut a = w.cluster.spawn(&NODES[0], "kubeha-agent", &argv.map(String::from)).unwrap();
+    let start = Instant::now();
+    while a.exited().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(5), "the agent runs without CAP_NET_RAW");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(a.log().contains("kubeha-agent needs CAP_NET_RAW"), "{}", a.log());
+    assert!(w.holders().is_empty());
 }

@@ -7,7 +7,9 @@
 //! repeated: the client-visible outage (the longest gap between replies to 10 ms pings from c1 to the VIP),
 //! the time until a backup holds the VIP, and how long two nodes hold it at once. Then the master daemon's
 //! RSS and CPU over an idle period, and spurious elections with 10 ms adverts while two busy loops load both
-//! cores. BENCH_REPEAT (default 3) and BENCH_LOAD_SECONDS (default 120) change the run length.
+//! cores. And after a partition heals: how long clients are cut off once the partitioned master is back.
+//! BENCH_REPEAT (default 3) and BENCH_LOAD_SECONDS (default 120) change the run length; BENCH_ONLY=faults,
+//! heal or resources runs one part.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -47,19 +49,35 @@ fn main() -> Result<()> {
         .next()
         .unwrap_or("keepalived")
         .to_string();
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let part = |name: &str| only.is_empty() || only == name;
     println!("# VRRP failover: kubeha-agent vs keepalived\n");
     println!(
         "`cargo run --release -p kubeha-e2e --bin bench-vrrp` (BENCH_REPEAT={repeat}, BENCH_LOAD_SECONDS={load_secs}),"
     );
     println!("three nodes on one bridge, priorities 200/150/100, 100 ms adverts, VRRPv3; peer: {version}.");
     println!("Outage: longest gap between replies to 10 ms pings from a client to the VIP. Median (min–max).\n");
+    if part("faults") {
+        faults(&cluster, repeat)?;
+    }
+    if part("heal") {
+        heal(&cluster, repeat)?;
+    }
+    if part("resources") {
+        resources_and_load(&cluster, load_secs)?;
+    }
+    cluster.down()?;
+    Ok(())
+}
+
+fn faults(cluster: &Cluster, repeat: usize) -> Result<()> {
     println!("| fault | implementation | client-visible outage | backup holds the VIP after | VIP on two nodes |");
     println!("| --- | --- | --- | --- | --- |");
     for fault in [Fault::SigKill, Fault::SigTerm, Fault::LinkDown] {
         for imp in [Impl::Kubeha, Impl::Keepalived] {
             let mut runs = Vec::new();
             for _ in 0..repeat {
-                runs.push(run(&cluster, imp, fault).with_context(|| format!("{imp:?} {fault:?}"))?);
+                runs.push(run(cluster, imp, fault).with_context(|| format!("{imp:?} {fault:?}"))?);
             }
             let dual = if runs.iter().any(|r| r.dual_at_end) {
                 format!("{} and still there at the end (the dead node keeps it)", stats(runs.iter().map(|r| r.dual)))
@@ -73,16 +91,66 @@ fn main() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// The master is cut off beyond its NIC for 3 s (a failed switch: its link keeps carrier, so it stays
+/// master) while the backup takes over; then the switch heals and the two masters meet. Clients learnt the
+/// backup's MAC meanwhile; the outage that counts is the one after the heal, over 40 s of probing.
+fn heal(cluster: &Cluster, repeat: usize) -> Result<()> {
+    println!("\n| after a partition heals | client-visible outage after the heal |");
+    println!("| --- | --- |");
+    for imp in [Impl::Kubeha, Impl::Keepalived] {
+        let mut gaps = Vec::new();
+        for _ in 0..repeat {
+            let daemons = three(cluster, imp, 100)?;
+            let n1 = NODES[0];
+            // 4000 pings 10 ms apart: 40 s, bounded in count and time.
+            let ping = ["ping", "-D", "-n", "-i", "0.01", "-W", "1", "-c", "4000", VIP].map(String::from);
+            let mut prober = cluster.spawn(&CLIENTS[0], "prober", &ping)?;
+            std::thread::sleep(Duration::from_secs(1));
+            cluster.isolate(&n1)?;
+            std::thread::sleep(Duration::from_secs(3));
+            let healed = now();
+            cluster.rejoin(&n1)?;
+            while prober.exited().is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let replies: Vec<f64> = prober
+                .log()
+                .lines()
+                .filter(|l| l.contains("bytes from"))
+                .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+                .filter(|t| *t > healed - 0.05)
+                .collect();
+            let mut worst = 0.0f64;
+            let mut prev = healed;
+            for t in &replies {
+                worst = worst.max(t - prev);
+                prev = *t;
+            }
+            // No reply at all after the heal: the outage lasts the whole probe.
+            if replies.is_empty() {
+                worst = 40.0;
+            }
+            gaps.push(Duration::from_secs_f64(worst.max(0.0)));
+            drop(daemons);
+        }
+        println!("| {imp:?} | {} |", stats(gaps.into_iter()));
+    }
+    Ok(())
+}
+
+fn resources_and_load(cluster: &Cluster, load_secs: u64) -> Result<()> {
     println!(
         "\n| implementation | master RSS (idle) | master CPU (idle, 10 s) | spurious elections, 10 ms adverts, both cores busy, {load_secs} s |"
     );
     println!("| --- | --- | --- | --- |");
     for imp in [Impl::Kubeha, Impl::Keepalived] {
-        let (rss, cpu) = resources(&cluster, imp)?;
-        let spurious = spurious_elections(&cluster, imp, Duration::from_secs(load_secs))?;
+        let (rss, cpu) = resources(cluster, imp)?;
+        let spurious = spurious_elections(cluster, imp, Duration::from_secs(load_secs))?;
         println!("| {imp:?} | {:.1} MiB | {:.2} % of one core | {spurious} |", rss as f64 / 1024.0, cpu * 100.0);
     }
-    cluster.down()?;
     Ok(())
 }
 

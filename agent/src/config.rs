@@ -253,20 +253,7 @@ fn unusable_vip(v: &Vip) -> Option<&'static str> {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
-nodeName: n1
-interface: eth0
-vip: 198.51.100.10/24
-vrid: 51
-priority: 150
-vrrp: {version: 3, advertInterval: 100ms, preempt: true, preemptDelay: 0s, peers: []}
-garp: {repeat: 5, delay: 5s, refreshInterval: 0s}
-health:
-  - {name: apiserver, https: {url: "https://198.51.100.11:6443/readyz", insecureSkipVerify: true},
-     interval: 200ms, timeout: 1s, rise: 2, fall: 3, weight: -60}
-metrics: {listen: "127.0.0.1:9641"}
-stateDir: /var/lib/kubeha
-"#;
+    const GOOD: &str = include_str!("../../examples/agent/n1.yaml");
 
     fn problems(text: &str) -> Vec<Problem> {
         match parse(text) {

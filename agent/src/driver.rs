@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kubeha_crds::HighAvailabilityMemberSpec;
 use kubeha_vrrp::router::{Action, Announce, Config, Input, Router, State};
-use kubeha_vrrp::wire::{Advertisement, ChecksumForm, Endpoints, Version, decode};
+use kubeha_vrrp::wire::{ChecksumForm, Endpoints, Version, decode};
 use tokio::time::Instant;
 
 use crate::announce::Announcer;
@@ -238,14 +238,7 @@ impl Driver {
     async fn act(&mut self, action: Action) {
         match action {
             Action::Advertise { priority } => {
-                let cfg = self.router.config();
-                let adv = Advertisement {
-                    version: cfg.version,
-                    vrid: cfg.vrid,
-                    priority,
-                    interval_cs: cfg.advert_interval_cs,
-                    addresses: cfg.addresses.clone(),
-                };
+                let adv = self.router.advertisement(priority);
                 // One encoding per destination: the pseudo-header checksum covers the destination.
                 for dst in self.socket.destinations().to_vec() {
                     match adv.encode(&Endpoints { src: self.primary, dst }, self.checksum) {

@@ -85,20 +85,7 @@ fn every_field_a_person_sets_has_a_description() {
 
 #[test]
 fn the_agent_file_of_the_docs_parses_as_a_member_spec() {
-    let file = r#"
-nodeName: n1
-interface: eth0
-vip: 198.51.100.10/24
-vrid: 51
-priority: 150
-vrrp: {version: 3, advertInterval: 100ms, preempt: true, preemptDelay: 0s, peers: []}
-garp: {repeat: 5, delay: 5s, refreshInterval: 0s}
-health:
-  - {name: apiserver, https: {url: "https://198.51.100.11:6443/readyz", insecureSkipVerify: true},
-     interval: 200ms, timeout: 1s, rise: 2, fall: 3, weight: -60}
-metrics: {listen: "127.0.0.1:9641"}
-stateDir: /var/lib/kubeha
-"#;
+    let file = include_str!("../../examples/agent/n1.yaml");
     let spec: HighAvailabilityMemberSpec = serde_norway::from_str(file).unwrap();
     assert_eq!(spec.priority, 150);
     assert_eq!(spec.health[0].interval, Interval::from_millis(200));

@@ -265,20 +265,6 @@ fn a_failing_check_of_weight_zero_gives_the_vip_up_at_once() {
 }
 
 #[test]
-fn a_master_that_loses_its_link_gives_the_vip_up() {
-    let w = World::new();
-    let [n1, n2, n3] = NODES;
-    let link = "health:\n  - {name: link, link: {interface: eth0}, interval: 100ms, timeout: 100ms, rise: 1, fall: 1, weight: 0}\n";
-    let _a = [w.agent(n1, 100, ""), w.agent(n2, 200, link), w.agent(n3, 150, "")];
-    w.until_holders(&[n2], Duration::from_secs(5));
-    w.cluster.partition(&n2).unwrap();
-    // Unlike the plain partition test, n2 does not keep a VIP nobody can reach.
-    w.until_holders(&[n3], Duration::from_secs(3));
-    w.cluster.heal(&n2).unwrap();
-    w.until_holders(&[n2], Duration::from_secs(3));
-}
-
-#[test]
 fn an_ipv6_vip_fails_over_and_clients_follow() {
     let w = World::new();
     let [n1, n2, n3] = NODES;

@@ -196,6 +196,17 @@ impl Router {
         &self.cfg
     }
 
+    /// The advertisement this router sends with `priority` (what [`Action::Advertise`] asks for).
+    pub fn advertisement(&self, priority: u8) -> Advertisement {
+        Advertisement {
+            version: self.cfg.version,
+            vrid: self.cfg.vrid,
+            priority,
+            interval_cs: self.cfg.advert_interval_cs,
+            addresses: self.cfg.addresses.clone(),
+        }
+    }
+
     /// When [`Input::Timer`] is due next, if any timer runs.
     pub fn deadline(&self) -> Option<Duration> {
         [self.down_at, self.advert_at, self.second_burst_at, self.refresh_at].into_iter().flatten().min()
@@ -231,7 +242,7 @@ impl Router {
             Input::Startup => self.startup(now, out),
             Input::Shutdown => self.shutdown(out),
             Input::Timer => self.timer(now, out),
-            Input::Advertisement { from, advertisement } => self.advertisement(now, from, &advertisement, out),
+            Input::Advertisement { from, advertisement } => self.receive(now, from, &advertisement, out),
             Input::Priority(p) => self.set_priority(now, p, out),
             Input::Fault(f) => self.set_fault(now, f, out),
         }
@@ -291,7 +302,7 @@ impl Router {
         }
     }
 
-    fn advertisement(&mut self, now: Duration, from: IpAddr, adv: &Advertisement, out: &mut Vec<Action>) {
+    fn receive(&mut self, now: Duration, from: IpAddr, adv: &Advertisement, out: &mut Vec<Action>) {
         if adv.vrid != self.cfg.vrid || adv.version != self.cfg.version {
             return;
         }

@@ -102,14 +102,7 @@ impl Segment {
                 if !self.nodes[i].linked {
                     return;
                 }
-                let cfg = self.nodes[i].router.config();
-                let adv = Advertisement {
-                    version: cfg.version,
-                    vrid: cfg.vrid,
-                    priority,
-                    interval_cs: cfg.advert_interval_cs,
-                    addresses: cfg.addresses.clone(),
-                };
+                let adv = self.nodes[i].router.advertisement(priority);
                 for j in 0..self.nodes.len() {
                     if j == i || !self.nodes[j].linked || self.random() % 1000 < self.loss_permille {
                         continue;

@@ -242,7 +242,10 @@ fn run(cluster: &Cluster, imp: Impl, fault: Fault) -> Result<Run> {
     // 500 pings 10 ms apart: 5 s of probing around the fault, bounded in count and time.
     let ping = ["ping", "-D", "-n", "-i", "0.01", "-W", "1", "-c", "500", VIP].map(String::from);
     let mut prober = cluster.spawn(&CLIENTS[0], "prober", &ping)?;
-    std::thread::sleep(Duration::from_secs(1));
+    // A random phase within one advert interval: otherwise the fault lands at the same point of a precise
+    // advert timer every run, and the takeover times measure that phase, not the implementation.
+    let phase = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) % 100_000_000;
+    std::thread::sleep(Duration::from_secs(1) + Duration::from_nanos(u64::from(phase)));
     let t0 = now();
     let at = Instant::now();
     match fault {

@@ -78,9 +78,18 @@ impl Driver {
         let primary = if owner {
             address
         } else {
-            link.primary().await?.ok_or_else(|| {
+            // Right after a link comes up its IPv6 link-local address is tentative for about a second.
+            let mut found = None;
+            for _ in 0..50 {
+                found = link.primary().await?;
+                if found.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            found.ok_or_else(|| {
                 DriverError::Config(format!(
-                    "interface {interface} has no primary {} address to send VRRP from",
+                    "interface {interface} has no usable primary {} address to send VRRP from (waited 5 s)",
                     if address.is_ipv4() { "IPv4" } else { "link-local IPv6" }
                 ))
             })?

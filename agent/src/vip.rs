@@ -132,10 +132,12 @@ impl VipOnLink {
         while let Some(msg) = addrs.try_next().await.map_err(netlink("listing addresses"))? {
             let Some(a) = address_of(&msg) else { continue };
             let v6_link_local = matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
-            let secondary = msg
-                .attributes
-                .iter()
-                .any(|at| matches!(at, AddressAttribute::Flags(f) if f.contains(AddressFlags::Secondary)));
+            let has = |flag: AddressFlags| {
+                msg.attributes.iter().any(|at| matches!(at, AddressAttribute::Flags(f) if f.contains(flag)))
+            };
+            // A tentative address (IPv6 duplicate address detection still running) cannot be a source yet: the
+            // kernel would send from another address and the pseudo-header checksum would not match it.
+            let secondary = has(AddressFlags::Secondary) || has(AddressFlags::Tentative);
             // VRRPv3 over IPv6 is sent from the link-local address (RFC 9568 §5.1.2.1).
             let wanted = a.is_ipv4() == self.vip.address.is_ipv4() && (a.is_ipv4() || v6_link_local);
             if a != self.vip.address && wanted && !secondary && found.is_none() {

@@ -6,6 +6,14 @@ mod common;
 
 use common::{VIP, World};
 
+/// Agents on n1, n2, n3 with priorities 100, 200, 150, once n2 holds the VIP alone.
+fn three(w: &World) -> [Process; 3] {
+    let [n1, n2, n3] = NODES;
+    let agents = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
+    w.until_holders(&[n2], Duration::from_secs(5));
+    agents
+}
+
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -14,9 +22,8 @@ use kubeha_e2e::{Host, NODES, Process};
 #[test]
 fn three_agents_elect_the_highest_priority() {
     let w = World::new();
-    let [n1, n2, n3] = NODES;
-    let _a = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
-    w.until_holders(&[n2], Duration::from_secs(5));
+    let [_, n2, _] = NODES;
+    let _a = three(&w);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(w.holders(), [n2], "and it stays so");
 }
@@ -24,9 +31,8 @@ fn three_agents_elect_the_highest_priority() {
 #[test]
 fn a_sigkilled_master_is_replaced_and_its_vip_expires_by_itself() {
     let w = World::new();
-    let [n1, n2, n3] = NODES;
-    let mut agents = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
-    w.until_holders(&[n2], Duration::from_secs(5));
+    let [_, n2, n3] = NODES;
+    let mut agents = three(&w);
 
     agents[1].kill();
     // n3 takes over after Master_Down_Interval (≈ 0.35 s) while the dead n2 still has the address …
@@ -39,9 +45,8 @@ fn a_sigkilled_master_is_replaced_and_its_vip_expires_by_itself() {
 #[test]
 fn a_sigtermed_master_hands_over_at_once() {
     let w = World::new();
-    let [n1, n2, n3] = NODES;
-    let mut agents = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
-    w.until_holders(&[n2], Duration::from_secs(5));
+    let [_, n2, n3] = NODES;
+    let mut agents = three(&w);
 
     let status = agents[1].terminate().unwrap();
     assert!(status.success(), "exit 0 on SIGTERM: {status:?}\n{}", agents[1].log());
@@ -56,9 +61,8 @@ fn a_sigtermed_master_hands_over_at_once() {
 #[test]
 fn a_master_cut_off_beyond_its_nic_meets_the_new_master_and_one_remains() {
     let w = World::new();
-    let [n1, n2, n3] = NODES;
-    let _a = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
-    w.until_holders(&[n2], Duration::from_secs(5));
+    let [_, n2, n3] = NODES;
+    let _a = three(&w);
 
     // A failed switch: n2's link keeps carrier, so n2 cannot tell and stays master; the others elect n3.
     w.cluster.isolate(&n2).unwrap();
@@ -72,9 +76,8 @@ fn a_master_cut_off_beyond_its_nic_meets_the_new_master_and_one_remains() {
 #[test]
 fn a_master_whose_link_drops_releases_the_vip_and_takes_it_back_when_it_returns() {
     let w = World::new();
-    let [n1, n2, n3] = NODES;
-    let _a = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
-    w.until_holders(&[n2], Duration::from_secs(5));
+    let [_, n2, n3] = NODES;
+    let _a = three(&w);
     // Its own link without carrier: the agent tracks the VIP's interface by default and goes to FAULT.
     w.cluster.partition(&n2).unwrap();
     w.until_holders(&[n3], Duration::from_secs(3));
@@ -85,9 +88,8 @@ fn a_master_whose_link_drops_releases_the_vip_and_takes_it_back_when_it_returns(
 #[test]
 fn a_master_restarted_after_a_crash_comes_back_without_a_duplicate_vip() {
     let w = World::new();
-    let [n1, n2, n3] = NODES;
-    let mut agents = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
-    w.until_holders(&[n2], Duration::from_secs(5));
+    let [_, n2, n3] = NODES;
+    let mut agents = three(&w);
 
     agents[1].kill();
     w.until_holders(&[n2, n3], Duration::from_secs(2));
@@ -186,10 +188,9 @@ fn wait_client_sees(client: Host, mac: &str, within: Duration) -> Duration {
 #[test]
 fn gratuitous_arp_moves_clients_to_the_new_master() {
     let w = World::new();
-    let [n1, n2, n3] = NODES;
+    let [_, n2, n3] = NODES;
     let c1 = kubeha_e2e::CLIENTS[0];
-    let mut agents = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
-    w.until_holders(&[n2], Duration::from_secs(5));
+    let mut agents = three(&w);
     assert!(ping(&w, c1), "the client reaches the VIP");
     assert_eq!(client_sees(c1), Some(mac(n2)));
     // Linux ignores a new address for a neighbour updated within the last second (locktime).
@@ -206,10 +207,9 @@ fn gratuitous_arp_moves_clients_to_the_new_master() {
 #[test]
 fn after_a_partition_heals_clients_follow_the_surviving_master() {
     let w = World::new();
-    let [n1, n2, n3] = NODES;
+    let [_, n2, n3] = NODES;
     let c1 = kubeha_e2e::CLIENTS[0];
-    let _a = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
-    w.until_holders(&[n2], Duration::from_secs(5));
+    let _a = three(&w);
     assert!(ping(&w, c1));
     std::thread::sleep(Duration::from_millis(1200));
 

@@ -41,8 +41,8 @@ impl Threshold {
         Self { rise: rise.max(1), fall: fall.max(1), healthy: None, streak: 0 }
     }
 
-    /// Records one result; returns whether the check is healthy afterwards.
-    pub fn record(&mut self, ok: bool) -> bool {
+    /// Records one result.
+    pub fn record(&mut self, ok: bool) {
         match self.healthy {
             None => {
                 self.healthy = Some(ok);
@@ -57,7 +57,6 @@ impl Threshold {
                 }
             }
         }
-        self.healthy == Some(true)
     }
 
     /// The state: `None` before the first result.

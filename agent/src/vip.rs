@@ -159,18 +159,9 @@ impl VipOnLink {
         }))
     }
 
-    /// Whether the VIP's interface is up with carrier.
-    pub async fn link_up(&self) -> Result<bool, NetError> {
-        self.link_up_where(self.handle.link().get().match_index(self.ifindex)).await
-    }
-
     /// Whether the interface `name` is up with carrier.
     pub async fn named_link_up(&self, name: &str) -> Result<bool, NetError> {
-        self.link_up_where(self.handle.link().get().match_name(name.to_string())).await
-    }
-
-    async fn link_up_where(&self, request: rtnetlink::LinkGetRequest) -> Result<bool, NetError> {
-        let mut links = request.execute();
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
         let Some(link) = links.try_next().await.map_err(netlink("link state"))? else {
             return Ok(false);
         };

@@ -56,10 +56,7 @@ impl VrrpSocket {
     /// Opens the socket on `interface` (index `ifindex`, primary address `primary`). With `peers` empty it
     /// joins the VRRP group and sends there; otherwise it sends to each peer.
     pub fn open_v4(interface: &str, ifindex: u32, primary: Ipv4Addr, peers: &[IpAddr]) -> Result<Self, SocketError> {
-        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(i32::from(PROTOCOL)))).map_err(|e| {
-            if e.kind() == io::ErrorKind::PermissionDenied { SocketError::Permission(e) } else { io("socket")(e) }
-        })?;
-        s.bind_device(Some(interface.as_bytes())).map_err(io("binding to the interface"))?;
+        let s = raw(Domain::IPV4, interface)?;
         s.set_ttl_v4(u32::from(TTL)).map_err(io("TTL"))?;
         s.set_multicast_ttl_v4(u32::from(TTL)).map_err(io("multicast TTL"))?;
         s.set_multicast_loop_v4(false).map_err(io("multicast loop"))?;
@@ -72,20 +69,14 @@ impl VrrpSocket {
             peers.to_vec()
         };
         s.set_nonblocking(true).map_err(io("non-blocking"))?;
-        // SAFETY: `s` is an open socket that the AsyncFd owns from here on; socket2's as_raw_fd returns the
-        // same descriptor for the socket's whole life, and nothing else closes it.
-        let fd = unsafe { AsyncFd::register(s) }.map_err(|e| io("registering with the runtime")(e.into()))?;
-        Ok(Self { fd, destinations, v6: false })
+        Ok(Self { fd: register(s)?, destinations, v6: false })
     }
 
     /// The IPv6 socket: sends from the interface's link-local address (the kernel's choice for ff02::12 and
     /// on-link peers) and learns each packet's hop limit and destination from ancillary data, since an IPv6
     /// raw socket does not deliver the IP header.
     pub fn open_v6(interface: &str, ifindex: u32, peers: &[IpAddr]) -> Result<Self, SocketError> {
-        let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::from(i32::from(PROTOCOL)))).map_err(|e| {
-            if e.kind() == io::ErrorKind::PermissionDenied { SocketError::Permission(e) } else { io("socket")(e) }
-        })?;
-        s.bind_device(Some(interface.as_bytes())).map_err(io("binding to the interface"))?;
+        let s = raw(Domain::IPV6, interface)?;
         s.set_unicast_hops_v6(u32::from(TTL)).map_err(io("hop limit"))?;
         s.set_multicast_hops_v6(u32::from(TTL)).map_err(io("multicast hop limit"))?;
         s.set_multicast_loop_v6(false).map_err(io("multicast loop"))?;
@@ -99,9 +90,7 @@ impl VrrpSocket {
             peers.to_vec()
         };
         s.set_nonblocking(true).map_err(io("non-blocking"))?;
-        // SAFETY: as in open_v4: the AsyncFd owns the open socket and its descriptor for the socket's life.
-        let fd = unsafe { AsyncFd::register(s) }.map_err(|e| io("registering with the runtime")(e.into()))?;
-        Ok(Self { fd, destinations, v6: true })
+        Ok(Self { fd: register(s)?, destinations, v6: true })
     }
 
     /// Sends one VRRP message to `dst` (the group or a peer).
@@ -176,6 +165,22 @@ impl VrrpSocket {
             }
         }
     }
+}
+
+/// A raw IP-protocol-112 socket of `domain`, bound to `interface`.
+fn raw(domain: Domain, interface: &str) -> Result<Socket, SocketError> {
+    let s = Socket::new(domain, Type::RAW, Some(Protocol::from(i32::from(PROTOCOL)))).map_err(|e| {
+        if e.kind() == io::ErrorKind::PermissionDenied { SocketError::Permission(e) } else { io("socket")(e) }
+    })?;
+    s.bind_device(Some(interface.as_bytes())).map_err(io("binding to the interface"))?;
+    Ok(s)
+}
+
+/// Hands a configured, non-blocking socket to the runtime.
+fn register(s: Socket) -> Result<AsyncFd<Socket>, SocketError> {
+    // SAFETY: `s` is an open socket that the AsyncFd owns from here on; socket2's as_raw_fd returns the same
+    // descriptor for the socket's whole life, and nothing else closes it.
+    unsafe { AsyncFd::register(s) }.map_err(|e| io("registering with the runtime")(e.into()))
 }
 
 /// Splits what an IPv4 raw socket delivers (the IP header, then the payload) into the VRRP message and the

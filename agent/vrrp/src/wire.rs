@@ -382,12 +382,11 @@ impl Advertisement {
 /// Checks the checksum; over IPv4 version 3 either form is accepted.
 fn verify(bytes: &[u8], version: Version, e: &Endpoints) -> Result<ChecksumForm, DecodeError> {
     let found = u16::from_be_bytes([bytes[6], bytes[7]]);
-    let mut zeroed = Vec::from(bytes);
-    zeroed[6] = 0;
-    zeroed[7] = 0;
+    // The sum with the checksum field read as zero; it is a whole 16-bit word, so skipping it needs no copy.
+    let parts = [&bytes[..6], &bytes[8..]];
     let v6 = e.src.is_ipv6();
-    let message = checksum(&zeroed, None);
-    let with_pseudo = checksum(&zeroed, Some(e));
+    let message = sum_parts(&parts, bytes.len(), None);
+    let with_pseudo = sum_parts(&parts, bytes.len(), Some(e));
     match (v6, version) {
         (true, _) if found == with_pseudo => Ok(ChecksumForm::PseudoHeader),
         (true, _) => Err(DecodeError::Checksum { found, expected: with_pseudo }),
@@ -401,6 +400,11 @@ fn verify(bytes: &[u8], version: Version, e: &Endpoints) -> Result<ChecksumForm,
 /// source, destination, a zero byte, the protocol and the 16-bit length; for IPv6 (RFC 8200 §8.1) source,
 /// destination, the 32-bit length, three zero bytes and the next header.
 pub fn checksum(message: &[u8], pseudo: Option<&Endpoints>) -> u16 {
+    sum_parts(&[message], message.len(), pseudo)
+}
+
+/// The checksum of the concatenation of `parts` (each but the last of even length) of `len` bytes in all.
+fn sum_parts(parts: &[&[u8]], len: usize, pseudo: Option<&Endpoints>) -> u16 {
     let mut sum: u32 = 0;
     let mut add = |bytes: &[u8]| {
         let mut chunks = bytes.chunks_exact(2);
@@ -411,7 +415,7 @@ pub fn checksum(message: &[u8], pseudo: Option<&Endpoints>) -> u16 {
             sum += u32::from(u16::from_be_bytes([*last, 0]));
         }
     };
-    let len = message.len() as u32;
+    let len = len as u32;
     match pseudo {
         Some(Endpoints { src: IpAddr::V4(s), dst: IpAddr::V4(d) }) => {
             add(&s.octets());
@@ -427,7 +431,9 @@ pub fn checksum(message: &[u8], pseudo: Option<&Endpoints>) -> u16 {
         }
         _ => {}
     }
-    add(message);
+    for part in parts {
+        add(part);
+    }
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }

@@ -204,7 +204,17 @@ impl Cluster {
     /// Starts `argv` on `host` (its network namespace and hostname), its output in
     /// `logs/<host>/<name>.log`. The returned handle SIGKILLs it when dropped.
     pub fn spawn(&self, host: &Host, name: &str, argv: &[String]) -> Result<Process> {
-        let log = self.dir.join("logs").join(host.name()).join(format!("{name}.log"));
+        self.start_process(Some(host), &host.name(), name, argv)
+    }
+
+    /// Starts `argv` on this machine (the root namespace, where the operator's API access works as from a
+    /// pod), with the admin kubeconfig and its output in `logs/<name>.log`. SIGKILLed when dropped.
+    pub fn spawn_local(&self, name: &str, argv: &[String]) -> Result<Process> {
+        self.start_process(None, "", name, argv)
+    }
+
+    fn start_process(&self, host: Option<&Host>, dir: &str, name: &str, argv: &[String]) -> Result<Process> {
+        let log = self.dir.join("logs").join(dir).join(format!("{name}.log"));
         if let Some(dir) = log.parent() {
             fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
         }
@@ -212,9 +222,11 @@ impl Cluster {
         let err = out.try_clone().ctx(|| format!("opening {}", log.display()))?;
         let program = argv.first().ok_or_else(|| Error::Usage("spawn needs a command".into()))?;
         let mut cmd = Command::new(program);
-        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(out).stderr(err);
-        process::enter(&mut cmd, host, false)?;
-        let child = cmd.spawn().ctx(|| format!("starting {program} on {host}"))?;
+        cmd.args(&argv[1..]).env("KUBECONFIG", self.kubeconfig()).stdin(Stdio::null()).stdout(out).stderr(err);
+        if let Some(host) = host {
+            process::enter(&mut cmd, host, false)?;
+        }
+        let child = cmd.spawn().ctx(|| format!("starting {program}"))?;
         Ok(Process { child, log })
     }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Running, Up, wait_until};
+use common::{Up, wait_until};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -26,11 +26,14 @@ const OPERATOR_ARGS: [&str; 10] = [
     "5s",
 ];
 
-fn operator(up: &Up, identity: &str, metrics_port: u16) -> Running {
+fn operator(up: &Up, identity: &str, metrics_port: u16) -> kubeha_e2e::Process {
     let addr = format!("127.0.0.1:{metrics_port}");
     let mut args: Vec<&str> = OPERATOR_ARGS.to_vec();
     args.extend(["--identity", identity, "--metrics-addr", &addr]);
-    Running::start(up, "kubeha-operator", identity, &args)
+    let bin = kubeha_e2e::kubeha_binary("kubeha-operator").expect("kubeha binaries built").display().to_string();
+    let mut argv = vec![bin];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    up.cluster.spawn_local(identity, &argv).expect("start the operator")
 }
 
 fn apply_hac(up: &Up, name: &str, vip: &str, vrid: i32) {
@@ -222,7 +225,7 @@ async fn a_standby_operator_takes_over_when_the_leader_dies() {
     // A graceful stop releases the lease: a restarted op-a takes over at its next retry, not after 6 s.
     let mut a = operator(&up, "op-a", 18082);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(b.terminate().success(), "op-b exits cleanly on SIGTERM");
+    assert!(b.terminate().unwrap().success(), "op-b exits cleanly on SIGTERM");
     let stopped = Instant::now();
     wait_until("op-a leads after op-b released", Duration::from_secs(10), || async {
         holder().await.as_deref() == Some("op-a")

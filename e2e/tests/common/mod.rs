@@ -73,55 +73,10 @@ where
     panic!("{what}: not within {within:?}");
 }
 
-/// A kubeha process started by a test; SIGKILLed when dropped, so a failing test leaves nothing running.
-pub struct Running {
-    pub child: std::process::Child,
-    pub name: String,
-}
-
-impl Running {
-    /// Starts `binary` (a kubeha binary of this workspace) with `args`, talking to the API server of `n1` as
-    /// the admin, its log in the cluster's log directory.
-    pub fn start(up: &Up, binary: &str, name: &str, args: &[&str]) -> Self {
-        let path = kubeha_e2e::kubeha_binary(binary).expect("kubeha binaries built");
-        let logs = up.cluster.dir().join("logs");
-        std::fs::create_dir_all(&logs).unwrap();
-        let log = std::fs::File::create(logs.join(format!("{name}.log"))).unwrap();
-        let child = std::process::Command::new(path)
-            .args(args)
-            .env("KUBECONFIG", up.cluster.kubeconfig())
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start kubeha binary");
-        Self { child, name: name.into() }
-    }
-
-    /// SIGKILL, like a crash.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        self.child.wait().expect("wait")
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The network of the test world without a control plane, for agent tests.
+/// The VIP the agent tests use.
 pub const VIP: &str = "198.51.100.10";
 
+/// The network of the test world without a control plane, for agent tests; down again when dropped.
 pub struct World {
     pub cluster: Cluster,
     _lock: ClusterLock,

@@ -108,7 +108,7 @@ pub fn validate(spec: &HighAvailabilityMemberSpec) -> Vec<Problem> {
     }
     match (&spec.vip, spec.vrid, &spec.interface) {
         (None, None, None) => {
-            if spec.proxy.is_none() {
+            if !spec.proxy.as_ref().is_some_and(|p| p.enabled) {
                 bad(
                     "vip",
                     "required unless the agent runs only the proxy: an address with prefix, e.g. 198.51.100.10/24"
@@ -197,10 +197,71 @@ pub fn validate(spec: &HighAvailabilityMemberSpec) -> Vec<Problem> {
             bad(&key("https.url"), format!("'{}' is not an https:// URL", https.url));
         }
     }
+    if let Some(proxy) = &spec.proxy {
+        validate_proxy(proxy, &mut bad);
+    }
     if spec.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
         bad("metrics.listen", format!("'{}' is not address:port, e.g. 127.0.0.1:9641", spec.metrics.listen));
     }
     p
+}
+
+fn validate_proxy(p: &kubeha_crds::MemberProxy, bad: &mut impl FnMut(&str, String)) {
+    if p.listen.parse::<std::net::SocketAddr>().is_err() {
+        bad("proxy.listen", format!("'{}' is not address:port, e.g. 198.51.100.10:8443 or 127.0.0.1:6444", p.listen));
+    }
+    if p.enabled && p.backends.is_empty() {
+        bad("proxy.backends", "needs at least one kube-apiserver address:port, e.g. [\"198.51.100.11:6443\"]".into());
+    }
+    for (i, b) in p.backends.iter().enumerate() {
+        if b.parse::<std::net::SocketAddr>().is_err() {
+            bad(
+                &format!("proxy.backends[{i}]"),
+                format!("'{b}' is not address:port, e.g. 198.51.100.11:6443 or [2001:db8::11]:6443"),
+            );
+        }
+    }
+    let range = |v: &kubeha_crds::Interval, min: u64, max: u64| (min..=max).contains(&v.as_millis());
+    if !range(&p.connect_timeout, 100, 30_000) {
+        bad("proxy.connectTimeout", format!("{} is not from 100ms to 30s", p.connect_timeout));
+    }
+    if let Some(t) = &p.idle_timeout
+        && !range(t, 1000, 86_400_000)
+    {
+        bad("proxy.idleTimeout", format!("{t} is not from 1s to 86400s (leave it out for no idle timeout)"));
+    }
+    if !(1..=1_000_000).contains(&p.max_connections) {
+        bad("proxy.maxConnections", format!("{} is not from 1 to 1000000", p.max_connections));
+    }
+    if !range(&p.tcp_keepalive, 0, 7_200_000) {
+        bad("proxy.tcpKeepalive", format!("{} is not from 0s (off) to 7200s", p.tcp_keepalive));
+    }
+    let hc = &p.health_check;
+    if !hc.path.starts_with('/') {
+        bad("proxy.healthCheck.path", format!("'{}' does not start with '/', like /readyz", hc.path));
+    }
+    for (key, v) in [("interval", &hc.interval), ("timeout", &hc.timeout)] {
+        if !range(v, 100, 60_000) {
+            bad(&format!("proxy.healthCheck.{key}"), format!("{v} is not from 100ms to 60s"));
+        }
+    }
+    for (key, v) in [("rise", hc.rise), ("fall", hc.fall)] {
+        if !(1..=10).contains(&v) {
+            bad(&format!("proxy.healthCheck.{key}"), format!("{v} is not from 1 to 10"));
+        }
+    }
+    if !hc.insecure_skip_verify {
+        let path = hc.ca_file.as_deref().unwrap_or(crate::probe::SERVICE_ACCOUNT_CA);
+        if !Path::new(path).exists() {
+            bad(
+                "proxy.healthCheck.caFile",
+                format!(
+                    "{path} does not exist: set caFile to the PEM CA that signed the API servers' certificates \
+                     (kubeadm: /etc/kubernetes/pki/ca.crt), or insecureSkipVerify: true"
+                ),
+            );
+        }
+    }
 }
 
 /// Why a VIP cannot be used, if it cannot.

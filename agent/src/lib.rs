@@ -9,5 +9,7 @@ pub mod config;
 pub mod driver;
 pub mod health;
 pub mod metrics;
+pub mod probe;
+pub mod proxy;
 pub mod socket;
 pub mod vip;

@@ -8,12 +8,13 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kubeha_agent::config;
 use kubeha_agent::driver::Driver;
-use kubeha_agent::metrics::VrrpMetrics;
+use kubeha_agent::metrics::{ProxyMetrics, VrrpMetrics};
+use kubeha_agent::proxy;
 use kubeha_common::telemetry::{self, LogFormat};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
-/// The kubeha node agent: holds the VIP by VRRP on this node.
+/// The kubeha node agent: holds the VIP by VRRP on this node and runs the API proxy.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -71,17 +72,46 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 
     let mut registry = Registry::default();
-    let metrics = VrrpMetrics::register(&mut registry);
+    let vrrp_metrics = VrrpMetrics::register(&mut registry);
+    let proxy_metrics = ProxyMetrics::register(&mut registry);
     let listen: SocketAddr = spec.metrics.listen.parse().context("metrics.listen")?;
     let (ready_tx, ready_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = telemetry::bind(listen).await?;
-    let probes = tokio::spawn(telemetry::serve_probes(listener, registry, ready_rx, stopped(stop_rx)));
+    let probes = tokio::spawn(telemetry::serve_probes(listener, registry, ready_rx, stopped(stop_rx.clone())));
 
-    let driver = Driver::new(&spec, metrics).await?;
+    // The proxy binds first: with IP_FREEBIND it does not need the VIP, and a takeover must not wait for it.
+    let proxy = match spec.proxy.as_ref().filter(|p| p.enabled) {
+        Some(p) => {
+            let settings = proxy::Settings::from_spec(p)?;
+            let backends = proxy::parse_backends(&p.backends)?;
+            Some(proxy::Proxy::bind(settings, &backends, proxy_metrics)?)
+        }
+        None => None,
+    };
+    let driver = match config::vip(&spec) {
+        Some(_) => Some(Driver::new(&spec, vrrp_metrics).await?),
+        None => None,
+    };
     ready_tx.send_replace(true);
-    tracing::info!(node = %spec.node_name, vip = ?spec.vip, vrid = ?spec.vrid, priority = spec.priority, "kubeha-agent running");
-    driver.run(terminated()).await;
+    tracing::info!(node = %spec.node_name, vip = ?spec.vip, vrid = ?spec.vrid, priority = spec.priority,
+        proxy = proxy.is_some(), "kubeha-agent running");
+    let (term_tx, term_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        terminated().await;
+        term_tx.send_replace(true);
+    });
+    let vrrp = async {
+        if let Some(d) = driver {
+            d.run(stopped(term_rx.clone())).await;
+        }
+    };
+    let proxying = async {
+        if let Some(p) = proxy {
+            p.run(stopped(term_rx.clone())).await;
+        }
+    };
+    tokio::join!(vrrp, proxying);
     stop_tx.send_replace(true);
     let _ = probes.await;
     Ok(ExitCode::SUCCESS)

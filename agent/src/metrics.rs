@@ -66,3 +66,64 @@ impl VrrpMetrics {
         self.invalid_packets.get_or_create(&Reason { reason: reason.into() }).inc();
     }
 }
+
+/// Labels of one proxy backend.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    /// address:port.
+    pub backend: String,
+}
+
+/// Labels of a proxy backend with a second dimension (direction, reason or new state).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendDetail {
+    /// address:port.
+    pub backend: String,
+    /// The direction (to_backend, to_client), failure reason (refused, timeout, error) or state (up, down).
+    pub kind: String,
+}
+
+/// Everything the API proxy counts.
+#[derive(Clone, Debug, Default)]
+pub struct ProxyMetrics {
+    /// Open connections per backend.
+    pub active: Family<BackendLabel, Gauge>,
+    /// Connections per backend since start.
+    pub connections: Family<BackendLabel, Counter>,
+    /// Bytes relayed per backend and direction.
+    pub bytes: Family<BackendDetail, Counter>,
+    /// Failed connects per backend and reason.
+    pub connect_failures: Family<BackendDetail, Counter>,
+    /// 1 while a backend is in rotation.
+    pub up: Family<BackendLabel, Gauge>,
+    /// Health flips per backend and new state.
+    pub transitions: Family<BackendDetail, Counter>,
+    /// Open connections closed because their backend turned unhealthy or left the list.
+    pub closed_on_backend_down: Family<BackendLabel, Counter>,
+    /// Clients closed without a backend: every candidate failed to connect.
+    pub no_backend: Counter,
+    /// Clients accepted.
+    pub accepted: Counter,
+}
+
+impl ProxyMetrics {
+    /// Registers everything under `kubeha_proxy_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("kubeha_proxy");
+        r.register("active_connections", "Open connections per backend", m.active.clone());
+        r.register("connections", "Connections per backend", m.connections.clone());
+        r.register("bytes", "Bytes relayed per backend and direction (kind)", m.bytes.clone());
+        r.register("connect_failures", "Failed connects per backend and reason (kind)", m.connect_failures.clone());
+        r.register("backend_up", "1 while a backend is in rotation", m.up.clone());
+        r.register("health_transitions", "Backend health flips by new state (kind)", m.transitions.clone());
+        r.register(
+            "closed_on_backend_down",
+            "Open connections closed because their backend turned unhealthy or left the list",
+            m.closed_on_backend_down.clone(),
+        );
+        r.register("no_backend", "Clients closed because no backend accepted a connection", m.no_backend.clone());
+        r.register("accepted", "Client connections accepted", m.accepted.clone());
+        m
+    }
+}

@@ -258,6 +258,18 @@ pub struct ProxySpec {
     /// server at once instead of hanging (default true).
     #[serde(default = "defaults::yes")]
     pub close_on_backend_down: bool,
+
+    /// Most client connections open at once, 1–1000000 (default 10000). Further clients wait in the
+    /// kernel's accept queue until a connection closes.
+    #[serde(default = "defaults::max_connections")]
+    #[schemars(transform = rules::with([rules::range("spec.proxy.maxConnections", 1, 1_000_000, "open client connections")]))]
+    pub max_connections: i32,
+
+    /// TCP keepalive idle time on both sides of every connection, 0s–7200s (default 30s; 0s: off). It finds
+    /// peers that vanished without a word, which no traffic on an idle watch would.
+    #[serde(default = "defaults::tcp_keepalive")]
+    #[schemars(transform = rules::with([rules::duration_range("spec.proxy.tcpKeepalive", "0s", "7200s")]))]
+    pub tcp_keepalive: Interval,
 }
 
 /// Active health checks of the proxy's backends: HTTPS GET of path on every kube-apiserver.
@@ -292,8 +304,13 @@ pub struct ProxyHealthCheck {
     #[schemars(transform = rules::with([rules::range("healthCheck.fall", 1, 10, "consecutive failures")]))]
     pub fall: i32,
 
-    /// Skip verification of the backends' certificates. Default false: they are verified against the
-    /// cluster CA.
+    /// A PEM file on the node with the CA that signed the API servers' serving certificates. Default: the
+    /// cluster CA of the agent's service account (/var/run/secrets/kubernetes.io/serviceaccount/ca.crt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub ca_file: Option<String>,
+
+    /// Skip verification of the backends' certificates. Default false: they are verified against caFile.
     #[serde(default)]
     pub insecure_skip_verify: bool,
 }
@@ -418,7 +435,7 @@ pub struct Failover {
     pub reason: String,
 }
 
-mod defaults {
+pub(crate) mod defaults {
     use crate::interval::Interval;
 
     pub(super) fn version() -> i32 {
@@ -462,6 +479,12 @@ mod defaults {
     }
     pub(super) fn backend_port() -> i32 {
         6443
+    }
+    pub(crate) fn max_connections() -> i32 {
+        10_000
+    }
+    pub(crate) fn tcp_keepalive() -> Interval {
+        Interval::from_secs(30)
     }
     pub(super) fn lease_duration() -> Interval {
         Interval::from_secs(15)

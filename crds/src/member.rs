@@ -251,6 +251,12 @@ pub struct MemberProxy {
     /// Close connections to a backend that turns unhealthy (default true).
     #[serde(default = "yes")]
     pub close_on_backend_down: bool,
+    /// Most client connections open at once (default 10000).
+    #[serde(default = "crate::cluster::defaults::max_connections")]
+    pub max_connections: i32,
+    /// TCP keepalive idle time on both sides (default 30s; 0s: off).
+    #[serde(default = "crate::cluster::defaults::tcp_keepalive")]
+    pub tcp_keepalive: Interval,
 }
 
 /// The metrics endpoint.

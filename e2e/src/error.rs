@@ -39,6 +39,12 @@ pub enum Error {
     /// Certificate generation failed.
     #[error("PKI: {0}")]
     Pki(#[from] rcgen::Error),
+    /// A TLS configuration could not be built.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// A PEM file could not be read.
+    #[error("PEM: {0}")]
+    Pem(#[from] rustls_pki_types::pem::Error),
     /// The caller asked for something the cluster does not have.
     #[error("{0}")]
     Usage(String),

@@ -7,6 +7,7 @@
 
 mod cluster;
 mod error;
+pub mod fakeapi;
 mod net;
 mod pki;
 mod process;

@@ -196,6 +196,8 @@ fn member(
         connect_timeout: s.proxy.connect_timeout,
         idle_timeout: s.proxy.idle_timeout,
         close_on_backend_down: s.proxy.close_on_backend_down,
+        max_connections: s.proxy.max_connections,
+        tcp_keepalive: s.proxy.tcp_keepalive,
     });
     let spec = HighAvailabilityMemberSpec {
         node_name: node.into(),

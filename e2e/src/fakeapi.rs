@@ -1,0 +1,296 @@
+//! A stand-in for kube-apiserver, for the proxy's tests and benchmark: HTTPS on one port like the real one,
+//! with /readyz and /healthz that can be turned unhealthy, and a few routes whose cost is known, so that a
+//! measurement of the proxy is not a measurement of the API server. Plus the matching HTTPS client.
+//!
+//! Routes: `/readyz`, `/healthz` (200, or 500 while unready), `/name` (the server's name), `/bytes/N` (N
+//! bytes), `/watch` (a line every 100 ms until the client leaves; no length, ends with the connection).
+//! HTTP/1.1 keep-alive.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
+
+use crate::error::{IoContext as _, Result};
+
+/// A CA and one serving certificate for a set of addresses.
+#[derive(Clone, Debug)]
+pub struct Certs {
+    /// The CA, PEM.
+    pub ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl Certs {
+    /// A fresh CA and a serving certificate for `ips`.
+    pub fn generate(ips: &[IpAddr]) -> Result<Self> {
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+        let mut serving = CertificateParams::default();
+        serving.subject_alt_names = ips.iter().map(|ip| SanType::IpAddress(*ip)).collect();
+        let key = KeyPair::generate()?;
+        let cert = serving.signed_by(&key, &ca)?;
+        Ok(Self { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+
+    /// Writes the CA to `path` (for a proxy's caFile).
+    pub fn write_ca(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, &self.ca_pem).ctx(|| format!("writing {}", path.display()))
+    }
+
+    /// Writes the three PEMs into `dir` (ca.crt, tls.crt, tls.key), for a server in another process.
+    pub fn write_all(&self, dir: &Path) -> Result<()> {
+        for (f, pem) in [("ca.crt", &self.ca_pem), ("tls.crt", &self.cert_pem), ("tls.key", &self.key_pem)] {
+            std::fs::write(dir.join(f), pem).ctx(|| format!("writing {f}"))?;
+        }
+        Ok(())
+    }
+
+    /// Reads what `write_all` wrote.
+    pub fn read_all(dir: &Path) -> Result<Self> {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ctx(|| format!("reading {}", dir.join(f).display()));
+        Ok(Self { ca_pem: read("ca.crt")?, cert_pem: read("tls.crt")?, key_pem: read("tls.key")? })
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// The server side.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.cert_pem.as_bytes()).collect::<std::result::Result<_, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())?;
+        let config = rustls::ServerConfig::builder_with_provider(Self::provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+        Ok(Arc::new(config))
+    }
+
+    /// A client that trusts only this CA.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(cert?)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Self::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+}
+
+/// A running fake API server. Dropping it stops it: the listener closes and open connections are cut.
+#[derive(Debug)]
+pub struct FakeApi {
+    addr: SocketAddr,
+    ready: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+}
+
+impl FakeApi {
+    /// Serves on `addr` (port 0: any) as `name`.
+    pub async fn start(name: &str, addr: SocketAddr, tls: Arc<rustls::ServerConfig>) -> Result<Self> {
+        let listener = TcpListener::bind(addr).await.ctx(|| format!("binding {addr}"))?;
+        let addr = listener.local_addr().ctx(|| "local address".to_string())?;
+        let ready = Arc::new(AtomicBool::new(true));
+        let (stop, _) = watch::channel(false);
+        tokio::spawn(accept(listener, name.to_string(), TlsAcceptor::from(tls), ready.clone(), stop.subscribe()));
+        Ok(Self { addr, ready, stop })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Makes /readyz and /healthz answer 200 (true) or 500 (false).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    name: String,
+    tls: TlsAcceptor,
+    ready: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (tls, name, ready, mut stop) = (tls.clone(), name.clone(), ready.clone(), stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = serve(tcp, tls, &name, &ready) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        });
+    }
+}
+
+static FILL: [u8; 65536] = [b'x'; 65536];
+
+async fn serve(tcp: TcpStream, tls: TlsAcceptor, name: &str, ready: &AtomicBool) -> std::io::Result<()> {
+    let mut s: server::TlsStream<TcpStream> = tls.accept(tcp).await?;
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let Some(path) = read_request(&mut s, &mut buf).await? else { return Ok(()) };
+        match path.as_str() {
+            "/readyz" | "/healthz" => {
+                let (code, body) =
+                    if ready.load(Ordering::Relaxed) { ("200 OK", "ok") } else { ("500 Error", "unready") };
+                respond(&mut s, code, body.as_bytes()).await?;
+            }
+            "/name" => respond(&mut s, "200 OK", name.as_bytes()).await?,
+            "/watch" => {
+                s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").await?;
+                for i in 0u64.. {
+                    s.write_all(format!("event {i} from {name}\n").as_bytes()).await?;
+                    s.flush().await?;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            p if p.starts_with("/bytes/") => {
+                let n: usize = p["/bytes/".len()..].parse().unwrap_or(0);
+                s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n").as_bytes()).await?;
+                let mut left = n;
+                while left > 0 {
+                    let k = left.min(FILL.len());
+                    s.write_all(&FILL[..k]).await?;
+                    left -= k;
+                }
+                s.flush().await?;
+            }
+            _ => respond(&mut s, "404 Not Found", b"no such route").await?,
+        }
+    }
+}
+
+async fn respond<S: AsyncWrite + Unpin>(s: &mut S, code: &str, body: &[u8]) -> std::io::Result<()> {
+    let mut out = format!("HTTP/1.1 {code}\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    out.extend_from_slice(body);
+    s.write_all(&out).await?;
+    s.flush().await
+}
+
+/// Reads one request head; returns its path, or `None` at EOF before a request.
+async fn read_request<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<Option<String>> {
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            buf.drain(..end + 4);
+            return Ok(head.split_whitespace().nth(1).map(str::to_string));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// An HTTPS connection to a (fake or real) API server, directly or through a proxy.
+#[derive(Debug)]
+pub struct Conn {
+    stream: client::TlsStream<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    /// Connects to `addr` and verifies the server as `server_ip` against `tls`'s roots.
+    pub async fn open(addr: SocketAddr, server_ip: IpAddr, tls: Arc<rustls::ClientConfig>) -> std::io::Result<Self> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream = TlsConnector::from(tls).connect(ServerName::IpAddress(server_ip.into()), tcp).await?;
+        Ok(Self { stream, buf: Vec::with_capacity(4096) })
+    }
+
+    /// GET `path` with keep-alive: the status code and the body.
+    pub async fn get(&mut self, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+        self.stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: kubeha\r\n\r\n").as_bytes()).await?;
+        let (code, length) = self.head().await?;
+        let length = length.ok_or_else(|| std::io::Error::other("no Content-Length"))?;
+        while self.buf.len() < length {
+            let mut chunk = vec![0u8; (length - self.buf.len()).min(256 * 1024)];
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = self.buf.drain(..length).collect();
+        Ok((code, body))
+    }
+
+    /// Starts a GET whose body has no length (/watch); read it with `line`.
+    pub async fn start_stream(&mut self, path: &str) -> std::io::Result<u16> {
+        self.stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: kubeha\r\n\r\n").as_bytes()).await?;
+        Ok(self.head().await?.0)
+    }
+
+    /// The next line of a streamed body; `None` when the connection ended (EOF or reset).
+    pub async fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(end) = find(&self.buf, b"\n") {
+                let line = String::from_utf8_lossy(&self.buf[..end]).to_string();
+                self.buf.drain(..=end);
+                return Some(line);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    async fn head(&mut self) -> std::io::Result<(u16, Option<usize>)> {
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
+                self.buf.drain(..end + 4);
+                let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+                let length = head.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                });
+                return Ok((code, length));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}

@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help deps plane demo test lint fmt clean-cluster bench-vrrp
+.PHONY: help deps plane demo test lint fmt clean-cluster bench-vrrp bench-proxy
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,6 +27,10 @@ test: plane ## run every test: unit, integration and the e2e tests on the real c
 bench-vrrp: plane ## kubeha-agent vs keepalived failover benchmark (about 10 minutes); markdown on stdout
 	$(CARGO) build --release -p kubeha-e2e -p kubeha-agent --bins
 	target/release/bench-vrrp
+
+bench-proxy: deps ## kubeha API proxy vs HAProxy benchmark (about 8 minutes); markdown on stdout
+	$(CARGO) build --release -p kubeha-e2e -p kubeha-agent --bins
+	target/release/bench-proxy
 
 lint: deps ## formatting and clippy, as CI checks them
 	$(CARGO) fmt --all -- --check

@@ -270,10 +270,10 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     }
 }
 
-async fn serve(client: TcpStream, peer: SocketAddr, pool: &Pool, s: &Settings, metrics: &ProxyMetrics) {
+async fn serve(mut client: TcpStream, peer: SocketAddr, pool: &Pool, s: &Settings, metrics: &ProxyMetrics) {
     keepalive(&client, s.tcp_keepalive);
     let mut tried = Vec::new();
-    let (backend, upstream, mut closing) = loop {
+    let (backend, mut upstream, mut closing) = loop {
         let Some(b) = pool.pick(&tried) else {
             metrics.no_backend.inc();
             tracing::warn!(client = %peer, tried = ?tried, "no backend accepted the connection; closing the client");
@@ -305,7 +305,7 @@ async fn serve(client: TcpStream, peer: SocketAddr, pool: &Pool, s: &Settings, m
         .get_or_create(&crate::metrics::BackendLabel { backend: backend.addr.to_string() })
         .clone();
     tokio::select! {
-        r = relay(&client, &upstream, s.zero_copy, meters) => {
+        r = relay(&mut client, &mut upstream, s.zero_copy, meters) => {
             if let Err(e) = r {
                 tracing::debug!(client = %peer, backend = %backend.addr, error = %e, "connection ended with an error");
             }

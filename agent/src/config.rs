@@ -206,6 +206,13 @@ pub fn validate(spec: &HighAvailabilityMemberSpec) -> Vec<Problem> {
     p
 }
 
+/// The problems of a proxy section alone (keys under `proxy.`): what [`validate`] reports for it.
+pub fn proxy_problems(p: &kubeha_crds::MemberProxy) -> Vec<Problem> {
+    let mut found = Vec::new();
+    validate_proxy(p, &mut |key: &str, message| found.push(Problem { key: key.into(), message }));
+    found
+}
+
 fn validate_proxy(p: &kubeha_crds::MemberProxy, bad: &mut impl FnMut(&str, String)) {
     if p.listen.parse::<std::net::SocketAddr>().is_err() {
         bad("proxy.listen", format!("'{}' is not address:port, e.g. 198.51.100.10:8443 or 127.0.0.1:6444", p.listen));

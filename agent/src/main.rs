@@ -82,11 +82,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 
     // The proxy binds first: with IP_FREEBIND it does not need the VIP, and a takeover must not wait for it.
     let proxy = match spec.proxy.as_ref().filter(|p| p.enabled) {
-        Some(p) => {
-            let settings = proxy::Settings::from_spec(p)?;
-            let backends = proxy::parse_backends(&p.backends)?;
-            Some(proxy::Proxy::bind(settings, &backends, proxy_metrics)?)
-        }
+        Some(p) => Some(proxy::Proxy::bind(proxy::Settings::from_spec(p)?, proxy_metrics)?),
         None => None,
     };
     let driver = match config::vip(&spec) {

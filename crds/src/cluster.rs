@@ -444,13 +444,13 @@ pub(crate) mod defaults {
     pub(super) fn advert_interval() -> Interval {
         Interval::from_millis(100)
     }
-    pub(super) fn yes() -> bool {
+    pub(crate) fn yes() -> bool {
         true
     }
     pub(super) fn zero() -> Interval {
         Interval::from_millis(0)
     }
-    pub(super) fn second() -> Interval {
+    pub(crate) fn second() -> Interval {
         Interval::from_secs(1)
     }
     pub(super) fn garp_repeat() -> i32 {

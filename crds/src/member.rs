@@ -8,6 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::defaults::{second, yes};
 use crate::cluster::{Balance, ElectionSpec, GarpSpec, ProxyHealthCheck};
 use crate::interval::Interval;
 use crate::rules;
@@ -137,9 +138,6 @@ fn three() -> i32 {
 fn hundred_ms() -> Interval {
     Interval::from_millis(100)
 }
-fn yes() -> bool {
-    true
-}
 
 /// One health check of the agent. Exactly one of https, tcp and link is set.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -181,9 +179,6 @@ pub struct HealthCheck {
     pub weight: i32,
 }
 
-fn second() -> Interval {
-    Interval::from_secs(1)
-}
 fn two() -> i32 {
     2
 }

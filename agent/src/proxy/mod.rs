@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kubeha_crds::{Balance, MemberProxy};
-use prometheus_client::metrics::counter::Counter;
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
@@ -23,20 +22,24 @@ use tokio::sync::Semaphore;
 pub use pool::{Backend, BackendView, Evidence, Pool};
 pub use relay::{Activity, Meters, relay};
 
+use crate::config::{self, Problem};
 use crate::metrics::{BackendDetail, ProxyMetrics};
 use crate::probe;
 
 /// Why the proxy cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// A setting is not usable; names the key.
-    #[error("proxy.{key}: {message}")]
-    Config {
-        /// The key under `proxy`.
-        key: &'static str,
-        /// What is wrong and what to do.
-        message: String,
+    /// The section breaks the rules of `kubeha-agent check` (docs/agent-config.md); every problem named.
+    #[error("the proxy section is not valid: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid {
+        /// Every problem, by key.
+        problems: Vec<Problem>,
     },
+    /// The CA file exists but cannot be used.
+    #[error(
+        "proxy.healthCheck.caFile: {0}: set it to the PEM CA of the API servers' certificates (or insecureSkipVerify: true)"
+    )]
+    Ca(String),
     /// The listen address cannot be bound.
     #[error("proxy.listen: cannot listen on {addr}: {source} (is another process on that port?)")]
     Bind {
@@ -52,6 +55,8 @@ pub enum ProxyError {
 pub struct Settings {
     /// Where clients connect.
     pub listen: SocketAddr,
+    /// The API servers to start with.
+    pub backends: Vec<SocketAddr>,
     /// How new clients are spread.
     pub balance: Balance,
     /// How long one backend connect may take before the next backend is tried.
@@ -64,7 +69,7 @@ pub struct Settings {
     pub max_connections: usize,
     /// TCP keepalive idle time on both sides; `None`: off.
     pub tcp_keepalive: Option<Duration>,
-    /// splice(2) instead of copying through user space.
+    /// Switch bulk directions to splice(2).
     pub zero_copy: bool,
     /// Active checks.
     pub check: CheckSettings,
@@ -88,61 +93,39 @@ pub struct CheckSettings {
 }
 
 impl Settings {
-    /// Validates a member's proxy section. `KUBEHA_PROXY_ZERO_COPY=0` turns splice off (for comparison).
+    /// Validates a member's proxy section with the agent's config rules, then converts it.
+    /// `KUBEHA_PROXY_ZERO_COPY=0` turns splice off (for comparison).
     pub fn from_spec(p: &MemberProxy) -> Result<Self, ProxyError> {
-        let bad = |key, message: String| ProxyError::Config { key, message };
-        let listen = p.listen.parse::<SocketAddr>().map_err(|_| {
-            bad("listen", format!("'{}' is not address:port, e.g. 198.51.100.10:8443 or 127.0.0.1:6444", p.listen))
-        })?;
-        let hc = &p.health_check;
-        let tls = probe::tls_config(hc.insecure_skip_verify, hc.ca_file.as_deref()).map_err(|e| {
-            bad(
-                "healthCheck.caFile",
-                format!("{e}: set healthCheck.caFile to the PEM CA of the API servers' certificates (or insecureSkipVerify: true)"),
-            )
-        })?;
-        let count = |key, v: i32| {
-            u32::try_from(v)
-                .ok()
-                .filter(|v| (1..=10).contains(v))
-                .ok_or_else(|| bad(key, format!("{v} is not from 1 to 10")))
+        let problems = config::proxy_problems(p);
+        let parsed = (p.listen.parse(), p.backends.iter().map(|b| b.parse()).collect::<Result<Vec<SocketAddr>, _>>());
+        let (true, Ok(listen), Ok(backends)) = (problems.is_empty(), parsed.0, parsed.1) else {
+            return Err(ProxyError::Invalid { problems });
         };
+        let hc = &p.health_check;
+        let tls = probe::tls_config(hc.insecure_skip_verify, hc.ca_file.as_deref()).map_err(ProxyError::Ca)?;
+        // The ranges below were checked by proxy_problems; the fallbacks are never taken.
+        let count = |v: i32| u32::try_from(v).unwrap_or(1);
         let keepalive: Duration = p.tcp_keepalive.into();
         Ok(Self {
             listen,
+            backends,
             balance: p.balance,
             connect_timeout: p.connect_timeout.into(),
             idle_timeout: p.idle_timeout.map(Into::into),
             close_on_backend_down: p.close_on_backend_down,
-            max_connections: usize::try_from(p.max_connections)
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| bad("maxConnections", format!("{} is not at least 1", p.max_connections)))?,
+            max_connections: usize::try_from(p.max_connections).unwrap_or(1),
             tcp_keepalive: (!keepalive.is_zero()).then_some(keepalive),
             zero_copy: std::env::var("KUBEHA_PROXY_ZERO_COPY").map_or(true, |v| v != "0"),
             check: CheckSettings {
                 path: hc.path.clone(),
                 interval: hc.interval.into(),
                 timeout: hc.timeout.into(),
-                rise: count("healthCheck.rise", hc.rise)?,
-                fall: count("healthCheck.fall", hc.fall)?,
+                rise: count(hc.rise),
+                fall: count(hc.fall),
                 tls,
             },
         })
     }
-}
-
-/// Parses a backend list; names the bad entry.
-pub fn parse_backends(list: &[String]) -> Result<Vec<SocketAddr>, ProxyError> {
-    list.iter()
-        .enumerate()
-        .map(|(i, b)| {
-            b.parse().map_err(|_| ProxyError::Config {
-                key: "backends",
-                message: format!("[{i}] '{b}' is not address:port, e.g. 198.51.100.11:6443 or [2001:db8::11]:6443"),
-            })
-        })
-        .collect()
 }
 
 /// A bound proxy.
@@ -155,8 +138,9 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Binds the listener (with IP_FREEBIND, so the VIP need not be present yet) and starts the checks.
-    pub fn bind(settings: Settings, backends: &[SocketAddr], metrics: ProxyMetrics) -> Result<Self, ProxyError> {
+    /// Binds the listener (with IP_FREEBIND, so the VIP need not be present yet) and starts the checks of
+    /// the settings' backends.
+    pub fn bind(settings: Settings, metrics: ProxyMetrics) -> Result<Self, ProxyError> {
         let listener = listen(settings.listen).map_err(|source| ProxyError::Bind { addr: settings.listen, source })?;
         let pool = Arc::new(Pool::new(
             settings.balance,
@@ -167,7 +151,7 @@ impl Proxy {
         ));
         let settings = Arc::new(settings);
         let proxy = Self { listener, pool, settings, metrics };
-        proxy.set_backends(backends);
+        proxy.set_backends(&proxy.settings.backends);
         Ok(proxy)
     }
 
@@ -241,7 +225,8 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
-fn keepalive(stream: &TcpStream, idle: Option<Duration>) {
+/// No Nagle delay (the proxy forwards what it gets at once) and, when set, TCP keepalive.
+fn tune(stream: &TcpStream, idle: Option<Duration>) {
     let sock = SockRef::from(stream);
     let _ = sock.set_tcp_nodelay(true);
     if let Some(idle) = idle {
@@ -271,7 +256,7 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
 }
 
 async fn serve(mut client: TcpStream, peer: SocketAddr, pool: &Pool, s: &Settings, metrics: &ProxyMetrics) {
-    keepalive(&client, s.tcp_keepalive);
+    tune(&client, s.tcp_keepalive);
     let mut tried = Vec::new();
     let (backend, mut upstream, mut closing) = loop {
         let Some(b) = pool.pick(&tried) else {
@@ -295,15 +280,11 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, pool: &Pool, s: &Setting
             }
         }
     };
-    keepalive(&upstream, s.tcp_keepalive);
+    tune(&upstream, s.tcp_keepalive);
     let _open = backend.open();
     let activity = Activity::new();
     let meters =
         Meters { to_backend: &backend.bytes_to_backend, to_client: &backend.bytes_to_client, activity: &activity };
-    let closed: &Counter = &metrics
-        .closed_on_backend_down
-        .get_or_create(&crate::metrics::BackendLabel { backend: backend.addr.to_string() })
-        .clone();
     tokio::select! {
         r = relay(&mut client, &mut upstream, s.zero_copy, meters) => {
             if let Err(e) = r {
@@ -311,7 +292,7 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, pool: &Pool, s: &Setting
             }
         }
         _ = closing.changed() => {
-            closed.inc();
+            backend.closed_on_down.inc();
             tracing::debug!(client = %peer, backend = %backend.addr, "closing a connection: its backend went down");
         }
         () = idle(&activity, s.idle_timeout) => {
@@ -372,6 +353,19 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
     use tokio::time::{Instant, sleep};
+
+    #[test]
+    fn settings_refuse_a_section_that_check_refuses_naming_every_key() {
+        let spec: MemberProxy = serde_json::from_value(serde_json::json!({
+            "listen": "localhost:8443", "backends": ["198.51.100.11"], "maxConnections": 0,
+            "healthCheck": {"insecureSkipVerify": true}
+        }))
+        .unwrap();
+        let err = Settings::from_spec(&spec).unwrap_err().to_string();
+        for key in ["proxy.listen", "proxy.backends[0]", "proxy.maxConnections"] {
+            assert!(err.contains(key), "{key} not named: {err}");
+        }
+    }
 
     fn settings() -> CheckSettings {
         CheckSettings {

@@ -33,8 +33,10 @@ pub struct Backend {
     pub(super) retired: watch::Sender<bool>,
     gauge: Gauge,
     connections: Counter,
+    up: Gauge,
     pub(super) bytes_to_backend: Counter,
     pub(super) bytes_to_client: Counter,
+    pub(super) closed_on_down: Counter,
 }
 
 #[derive(Debug)]
@@ -80,8 +82,10 @@ impl Backend {
             retired: watch::Sender::new(false),
             gauge: metrics.active.get_or_create(&label).clone(),
             connections: metrics.connections.get_or_create(&label).clone(),
+            up: metrics.up.get_or_create(&label).clone(),
             bytes_to_backend: bytes("to_backend"),
             bytes_to_client: bytes("to_client"),
+            closed_on_down: metrics.closed_on_backend_down.get_or_create(&label).clone(),
         }
     }
 
@@ -181,7 +185,7 @@ impl Pool {
                 Some(b) => next.push(b.clone()),
                 None => {
                     let b = Arc::new(Backend::new(*addr, self.rise, self.fall, &self.metrics));
-                    self.metrics.up.get_or_create(&BackendLabel { backend: addr.to_string() }).set(1);
+                    b.up.set(1);
                     added.push(b.clone());
                     next.push(b);
                 }
@@ -192,7 +196,7 @@ impl Pool {
             if self.close_on_down {
                 gone.closing.send_modify(|n| *n += 1);
             }
-            self.metrics.up.get_or_create(&BackendLabel { backend: gone.addr.to_string() }).set(0);
+            gone.up.set(0);
             tracing::info!(backend = %gone.addr, "proxy backend removed from the list");
         }
         for b in &added {
@@ -232,12 +236,11 @@ impl Pool {
             return false;
         }
         let up = after == Some(true);
-        let label = BackendLabel { backend: backend.addr.to_string() };
-        self.metrics.up.get_or_create(&label).set(i64::from(up));
+        backend.up.set(i64::from(up));
         let kind = if up { "up" } else { "down" };
         self.metrics
             .transitions
-            .get_or_create(&BackendDetail { backend: label.backend.clone(), kind: kind.into() })
+            .get_or_create(&BackendDetail { backend: backend.addr.to_string(), kind: kind.into() })
             .inc();
         if up {
             tracing::info!(backend = %backend.addr, healthy = true, detail = %detail, "proxy backend is back in rotation");

@@ -199,18 +199,27 @@ async fn respond<S: AsyncWrite + Unpin>(s: &mut S, code: &str, body: &[u8]) -> s
 
 /// Reads one request head; returns its path, or `None` at EOF before a request.
 async fn read_request<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<Option<String>> {
+    let head = read_until(s, buf, b"\r\n\r\n").await?;
+    Ok(head.and_then(|h| String::from_utf8_lossy(&h).split_whitespace().nth(1).map(str::to_string)))
+}
+
+/// Reads until `buf` holds `delim`; takes what comes before it (and the delimiter) out of `buf`. `None` at
+/// EOF. `read_buf` appends into spare capacity: no zeroed scratch buffer per read.
+async fn read_until<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    delim: &[u8],
+) -> std::io::Result<Option<Vec<u8>>> {
     loop {
-        if let Some(end) = find(buf, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            buf.drain(..end + 4);
-            return Ok(head.split_whitespace().nth(1).map(str::to_string));
+        if let Some(end) = find(buf, delim) {
+            let found = buf[..end].to_vec();
+            buf.drain(..end + delim.len());
+            return Ok(Some(found));
         }
-        let mut chunk = [0u8; 4096];
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
+        buf.reserve(4096);
+        if s.read_buf(buf).await? == 0 {
             return Ok(None);
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -239,13 +248,11 @@ impl Conn {
         self.stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: kubeha\r\n\r\n").as_bytes()).await?;
         let (code, length) = self.head().await?;
         let length = length.ok_or_else(|| std::io::Error::other("no Content-Length"))?;
+        self.buf.reserve(length.saturating_sub(self.buf.len()));
         while self.buf.len() < length {
-            let mut chunk = vec![0u8; (length - self.buf.len()).min(256 * 1024)];
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
         let body = self.buf.drain(..length).collect();
         Ok((code, body))
@@ -259,38 +266,19 @@ impl Conn {
 
     /// The next line of a streamed body; `None` when the connection ended (EOF or reset).
     pub async fn line(&mut self) -> Option<String> {
-        loop {
-            if let Some(end) = find(&self.buf, b"\n") {
-                let line = String::from_utf8_lossy(&self.buf[..end]).to_string();
-                self.buf.drain(..=end);
-                return Some(line);
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
+        let line = read_until(&mut self.stream, &mut self.buf, b"\n").await.ok()??;
+        Some(String::from_utf8_lossy(&line).into_owned())
     }
 
     async fn head(&mut self) -> std::io::Result<(u16, Option<usize>)> {
-        loop {
-            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
-                self.buf.drain(..end + 4);
-                let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-                let length = head.lines().find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
-                });
-                return Ok((code, length));
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
+        let head =
+            read_until(&mut self.stream, &mut self.buf, b"\r\n\r\n").await?.ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        let head = String::from_utf8_lossy(&head);
+        let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let length = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+        });
+        Ok((code, length))
     }
 }

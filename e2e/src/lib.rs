@@ -9,6 +9,7 @@ mod cluster;
 mod error;
 pub mod fakeapi;
 mod net;
+pub mod observe;
 mod pki;
 mod process;
 

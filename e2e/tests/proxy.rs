@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{Up, wait_until};
 use kubeha_e2e::fakeapi::{Certs, Conn, FakeApi};
-use kubeha_e2e::{NODES, kubeha_binary};
-use tokio::io::AsyncWriteExt as _;
+use kubeha_e2e::{NODES, kubeha_binary, observe};
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const FAST_CHECKS: &str = "interval: 200ms, timeout: 500ms, rise: 2, fall: 2";
@@ -64,9 +63,7 @@ impl Agent {
 
     /// One sample from /metrics (0 when absent).
     async fn metric(&self, name: &str, labels: &str) -> u64 {
-        let text = scrape(self.metrics).await;
-        let key = format!("{name}{{{labels}}} ");
-        text.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0) as u64
+        observe::sample(&observe::scrape(self.metrics).await, name, labels).unwrap_or(0.0) as u64
     }
 
     fn log(&self) -> String {
@@ -79,15 +76,6 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-async fn scrape(addr: SocketAddr) -> String {
-    use tokio::io::AsyncReadExt as _;
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return String::new() };
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    out
 }
 
 /// Three fake API servers on loopback, their CA in a file, and a scratch directory.

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use kubeha_e2e::fakeapi::{Certs, Conn, FakeApi};
-use kubeha_e2e::{Cluster, Host, NODES, Node, Process, kubeha_binary};
+use kubeha_e2e::{Cluster, Host, NODES, Node, Process, kubeha_binary, observe};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -232,14 +232,7 @@ fn mib(kib: u64) -> String {
 }
 
 fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
-            })
-        })
-        .unwrap_or(0)
+    observe::rss_kib(pid).unwrap_or(0)
 }
 
 fn start_backend(cluster: &Cluster, node: &Node, dir: &Path) -> Result<Process> {
@@ -306,9 +299,8 @@ async fn in_rotation(world: &World, t: Target, backend: SocketAddr) -> Result<bo
     match t {
         Target::Kubeha | Target::KubehaCopy => {
             let metrics = if t == Target::Kubeha { KUBEHA_METRICS } else { KUBEHA_COPY_METRICS };
-            let text = http_get(metrics, "/metrics").await?;
-            let key = format!("kubeha_proxy_backend_up{{backend=\"{backend}\"}} ");
-            Ok(text.lines().find_map(|l| l.strip_prefix(&key)).is_some_and(|v| v.trim() == "1"))
+            let text = observe::scrape(metrics).await;
+            Ok(observe::sample(&text, "kubeha_proxy_backend_up", &format!("backend=\"{backend}\"")) == Some(1.0))
         }
         Target::Haproxy => {
             let mut s = tokio::net::UnixStream::connect(world.dir.join("haproxy.sock")).await?;
@@ -325,14 +317,6 @@ async fn in_rotation(world: &World, t: Target, backend: SocketAddr) -> Result<bo
         }
         Target::Direct => Ok(true),
     }
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    Ok(out)
 }
 
 async fn wait_all_up(world: &World) -> Result<()> {
@@ -384,6 +368,17 @@ struct Rate {
     failed: usize,
 }
 
+/// Waits for the client loops, each returning (latencies of good requests, failed requests), and sums them up.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<(Vec<Duration>, usize)>>, start: Instant) -> Result<Rate> {
+    let (mut lat, mut failed) = (Vec::new(), 0);
+    for task in tasks {
+        let (l, f) = task.await?;
+        lat.extend(l);
+        failed += f;
+    }
+    Ok(summarize(lat, failed, start.elapsed()))
+}
+
 fn summarize(mut lat: Vec<Duration>, failed: usize, elapsed: Duration) -> Rate {
     lat.sort();
     let q = |p: f64| {
@@ -425,13 +420,7 @@ async fn keepalive(world: &World, t: Target, conns: usize, secs: Duration, path:
             (lat, failed)
         }));
     }
-    let (mut lat, mut failed) = (Vec::new(), 0);
-    for task in tasks {
-        let (l, f) = task.await?;
-        lat.extend(l);
-        failed += f;
-    }
-    Ok(summarize(lat, failed, start.elapsed()))
+    gather(tasks, start).await
 }
 
 /// `conns` loops each opening a new TLS connection for one small request, for `secs`.
@@ -459,13 +448,7 @@ async fn new_connections(world: &World, t: Target, conns: usize, secs: Duration)
             (lat, failed)
         }));
     }
-    let (mut lat, mut failed) = (Vec::new(), 0);
-    for task in tasks {
-        let (l, f) = task.await?;
-        lat.extend(l);
-        failed += f;
-    }
-    Ok(summarize(lat, failed, start.elapsed()))
+    gather(tasks, start).await
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
-use kubeha_e2e::{CLIENTS, Cluster, Host, NODES, Process, kubeha_binary};
+use kubeha_e2e::{CLIENTS, Cluster, Host, NODES, Process, kubeha_binary, observe};
 
 const VIP: &str = "198.51.100.10";
 const PRIORITIES: [u8; 3] = [200, 150, 100];
@@ -321,11 +321,7 @@ fn resources(cluster: &Cluster, imp: Impl) -> Result<(u64, f64)> {
     let start = ticks(&pids);
     std::thread::sleep(Duration::from_secs(10));
     let used = ticks(&pids) - start;
-    let rss: u64 = pids
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-        .filter_map(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum();
+    let rss: u64 = pids.iter().filter_map(|p| observe::rss_kib(*p)).sum();
     // USER_HZ is 100 on Linux.
     Ok((rss, used as f64 / 100.0 / 10.0))
 }

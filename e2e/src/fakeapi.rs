@@ -99,6 +99,7 @@ pub struct FakeApi {
     addr: SocketAddr,
     ready: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
+    accepting: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl FakeApi {
@@ -108,13 +109,23 @@ impl FakeApi {
         let addr = listener.local_addr().ctx(|| "local address".to_string())?;
         let ready = Arc::new(AtomicBool::new(true));
         let (stop, _) = watch::channel(false);
-        tokio::spawn(accept(listener, name.to_string(), TlsAcceptor::from(tls), ready.clone(), stop.subscribe()));
-        Ok(Self { addr, ready, stop })
+        let accepting =
+            tokio::spawn(accept(listener, name.to_string(), TlsAcceptor::from(tls), ready.clone(), stop.subscribe()));
+        Ok(Self { addr, ready, stop, accepting: Some(accepting) })
     }
 
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Stops it and returns once its listener is closed, so that connects are refused from then on (a
+    /// dropped server closes it a moment later, on its runtime).
+    pub async fn stop(mut self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.accepting.take() {
+            let _ = task.await;
+        }
     }
 
     /// Makes /readyz and /healthz answer 200 (true) or 500 (false).

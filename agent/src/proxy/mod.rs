@@ -172,8 +172,9 @@ impl Proxy {
         }
     }
 
-    /// Accepts clients until `shutdown` completes; then stops accepting and the checks stop. Open
-    /// connections end with the process.
+    /// Accepts clients until `shutdown` completes; then stops accepting and retires every backend: the
+    /// checks stop, and open connections are closed when `closeOnBackendDown` is set (else they end with the
+    /// process).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let limit = Arc::new(Semaphore::new(self.settings.max_connections));
         tracing::info!(listen = %self.settings.listen, backends = self.pool.backends().len(),

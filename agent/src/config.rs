@@ -258,7 +258,7 @@ fn validate_proxy(p: &kubeha_crds::MemberProxy, bad: &mut impl FnMut(&str, Strin
         }
     }
     if !hc.insecure_skip_verify {
-        let path = hc.ca_file.as_deref().unwrap_or(crate::probe::SERVICE_ACCOUNT_CA);
+        let path = hc.ca_file.as_deref().unwrap_or_else(|| crate::probe::default_ca());
         if !Path::new(path).exists() {
             bad(
                 "proxy.healthCheck.caFile",

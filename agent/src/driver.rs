@@ -5,13 +5,14 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use kubeha_crds::HighAvailabilityMemberSpec;
-use kubeha_vrrp::router::{Action, Announce, Config, Input, Router, State};
+use kubeha_vrrp::router::{Action, Announce, Config, Input, Reason as VrrpReason, Router, State, Tuning};
 use kubeha_vrrp::wire::{ChecksumForm, Endpoints, Version, decode};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::announce::Announcer;
 use crate::config::{self, Vip};
-use crate::health::{self, Verdict};
+use crate::health::{self, Checks, Verdict};
 use crate::metrics::{Reason, VrrpMetrics};
 use crate::socket::{SocketError, VrrpSocket};
 use crate::vip::{NetError, REFRESH, VipOnLink};
@@ -36,6 +37,66 @@ pub enum DriverError {
     Config(String),
 }
 
+/// A change the driver applies in place, without leaving its state (docs/cluster-mode.md lists which spec
+/// changes these cover and which need a new driver).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// New timers, preempt mode or announcements.
+    Tune(Tuning),
+    /// A new base priority (1–254).
+    Priority(u8),
+    /// The quorum-fencing boost: added to the priority while this member renews its heartbeat and another
+    /// member of the cluster does not (0: none).
+    Boost(u8),
+    /// A new set of health checks (the link check of the VIP's interface is added as at start).
+    Health(Vec<kubeha_crds::HealthCheck>),
+    /// New unicast peers.
+    Peers(Vec<IpAddr>),
+}
+
+/// The latest state change, with its wall-clock time for status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// Before.
+    pub from: State,
+    /// After.
+    pub to: State,
+    /// Why.
+    pub reason: VrrpReason,
+    /// When.
+    pub at: std::time::SystemTime,
+}
+
+/// What the driver observes, published after every change for the status reporter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// The VRRP state.
+    pub state: State,
+    /// Whether the VIP is on this node.
+    pub holds_vip: bool,
+    /// The configured priority.
+    pub base_priority: u8,
+    /// The advertised priority.
+    pub effective_priority: u8,
+    /// The quorum-fencing boost in effect.
+    pub boost: u8,
+    /// The health checks' verdicts.
+    pub verdicts: Vec<Verdict>,
+    /// The master this node hears, if another.
+    pub master_seen: Option<IpAddr>,
+    /// The latest state change.
+    pub last_transition: Option<Seen>,
+}
+
+/// The other end of a running driver: commands in, observations out.
+#[derive(Clone, Debug)]
+pub struct Control {
+    /// Changes to apply.
+    pub commands: mpsc::UnboundedSender<Command>,
+    /// What the driver observes.
+    pub observed: watch::Receiver<Observed>,
+}
+
 /// A running VRRP instance.
 #[derive(Debug)]
 pub struct Driver {
@@ -48,8 +109,14 @@ pub struct Driver {
     origin: Instant,
     holds_vip: bool,
     announcer: Option<Announcer>,
-    checks: Vec<tokio::sync::watch::Receiver<Verdict>>,
+    checks: Checks,
+    link: VipOnLink,
+    interface: String,
     base_priority: u8,
+    boost: u8,
+    commands: Option<mpsc::UnboundedReceiver<Command>>,
+    observed: watch::Sender<Observed>,
+    last_transition: Option<Seen>,
     /// This node owns the address: it is never added or removed by the agent.
     owner: bool,
     faulted: bool,
@@ -112,23 +179,20 @@ impl Driver {
                 None
             }
         };
-        let cfg = Config {
-            version: if spec.vrrp.version == 2 { Version::V2 } else { Version::V3 },
-            vrid: u8::try_from(spec.vrid.unwrap_or(0)).map_err(|_| DriverError::Config("vrid out of range".into()))?,
-            priority: u8::try_from(spec.priority).map_err(|_| DriverError::Config("priority out of range".into()))?,
-            addresses: vec![address],
-            advert_interval_cs: u16::try_from(spec.vrrp.advert_interval.as_millis() / 10).unwrap_or(u16::MAX),
-            preempt: spec.vrrp.preempt,
-            preempt_delay: spec.vrrp.preempt_delay.into(),
-            primary,
-            announce: Announce {
-                repeat: u8::try_from(spec.garp.repeat).unwrap_or(5),
-                second_burst: spec.garp.delay.into(),
-                refresh: spec.garp.refresh_interval.into(),
-            },
-        };
+        let cfg = router_config(spec, address, primary)?;
         metrics.effective_priority.set(i64::from(cfg.priority));
         metrics.set_state("Initialize");
+        let base_priority = cfg.priority;
+        let (observed, _) = watch::channel(Observed {
+            state: State::Initialize,
+            holds_vip: false,
+            base_priority,
+            effective_priority: base_priority,
+            boost: 0,
+            verdicts: Vec::new(),
+            master_seen: None,
+            last_transition: None,
+        });
         Ok(Self {
             router: Router::new(cfg),
             socket,
@@ -140,11 +204,75 @@ impl Driver {
             origin: Instant::now(),
             holds_vip: false,
             announcer,
-            checks: health::spawn(&with_link_check(&spec.health, interface), Some(link_for_checks)),
-            base_priority: u8::try_from(spec.priority).unwrap_or(100),
+            checks: health::spawn(&with_link_check(&spec.health, interface), Some(link_for_checks.clone())),
+            link: link_for_checks,
+            interface: interface.to_string(),
+            base_priority,
+            boost: 0,
+            commands: None,
+            observed,
+            last_transition: None,
             owner,
             faulted: false,
         })
+    }
+
+    /// Opens the command channel and the observation feed. Call before [`Driver::run`]; a driver without a
+    /// control runs as configured at start (standalone mode).
+    pub fn control(&mut self) -> Control {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.commands = Some(rx);
+        Control { commands: tx, observed: self.observed.subscribe() }
+    }
+
+    fn publish(&self) {
+        let next = Observed {
+            state: self.router.state(),
+            holds_vip: self.holds_vip,
+            base_priority: self.base_priority,
+            effective_priority: self.router.effective_priority(),
+            boost: self.boost,
+            verdicts: self.checks.verdicts.iter().map(|rx| rx.borrow().clone()).collect(),
+            master_seen: self.router.master_seen(),
+            last_transition: self.last_transition.clone(),
+        };
+        self.observed.send_if_modified(|o| {
+            let changed = *o != next;
+            *o = next;
+            changed
+        });
+    }
+
+    async fn command(&mut self, command: Command) {
+        match command {
+            Command::Tune(t) => {
+                tracing::info!(advert_interval_cs = t.advert_interval_cs, preempt = t.preempt, "VRRP timers changed");
+                self.input(Input::Tune(t)).await;
+            }
+            Command::Priority(p) if !self.owner => {
+                tracing::info!(from = self.base_priority, to = p, "base priority changed");
+                self.base_priority = p;
+                self.apply_health().await;
+            }
+            Command::Priority(_) => tracing::warn!("the address owner keeps priority 255"),
+            Command::Boost(b) => {
+                if b != self.boost {
+                    tracing::info!(boost = b, "quorum-fencing boost changed");
+                    self.boost = b;
+                    self.apply_health().await;
+                }
+            }
+            Command::Health(checks) => {
+                tracing::info!(checks = checks.len(), "health checks replaced");
+                self.checks = health::spawn(&with_link_check(&checks, &self.interface), Some(self.link.clone()));
+                self.apply_health().await;
+            }
+            Command::Peers(peers) => {
+                tracing::info!(peers = ?peers, "unicast peers changed");
+                self.socket.set_peers(&peers);
+            }
+        }
+        self.publish();
     }
 
     fn now(&self) -> Duration {
@@ -156,7 +284,7 @@ impl Driver {
         let mut shutdown = std::pin::pin!(shutdown);
         // Start from the first verdict of every check (bounded), not from a guess about its health.
         let first = async {
-            for rx in &mut self.checks {
+            for rx in &mut self.checks.verdicts {
                 let _ = rx.wait_for(|v| v.healthy.is_some()).await;
             }
         };
@@ -165,6 +293,8 @@ impl Driver {
         }
         self.apply_health().await;
         self.input(Input::Startup).await;
+        self.publish();
+        let mut commands = self.commands.take();
         let mut refresh = tokio::time::interval(REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -172,12 +302,22 @@ impl Driver {
                 self.router.deadline().map_or_else(|| Instant::now() + Duration::from_secs(3600), |d| self.origin + d);
             tokio::select! {
                 () = &mut shutdown => break,
-                () = tokio::time::sleep_until(deadline) => self.input(Input::Timer).await,
+                () = tokio::time::sleep_until(deadline) => {
+                    self.input(Input::Timer).await;
+                    self.publish();
+                }
                 packet = self.socket.recv() => match packet {
-                    Ok(p) => self.packet(p).await,
+                    Ok(p) => {
+                        self.packet(p).await;
+                        self.publish();
+                    }
                     Err(e) => tracing::warn!(error = %e, "receiving VRRP failed"),
                 },
-                () = changed(&mut self.checks) => self.apply_health().await,
+                () = changed(&mut self.checks.verdicts) => {
+                    self.apply_health().await;
+                    self.publish();
+                }
+                Some(c) = next_command(&mut commands) => self.command(c).await,
                 _ = refresh.tick(), if self.holds_vip && !self.owner => {
                     if let Err(e) = self.vip.add().await {
                         self.metrics.vip_errors.inc();
@@ -188,6 +328,7 @@ impl Driver {
         }
         tracing::info!("shutting down: handing the VIP over");
         self.input(Input::Shutdown).await;
+        self.publish();
         if self.owner {
             return;
         }
@@ -198,8 +339,9 @@ impl Driver {
 
     /// Feeds the router the priority and fault state the current verdicts give.
     async fn apply_health(&mut self) {
-        let verdicts: Vec<Verdict> = self.checks.iter_mut().map(|rx| rx.borrow_and_update().clone()).collect();
+        let verdicts: Vec<Verdict> = self.checks.verdicts.iter_mut().map(|rx| rx.borrow_and_update().clone()).collect();
         let (priority, fault) = health::effective(self.base_priority, &verdicts);
+        let priority = boosted(priority, self.boost, self.owner);
         if fault != self.faulted {
             self.faulted = fault;
             let failing: Vec<&str> = verdicts
@@ -289,6 +431,7 @@ impl Driver {
                 }
             }
             Action::Transition { from, to, reason } => {
+                self.last_transition = Some(Seen { from, to, reason, at: std::time::SystemTime::now() });
                 self.metrics.set_state(state_name(to));
                 self.metrics.transitions.get_or_create(&Reason { reason: format!("{reason:?}") }).inc();
                 self.metrics.effective_priority.set(i64::from(self.router.effective_priority()));
@@ -305,6 +448,38 @@ fn state_name(s: State) -> &'static str {
         State::Master => "Master",
         State::Fault => "Fault",
     }
+}
+
+/// The next command, or never when there is no control.
+async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<Command>>) -> Option<Command> {
+    match commands {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The priority after the quorum-fencing boost: raised by `boost`, at most 254 (255 stays the owner's).
+fn boosted(priority: u8, boost: u8, owner: bool) -> u8 {
+    if owner || boost == 0 { priority } else { priority.saturating_add(boost).min(254) }
+}
+
+/// The router configuration a spec gives, for `address` sent from `primary`.
+pub fn router_config(spec: &HighAvailabilityMemberSpec, address: IpAddr, primary: IpAddr) -> Result<Config, DriverError> {
+    Ok(Config {
+        version: if spec.vrrp.version == 2 { Version::V2 } else { Version::V3 },
+        vrid: u8::try_from(spec.vrid.unwrap_or(0)).map_err(|_| DriverError::Config("vrid out of range".into()))?,
+        priority: u8::try_from(spec.priority).map_err(|_| DriverError::Config("priority out of range".into()))?,
+        addresses: vec![address],
+        advert_interval_cs: u16::try_from(spec.vrrp.advert_interval.as_millis() / 10).unwrap_or(u16::MAX),
+        preempt: spec.vrrp.preempt,
+        preempt_delay: spec.vrrp.preempt_delay.into(),
+        primary,
+        announce: Announce {
+            repeat: u8::try_from(spec.garp.repeat).unwrap_or(5),
+            second_burst: spec.garp.delay.into(),
+            refresh: spec.garp.refresh_interval.into(),
+        },
+    })
 }
 
 /// Resolves when any check's verdict changes; never when there are no checks.

@@ -22,6 +22,8 @@ pub struct Verdict {
     pub detail: String,
     /// Its weight: added to the priority while unhealthy; 0 means FAULT.
     pub weight: i32,
+    /// When `healthy` last changed (wall clock, for status).
+    pub since: Option<std::time::SystemTime>,
 }
 
 /// Rise/fall hysteresis: flips only after enough consecutive results the other way. The first result
@@ -88,21 +90,32 @@ pub fn effective(base: u8, verdicts: &[Verdict]) -> (u8, bool) {
     (p, fault)
 }
 
+/// Running checks: one task each, stopped when this is dropped (a new set of checks replaces the old).
+#[derive(Debug, Default)]
+pub struct Checks {
+    /// The verdict of each check, in the order configured.
+    pub verdicts: Vec<watch::Receiver<Verdict>>,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for Checks {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
 /// Starts one task per check; each publishes its verdict. Link checks need the netlink handle.
-pub fn spawn(checks: &[HealthCheck], link: Option<VipOnLink>) -> Vec<watch::Receiver<Verdict>> {
-    checks
-        .iter()
-        .map(|c| {
-            let (tx, rx) = watch::channel(Verdict {
-                name: c.name.clone(),
-                healthy: None,
-                detail: String::new(),
-                weight: c.weight,
-            });
-            tokio::spawn(run(c.clone(), link.clone(), tx));
-            rx
-        })
-        .collect()
+pub fn spawn(checks: &[HealthCheck], link: Option<VipOnLink>) -> Checks {
+    let mut out = Checks::default();
+    for c in checks {
+        let (tx, rx) =
+            watch::channel(Verdict { name: c.name.clone(), healthy: None, detail: String::new(), weight: c.weight, since: None });
+        out.tasks.push(tokio::spawn(run(c.clone(), link.clone(), tx)).abort_handle());
+        out.verdicts.push(rx);
+    }
+    out
 }
 
 async fn run(check: HealthCheck, link: Option<VipOnLink>, tx: watch::Sender<Verdict>) {
@@ -148,6 +161,9 @@ async fn run(check: HealthCheck, link: Option<VipOnLink>, tx: watch::Sender<Verd
         }
         tx.send_if_modified(|v| {
             let changed = v.healthy != after;
+            if changed {
+                v.since = Some(std::time::SystemTime::now());
+            }
             v.healthy = after;
             v.detail = detail;
             changed
@@ -191,7 +207,7 @@ mod tests {
     }
 
     fn v(weight: i32, healthy: Option<bool>) -> Verdict {
-        Verdict { name: "c".into(), healthy, detail: String::new(), weight }
+        Verdict { name: "c".into(), healthy, detail: String::new(), weight, since: None }
     }
 
     #[test]

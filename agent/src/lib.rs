@@ -5,9 +5,11 @@
 //! packets and carries out the actions it returns.
 
 pub mod announce;
+pub mod api;
 pub mod config;
 pub mod driver;
 pub mod health;
+pub mod instance;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;

@@ -78,7 +78,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let (ready_tx, ready_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = telemetry::bind(listen).await?;
-    let probes = tokio::spawn(telemetry::serve_probes(listener, registry, ready_rx, stopped(stop_rx.clone())));
+    let probes = tokio::spawn(telemetry::serve_probes(listener, telemetry::shared(registry), ready_rx, stopped(stop_rx.clone())));
 
     // The proxy binds first: with IP_FREEBIND it does not need the VIP, and a takeover must not wait for it.
     let proxy = match spec.proxy.as_ref().filter(|p| p.enabled) {

@@ -8,6 +8,19 @@ use tokio::net::TcpStream;
 /// The cluster CA in a pod's service-account volume: the default CA for checks.
 pub const SERVICE_ACCOUNT_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 
+static DEFAULT_CA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the CA that checks without a `caFile` verify against, instead of the service account's: for an agent
+/// run outside a pod (`--cluster-ca`). Only the first call counts.
+pub fn set_default_ca(path: &str) {
+    let _ = DEFAULT_CA.set(path.to_string());
+}
+
+/// The CA that checks without a `caFile` verify against.
+pub fn default_ca() -> &'static str {
+    DEFAULT_CA.get().map_or(SERVICE_ACCOUNT_CA, String::as_str)
+}
+
 /// GET `url` over TLS: 200 is healthy; 401 and 403 mean the server is alive but refuses anonymous requests,
 /// which for /readyz is still a serving API server.
 pub async fn https(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<String, String> {
@@ -42,7 +55,7 @@ pub fn tls_config(insecure: bool, ca_file: Option<&str>) -> Result<Arc<rustls::C
     let config = if insecure {
         builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth()
     } else {
-        let path = ca_file.unwrap_or(SERVICE_ACCOUNT_CA);
+        let path = ca_file.unwrap_or_else(|| default_ca());
         let pem = std::fs::read(path).map_err(|e| format!("reading the CA file {path}: {e}"))?;
         let mut roots = rustls::RootCertStore::empty();
         use rustls_pki_types::pem::PemObject as _;

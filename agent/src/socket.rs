@@ -104,6 +104,19 @@ impl VrrpSocket {
         }
     }
 
+    /// Whether adverts go to unicast peers (not the multicast group).
+    pub fn unicast(&self) -> bool {
+        !self.destinations.iter().any(IpAddr::is_multicast)
+    }
+
+    /// Replaces the unicast peers. Only for a unicast socket and a non-empty list: a switch between
+    /// multicast and unicast joins or leaves the group and needs a new socket.
+    pub fn set_peers(&mut self, peers: &[IpAddr]) {
+        if self.unicast() && !peers.is_empty() {
+            self.destinations = peers.to_vec();
+        }
+    }
+
     /// Where adverts go.
     pub fn destinations(&self) -> &[IpAddr] {
         &self.destinations

@@ -50,9 +50,17 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// A registry that can gain metrics while it is served (the agent adds a set per member it runs).
+pub type SharedRegistry = Arc<std::sync::RwLock<Registry>>;
+
+/// Wraps a registry for [`serve_probes`].
+pub fn shared(registry: Registry) -> SharedRegistry {
+    Arc::new(std::sync::RwLock::new(registry))
+}
+
 #[derive(Clone)]
 struct Probes {
-    registry: Arc<Registry>,
+    registry: SharedRegistry,
     ready: watch::Receiver<bool>,
 }
 
@@ -60,11 +68,11 @@ struct Probes {
 /// while `ready` is true, 503 otherwise) on `listener` until `shutdown` resolves.
 pub async fn serve_probes(
     listener: tokio::net::TcpListener,
-    registry: Registry,
+    registry: SharedRegistry,
     ready: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let state = Probes { registry: Arc::new(registry), ready };
+    let state = Probes { registry, ready };
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -82,7 +90,11 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 
 async fn metrics(State(p): State<Probes>) -> impl IntoResponse {
     let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &p.registry) {
+    let encoded = {
+        let registry = p.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        prometheus_client::encoding::text::encode(&mut body, &registry)
+    };
+    match encoded {
         Ok(()) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],

@@ -84,6 +84,13 @@ pub struct HighAvailabilityMemberSpec {
     /// Leader election and quorum fencing.
     #[serde(default)]
     pub election: ElectionSpec,
+    /// Quorum fencing: how much this member raises its priority while it renews its heartbeat Lease and
+    /// another member of the cluster cannot. The operator sets it to the spread of the members' priorities
+    /// plus one, so that every member that can renew outranks every one that cannot, and each group keeps its
+    /// order. 0 (default, and for a standalone agent): no fencing.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(transform = rules::with([rules::range("fencingBoost", 0, 253, "set by the operator")]))]
+    pub fencing_boost: i32,
 
     /// Prometheus metrics endpoint.
     #[serde(default)]
@@ -93,6 +100,10 @@ pub struct HighAvailabilityMemberSpec {
     #[serde(default = "default_state_dir")]
     #[schemars(length(max = 4096))]
     pub state_dir: String,
+}
+
+fn is_zero(v: &i32) -> bool {
+    *v == 0
 }
 
 fn default_priority() -> i32 {
@@ -337,6 +348,10 @@ pub struct HighAvailabilityMemberStatus {
     /// The agent's version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
+    /// Why the agent cannot run this member, while it cannot (the interface does not exist on this node, the
+    /// proxy address is taken, …); absent when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// When the agent last wrote this status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_time: Option<Time>,

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::core::{Selector, SelectorExt as _};
 use kube::{Resource as _, ResourceExt as _};
 use kubeha_crds::{
-    HealthCheck, HighAvailabilityCluster, HighAvailabilityMember, HighAvailabilityMemberSpec, HttpsCheck, MemberProxy,
+    ElectionMode, HealthCheck, HighAvailabilityCluster, HighAvailabilityMember, HighAvailabilityMemberSpec, HttpsCheck, MemberProxy,
     MemberVrrp, Metrics,
 };
 
@@ -150,8 +150,23 @@ pub fn desired(hac: &HighAvailabilityCluster, nodes: &[Node]) -> Desired {
     }
     let names: Vec<String> = addressed.iter().map(|(n, _)| n.clone()).collect();
     let prio = priorities(&names, &hac.spec.masters.priorities);
-    let members = addressed.iter().map(|(node, ip)| member(hac, node, ip, prio[node], &addressed, &vip)).collect();
+    let boost = fencing_boost(hac, prio.values().copied());
+    let members =
+        addressed.iter().map(|(node, ip)| member(hac, node, ip, prio[node], boost, &addressed, &vip)).collect();
     Desired { members, problems }
+}
+
+/// Quorum fencing in VRRP mode: the spread of the priorities plus one, so that a member that renews its
+/// heartbeat, raised by this, outranks every member that cannot, and both groups keep their order.
+pub fn fencing_boost(hac: &HighAvailabilityCluster, priorities: impl Iterator<Item = i32> + Clone) -> i32 {
+    let e = &hac.spec.election;
+    if !e.quorum_fencing || e.mode != ElectionMode::Vrrp {
+        return 0;
+    }
+    match (priorities.clone().min(), priorities.max()) {
+        (Some(lo), Some(hi)) => (hi - lo + 1).min(253),
+        _ => 0,
+    }
 }
 
 fn member(
@@ -159,6 +174,7 @@ fn member(
     node: &str,
     ip: &IpAddr,
     priority: i32,
+    fencing_boost: i32,
     all: &[(String, IpAddr)],
     vip: &IpAddr,
 ) -> HighAvailabilityMember {
@@ -217,6 +233,7 @@ fn member(
         health,
         proxy,
         election: s.election.clone(),
+        fencing_boost,
         metrics: Metrics::default(),
         state_dir: "/var/lib/kubeha".into(),
     };
@@ -327,6 +344,7 @@ pub(crate) mod tests {
         let check = &m.health[0];
         assert_eq!(check.https.as_ref().unwrap().url, "https://198.51.100.12:6443/readyz");
         assert_eq!(check.weight, -70);
+        assert_eq!(m.fencing_boost, 21, "200 − 180 + 1: a renewing n3 (201) outranks a fenced n1 (200)");
         let proxy = m.proxy.as_ref().unwrap();
         assert_eq!(proxy.listen, "198.51.100.10:8443");
         assert_eq!(proxy.backends, ["198.51.100.11:6443", "198.51.100.12:6443", "198.51.100.13:6443"]);

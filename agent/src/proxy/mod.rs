@@ -128,6 +128,27 @@ impl Settings {
     }
 }
 
+/// Changes the backends of a running proxy and reads their health.
+#[derive(Clone, Debug)]
+pub struct ProxyHandle {
+    pool: Arc<Pool>,
+    settings: Arc<Settings>,
+}
+
+impl ProxyHandle {
+    /// Replaces the backend list; starts checking new ones.
+    pub fn set_backends(&self, backends: &[SocketAddr]) {
+        for b in self.pool.set_backends(backends) {
+            tokio::spawn(check_loop(self.pool.clone(), b, self.settings.clone()));
+        }
+    }
+
+    /// The backends and their health.
+    pub fn backends(&self) -> Vec<pool::BackendView> {
+        self.pool.backends()
+    }
+}
+
 /// A bound proxy.
 #[derive(Debug)]
 pub struct Proxy {
@@ -167,9 +188,12 @@ impl Proxy {
 
     /// Replaces the backend list (the member's masters, the EndpointSlice); starts checking new ones.
     pub fn set_backends(&self, backends: &[SocketAddr]) {
-        for b in self.pool.set_backends(backends) {
-            tokio::spawn(check_loop(self.pool.clone(), b, self.settings.clone()));
-        }
+        self.handle().set_backends(backends);
+    }
+
+    /// A handle that changes the backends of the running proxy.
+    pub fn handle(&self) -> ProxyHandle {
+        ProxyHandle { pool: self.pool.clone(), settings: self.settings.clone() }
     }
 
     /// Accepts clients until `shutdown` completes; then stops accepting and retires every backend: the

@@ -134,6 +134,35 @@ pub enum Input {
     Priority(u8),
     /// A fault began (true) or ended (false).
     Fault(bool),
+    /// New timers and behaviour, applied without leaving the current state (the VIP stays where it is).
+    /// Changes of version, VRID, addresses or primary address are a different virtual router: the driver
+    /// shuts this one down and starts another.
+    Tune(Tuning),
+}
+
+/// The parts of a [`Config`] that change in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Advertisement_Interval in centiseconds.
+    pub advert_interval_cs: u16,
+    /// Preempt_Mode.
+    pub preempt: bool,
+    /// The preempt delay, counted from start-up as before.
+    pub preempt_delay: Duration,
+    /// Announcements after taking the VIP.
+    pub announce: Announce,
+}
+
+impl Tuning {
+    /// The tunable parts of `cfg`.
+    pub fn of(cfg: &Config) -> Self {
+        Self {
+            advert_interval_cs: cfg.advert_interval_cs,
+            preempt: cfg.preempt,
+            preempt_delay: cfg.preempt_delay,
+            announce: cfg.announce,
+        }
+    }
 }
 
 /// One virtual router.
@@ -245,6 +274,36 @@ impl Router {
             Input::Advertisement { from, advertisement } => self.receive(now, from, &advertisement, out),
             Input::Priority(p) => self.set_priority(now, p, out),
             Input::Fault(f) => self.set_fault(now, f, out),
+            Input::Tune(t) => self.tune(now, t, out),
+        }
+    }
+
+    fn tune(&mut self, now: Duration, t: Tuning, out: &mut Vec<Action>) {
+        let interval_changed = t.advert_interval_cs != self.cfg.advert_interval_cs;
+        self.cfg.advert_interval_cs = t.advert_interval_cs;
+        self.cfg.preempt = t.preempt;
+        self.cfg.preempt_delay = t.preempt_delay;
+        self.cfg.announce = t.announce;
+        match self.state {
+            State::Master => {
+                if interval_changed {
+                    // The backups learn the new Master_Adver_Interval from the next advert (RFC 9568 §6.4.2):
+                    // send it now rather than after the old, possibly much longer, interval.
+                    out.push(Action::Advertise { priority: self.effective });
+                    self.advert_at = Some(now + self.advert_interval());
+                }
+                if t.announce.refresh.is_zero() {
+                    self.refresh_at = None;
+                } else if self.refresh_at.is_none() {
+                    self.refresh_at = Some(now + t.announce.refresh);
+                }
+            }
+            // A backup keeps timing the master by the interval the master advertises; only a VRRPv2 backup
+            // uses its own (RFC 3768 §6.1), and it restarts its down timer with it.
+            State::Backup if self.cfg.version == Version::V2 && interval_changed => {
+                self.down_at = Some(now + self.master_down_interval());
+            }
+            State::Backup | State::Initialize | State::Fault => {}
         }
     }
 

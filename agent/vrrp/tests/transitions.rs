@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use kubeha_vrrp::router::{Action, Announce, Config, Input, Reason, Router, State};
+use kubeha_vrrp::router::{Action, Announce, Config, Input, Reason, Router, State, Tuning};
 use kubeha_vrrp::wire::{Advertisement, Version};
 
 const ME: &str = "198.51.100.12";
@@ -356,4 +356,41 @@ fn a_master_announces_twice_and_refreshes() {
         out.clear();
     }
     assert_eq!(announced, [Duration::from_secs(5), Duration::from_secs(60)]);
+}
+
+/// Not in the RFC: a tuned master stays master and advertises the new interval at once.
+#[test]
+fn a_tuned_master_keeps_the_vip_and_advertises_the_new_interval_now() {
+    let mut r = in_state(200, State::Master);
+    let mut out = Vec::new();
+    let tuning = Tuning { advert_interval_cs: 10, ..Tuning::of(r.config()) };
+    r.handle(t(300), Input::Tune(tuning), &mut out);
+    assert_eq!(r.state(), State::Master);
+    assert_eq!(out, vec![Action::Advertise { priority: 200 }]);
+    assert_eq!(r.advertisement(200).interval_cs, 10);
+    assert_eq!(r.deadline(), Some(t(400)), "the next advert follows the new 100 ms interval");
+}
+
+/// Not in the RFC: a tuning that changes nothing the master sends sends nothing.
+#[test]
+fn tuning_without_an_interval_change_sends_nothing() {
+    let mut r = in_state(200, State::Master);
+    let mut out = Vec::new();
+    let tuning = Tuning { preempt: false, ..Tuning::of(r.config()) };
+    r.handle(t(300), Input::Tune(tuning), &mut out);
+    assert!(out.is_empty());
+    assert!(!r.config().preempt);
+}
+
+/// RFC 9568 §6.4.2: a tuned backup still times the master by the master's advertised interval, and after
+/// preempt is turned off it accepts a lower-priority master.
+#[test]
+fn a_tuned_backup_follows_the_new_preempt_mode() {
+    let mut r = in_state(200, State::Backup);
+    let mut out = Vec::new();
+    r.handle(t(10), Input::Tune(Tuning { preempt: false, ..Tuning::of(r.config()) }), &mut out);
+    assert!(out.is_empty());
+    r.handle(t(20), adv(100), &mut out);
+    assert_eq!(r.deadline(), Some(t(20) + r.master_down_interval()), "the lower master was accepted");
+    assert_eq!(r.state(), State::Backup);
 }

@@ -1,0 +1,317 @@
+//! One member running on this node: its VRRP driver and its proxy, changed in place when the member's spec
+//! changes. What can change in place does (timers, priority, health checks, unicast peers, proxy
+//! backends); what makes it a different virtual router or listener restarts that part alone
+//! (docs/cluster-mode.md has the list).
+
+use std::net::{IpAddr, SocketAddr};
+
+use kubeha_crds::{HighAvailabilityMemberSpec, MemberProxy};
+use kubeha_vrrp::router::Tuning;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config;
+use crate::driver::{self, Command, Control, Driver, Observed};
+use crate::metrics::{ProxyMetrics, VrrpMetrics};
+use crate::proxy::{self, BackendView, Proxy, ProxyHandle};
+
+/// What a spec change does to a running member.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// The VRRP driver must be replaced (the master hands the VIP over first).
+    pub restart_vrrp: bool,
+    /// Changes the running driver applies in place.
+    pub commands: Vec<Command>,
+    /// The proxy must be replaced (its listener, or settings the running proxy holds).
+    pub restart_proxy: bool,
+    /// The running proxy gets a new backend list.
+    pub backends: bool,
+}
+
+impl Plan {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// What going from `old` to `new` takes.
+pub fn plan(old: &HighAvailabilityMemberSpec, new: &HighAvailabilityMemberSpec) -> Plan {
+    let mut p = Plan::default();
+    let (ov, nv) = (&old.vrrp, &new.vrrp);
+    let unicast_switch = ov.peers.is_empty() != nv.peers.is_empty();
+    let owner_switch = (old.priority == 255) != (new.priority == 255);
+    p.restart_vrrp = old.vip != new.vip
+        || old.vrid != new.vrid
+        || old.interface != new.interface
+        || ov.version != nv.version
+        || ov.accept != nv.accept
+        || unicast_switch
+        || owner_switch;
+    if !p.restart_vrrp && config::vip(new).is_some() {
+        if let Some(t) = tuning(new).filter(|t| tuning(old) != Some(*t)) {
+            p.commands.push(Command::Tune(t));
+        }
+        if old.priority != new.priority {
+            p.commands.push(Command::Priority(u8::try_from(new.priority).unwrap_or(100)));
+        }
+        if old.health != new.health {
+            p.commands.push(Command::Health(new.health.clone()));
+        }
+        if ov.peers != nv.peers {
+            p.commands.push(Command::Peers(nv.peers.iter().filter_map(|a| a.parse().ok()).collect()));
+        }
+    }
+    let enabled = |s: &HighAvailabilityMemberSpec| s.proxy.clone().filter(|p| p.enabled);
+    match (enabled(old), enabled(new)) {
+        (None, None) => {}
+        (Some(o), Some(n)) => {
+            let without_backends = |p: &MemberProxy| MemberProxy { backends: Vec::new(), ..p.clone() };
+            if without_backends(&o) != without_backends(&n) {
+                p.restart_proxy = true;
+            } else if o.backends != n.backends {
+                p.backends = true;
+            }
+        }
+        _ => p.restart_proxy = true,
+    }
+    p
+}
+
+/// The parts of a spec the router changes in place. The addresses do not matter here.
+fn tuning(spec: &HighAvailabilityMemberSpec) -> Option<Tuning> {
+    let any = IpAddr::from([0, 0, 0, 0]);
+    driver::router_config(spec, any, any).ok().map(|c| Tuning::of(&c))
+}
+
+/// A part running in its own task, stopped through its watch.
+#[derive(Debug)]
+struct Task {
+    stop: watch::Sender<bool>,
+    join: JoinHandle<()>,
+}
+
+impl Task {
+    fn spawn<F: Future<Output = ()> + Send + 'static>(run: impl FnOnce(watch::Receiver<bool>) -> F) -> Self {
+        let (stop, rx) = watch::channel(false);
+        Self { stop, join: tokio::spawn(run(rx)) }
+    }
+
+    async fn stop(self) {
+        self.stop.send_replace(true);
+        let _ = self.join.await;
+    }
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Why a member cannot run on this node.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The VRRP driver.
+    #[error("VRRP: {0}")]
+    Vrrp(#[from] driver::DriverError),
+    /// The proxy.
+    #[error("proxy: {0}")]
+    Proxy(#[from] proxy::ProxyError),
+}
+
+/// One member's running parts.
+#[derive(Debug)]
+pub struct Instance {
+    spec: HighAvailabilityMemberSpec,
+    vrrp_metrics: VrrpMetrics,
+    proxy_metrics: ProxyMetrics,
+    vrrp: Option<(Task, Control)>,
+    proxy: Option<(Task, ProxyHandle)>,
+    /// Backends learned from the cluster (the default/kubernetes EndpointSlice), added to the spec's.
+    discovered: Vec<SocketAddr>,
+}
+
+impl Instance {
+    /// Starts what `spec` asks for. The proxy binds first: with IP_FREEBIND it does not need the VIP, and a
+    /// takeover must not wait for it.
+    pub async fn start(
+        spec: HighAvailabilityMemberSpec,
+        vrrp_metrics: VrrpMetrics,
+        proxy_metrics: ProxyMetrics,
+    ) -> Result<Self, StartError> {
+        let mut me = Self { spec, vrrp_metrics, proxy_metrics, vrrp: None, proxy: None, discovered: Vec::new() };
+        me.proxy = me.start_proxy()?;
+        match me.start_vrrp().await {
+            Ok(v) => me.vrrp = v,
+            Err(e) => {
+                me.stop().await;
+                return Err(e);
+            }
+        }
+        Ok(me)
+    }
+
+    fn start_proxy(&self) -> Result<Option<(Task, ProxyHandle)>, StartError> {
+        let Some(p) = self.spec.proxy.as_ref().filter(|p| p.enabled) else { return Ok(None) };
+        let proxy = Proxy::bind(proxy::Settings::from_spec(p)?, self.proxy_metrics.clone())?;
+        let handle = proxy.handle();
+        handle.set_backends(&self.backends());
+        Ok(Some((Task::spawn(|rx| proxy.run(stopped(rx))), handle)))
+    }
+
+    async fn start_vrrp(&self) -> Result<Option<(Task, Control)>, StartError> {
+        if config::vip(&self.spec).is_none() {
+            return Ok(None);
+        }
+        let mut driver = Driver::new(&self.spec, self.vrrp_metrics.clone()).await?;
+        let control = driver.control();
+        Ok(Some((Task::spawn(|rx| driver.run(stopped(rx))), control)))
+    }
+
+    /// The spec's backends plus the discovered ones.
+    fn backends(&self) -> Vec<SocketAddr> {
+        let mut all: Vec<SocketAddr> = self
+            .spec
+            .proxy
+            .iter()
+            .flat_map(|p| p.backends.iter())
+            .filter_map(|b| b.parse().ok())
+            .collect();
+        for d in &self.discovered {
+            if !all.contains(d) {
+                all.push(*d);
+            }
+        }
+        all
+    }
+
+    /// Moves to `spec`, in place where possible. Returns what it did, for the log.
+    pub async fn update(&mut self, spec: HighAvailabilityMemberSpec) -> Result<Plan, StartError> {
+        let plan = plan(&self.spec, &spec);
+        self.spec = spec;
+        if plan.restart_proxy {
+            if let Some((task, _)) = self.proxy.take() {
+                task.stop().await;
+            }
+            self.proxy = self.start_proxy()?;
+        } else if plan.backends {
+            self.push_backends();
+        }
+        if plan.restart_vrrp {
+            if let Some((task, _)) = self.vrrp.take() {
+                task.stop().await;
+            }
+            self.vrrp = self.start_vrrp().await?;
+        } else if let Some((_, control)) = &self.vrrp {
+            for c in &plan.commands {
+                let _ = control.commands.send(c.clone());
+            }
+        }
+        Ok(plan)
+    }
+
+    fn push_backends(&self) {
+        if let Some((_, handle)) = &self.proxy {
+            handle.set_backends(&self.backends());
+        }
+    }
+
+    /// Sets the backends discovered from the cluster; they are added to the spec's.
+    pub fn set_discovered(&mut self, discovered: Vec<SocketAddr>) {
+        if discovered != self.discovered {
+            self.discovered = discovered;
+            self.push_backends();
+        }
+    }
+
+    /// Sets the quorum-fencing boost.
+    pub fn set_boost(&self, boost: u8) {
+        if let Some((_, control)) = &self.vrrp {
+            let _ = control.commands.send(Command::Boost(boost));
+        }
+    }
+
+    /// The spec it runs.
+    pub fn spec(&self) -> &HighAvailabilityMemberSpec {
+        &self.spec
+    }
+
+    /// What the VRRP driver observes, when there is one.
+    pub fn observed(&self) -> Option<watch::Receiver<Observed>> {
+        self.vrrp.as_ref().map(|(_, c)| c.observed.clone())
+    }
+
+    /// The proxy's backends, when there is a proxy.
+    pub fn proxy_backends(&self) -> Vec<BackendView> {
+        self.proxy.as_ref().map(|(_, h)| h.backends()).unwrap_or_default()
+    }
+
+    /// Stops everything: a master hands the VIP over (priority 0) and removes it; the proxy stops accepting.
+    pub async fn stop(mut self) {
+        if let Some((task, _)) = self.vrrp.take() {
+            task.stop().await;
+        }
+        if let Some((task, _)) = self.proxy.take() {
+            task.stop().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> HighAvailabilityMemberSpec {
+        config::parse(
+            "nodeName: n1\nvip: 198.51.100.10/24\nvrid: 51\ninterface: eth0\npriority: 200\n\
+             vrrp: {peers: [198.51.100.12, 198.51.100.13]}\n\
+             proxy: {listen: '198.51.100.10:8443', backends: ['198.51.100.11:6443', '198.51.100.12:6443'],\n\
+             healthCheck: {insecureSkipVerify: true}}\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn timers_priority_health_and_peers_change_in_place() {
+        let old = spec();
+        let mut new = old.clone();
+        new.priority = 150;
+        new.vrrp.advert_interval = kubeha_crds::Interval::from_millis(1000);
+        new.vrrp.peers = vec!["198.51.100.12".into()];
+        let p = plan(&old, &new);
+        assert!(!p.restart_vrrp && !p.restart_proxy && !p.backends);
+        assert_eq!(p.commands.len(), 3, "{:?}", p.commands);
+        assert!(matches!(p.commands[0], Command::Tune(t) if t.advert_interval_cs == 100));
+        assert_eq!(p.commands[1], Command::Priority(150));
+        assert_eq!(p.commands[2], Command::Peers(vec!["198.51.100.12".parse().unwrap()]));
+        assert!(plan(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn a_different_virtual_router_restarts_vrrp_only() {
+        let old = spec();
+        for change in [
+            |s: &mut HighAvailabilityMemberSpec| s.vrid = Some(52),
+            |s: &mut HighAvailabilityMemberSpec| s.vip = Some("198.51.100.9/24".into()),
+            |s: &mut HighAvailabilityMemberSpec| s.interface = Some("eth1".into()),
+            |s: &mut HighAvailabilityMemberSpec| s.vrrp.version = 2,
+            |s: &mut HighAvailabilityMemberSpec| s.vrrp.peers.clear(),
+        ] {
+            let mut new = old.clone();
+            change(&mut new);
+            let p = plan(&old, &new);
+            assert!(p.restart_vrrp && p.commands.is_empty() && !p.restart_proxy, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn backends_change_in_place_and_the_listener_restarts_the_proxy() {
+        let old = spec();
+        let mut new = old.clone();
+        new.proxy.as_mut().unwrap().backends.push("198.51.100.13:6443".into());
+        assert_eq!(plan(&old, &new), Plan { backends: true, ..Plan::default() });
+        new.proxy.as_mut().unwrap().listen = "198.51.100.10:9443".into();
+        assert_eq!(plan(&old, &new), Plan { restart_proxy: true, ..Plan::default() });
+        new.proxy = None;
+        assert_eq!(plan(&old, &new), Plan { restart_proxy: true, ..Plan::default() });
+    }
+}

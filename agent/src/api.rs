@@ -29,9 +29,7 @@ pub enum ApiError {
         message: String,
     },
     /// Not in a pod and no kubeconfig given.
-    #[error(
-        "no credentials for the API: outside a pod, pass --kubeconfig FILE (its server address is not used): {0}"
-    )]
+    #[error("no credentials for the API: outside a pod, pass --kubeconfig FILE (its server address is not used): {0}")]
     NoCredentials(String),
     /// An address that is not an https URL or host:port.
     #[error("API server address {address:?} is not usable: {message} (use https://host:port or host:port)")]
@@ -64,7 +62,9 @@ impl Credentials {
                 let shown = path.display().to_string();
                 let bad = |message: String| ApiError::Kubeconfig { path: shown.clone(), message };
                 let kc = Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
-                Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|e| bad(e.to_string()))?
+                Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| bad(e.to_string()))?
             }
             None => Config::incluster().map_err(|e| ApiError::NoCredentials(e.to_string()))?,
         };

@@ -45,9 +45,15 @@ pub enum Command {
     Tune(Tuning),
     /// A new base priority (1–254).
     Priority(u8),
-    /// The quorum-fencing boost: added to the priority while this member renews its heartbeat and another
-    /// member of the cluster does not (0: none).
-    Boost(u8),
+    /// Quorum fencing: `boost` is added to the priority while this member renews its heartbeat and another
+    /// member does not (0: none); `take_over` while the one that does not holds the VIP, which makes this
+    /// router preempt it even with preempt off — a master without quorum is not one to defer to.
+    Fencing {
+        /// Added to the priority.
+        boost: u8,
+        /// Preempt whatever the configured preempt mode.
+        take_over: bool,
+    },
     /// A new set of health checks (the link check of the VIP's interface is added as at start).
     Health(Vec<kubeha_crds::HealthCheck>),
     /// New unicast peers.
@@ -114,6 +120,9 @@ pub struct Driver {
     interface: String,
     base_priority: u8,
     boost: u8,
+    take_over: bool,
+    /// The tuning the spec asks for; fencing may turn preempt on over it.
+    tuning: Tuning,
     commands: Option<mpsc::UnboundedReceiver<Command>>,
     observed: watch::Sender<Observed>,
     last_transition: Option<Seen>,
@@ -183,6 +192,7 @@ impl Driver {
         metrics.effective_priority.set(i64::from(cfg.priority));
         metrics.set_state("Initialize");
         let base_priority = cfg.priority;
+        let tuning = Tuning::of(&cfg);
         let (observed, _) = watch::channel(Observed {
             state: State::Initialize,
             holds_vip: false,
@@ -209,6 +219,8 @@ impl Driver {
             interface: interface.to_string(),
             base_priority,
             boost: 0,
+            take_over: false,
+            tuning,
             commands: None,
             observed,
             last_transition: None,
@@ -223,6 +235,10 @@ impl Driver {
         let (tx, rx) = mpsc::unbounded_channel();
         self.commands = Some(rx);
         Control { commands: tx, observed: self.observed.subscribe() }
+    }
+
+    fn tuning(&self) -> Tuning {
+        Tuning { preempt: self.tuning.preempt || self.take_over, ..self.tuning }
     }
 
     fn publish(&self) {
@@ -247,7 +263,8 @@ impl Driver {
         match command {
             Command::Tune(t) => {
                 tracing::info!(advert_interval_cs = t.advert_interval_cs, preempt = t.preempt, "VRRP timers changed");
-                self.input(Input::Tune(t)).await;
+                self.tuning = t;
+                self.input(Input::Tune(self.tuning())).await;
             }
             Command::Priority(p) if !self.owner => {
                 tracing::info!(from = self.base_priority, to = p, "base priority changed");
@@ -255,11 +272,16 @@ impl Driver {
                 self.apply_health().await;
             }
             Command::Priority(_) => tracing::warn!("the address owner keeps priority 255"),
-            Command::Boost(b) => {
-                if b != self.boost {
-                    tracing::info!(boost = b, "quorum-fencing boost changed");
-                    self.boost = b;
+            Command::Fencing { boost, take_over } => {
+                if boost != self.boost {
+                    tracing::info!(boost, "quorum-fencing boost changed");
+                    self.boost = boost;
                     self.apply_health().await;
+                }
+                if take_over != self.take_over {
+                    tracing::info!(take_over, "the VIP holder cannot renew its heartbeat: preempting it");
+                    self.take_over = take_over;
+                    self.input(Input::Tune(self.tuning())).await;
                 }
             }
             Command::Health(checks) => {
@@ -464,7 +486,11 @@ fn boosted(priority: u8, boost: u8, owner: bool) -> u8 {
 }
 
 /// The router configuration a spec gives, for `address` sent from `primary`.
-pub fn router_config(spec: &HighAvailabilityMemberSpec, address: IpAddr, primary: IpAddr) -> Result<Config, DriverError> {
+pub fn router_config(
+    spec: &HighAvailabilityMemberSpec,
+    address: IpAddr,
+    primary: IpAddr,
+) -> Result<Config, DriverError> {
     Ok(Config {
         version: if spec.vrrp.version == 2 { Version::V2 } else { Version::V3 },
         vrid: u8::try_from(spec.vrid.unwrap_or(0)).map_err(|_| DriverError::Config("vrid out of range".into()))?,

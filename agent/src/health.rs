@@ -110,8 +110,13 @@ impl Drop for Checks {
 pub fn spawn(checks: &[HealthCheck], link: Option<VipOnLink>) -> Checks {
     let mut out = Checks::default();
     for c in checks {
-        let (tx, rx) =
-            watch::channel(Verdict { name: c.name.clone(), healthy: None, detail: String::new(), weight: c.weight, since: None });
+        let (tx, rx) = watch::channel(Verdict {
+            name: c.name.clone(),
+            healthy: None,
+            detail: String::new(),
+            weight: c.weight,
+            since: None,
+        });
         out.tasks.push(tokio::spawn(run(c.clone(), link.clone(), tx)).abort_handle());
         out.verdicts.push(rx);
     }

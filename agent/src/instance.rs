@@ -169,13 +169,8 @@ impl Instance {
 
     /// The spec's backends plus the discovered ones.
     fn backends(&self) -> Vec<SocketAddr> {
-        let mut all: Vec<SocketAddr> = self
-            .spec
-            .proxy
-            .iter()
-            .flat_map(|p| p.backends.iter())
-            .filter_map(|b| b.parse().ok())
-            .collect();
+        let mut all: Vec<SocketAddr> =
+            self.spec.proxy.iter().flat_map(|p| p.backends.iter()).filter_map(|b| b.parse().ok()).collect();
         for d in &self.discovered {
             if !all.contains(d) {
                 all.push(*d);
@@ -223,13 +218,6 @@ impl Instance {
         }
     }
 
-    /// Sets the quorum-fencing boost.
-    pub fn set_boost(&self, boost: u8) {
-        if let Some((_, control)) = &self.vrrp {
-            let _ = control.commands.send(Command::Boost(boost));
-        }
-    }
-
     /// The spec it runs.
     pub fn spec(&self) -> &HighAvailabilityMemberSpec {
         &self.spec
@@ -238,6 +226,16 @@ impl Instance {
     /// What the VRRP driver observes, when there is one.
     pub fn observed(&self) -> Option<watch::Receiver<Observed>> {
         self.vrrp.as_ref().map(|(_, c)| c.observed.clone())
+    }
+
+    /// The running proxy's handle.
+    pub fn proxy_handle(&self) -> Option<ProxyHandle> {
+        self.proxy.as_ref().map(|(_, h)| h.clone())
+    }
+
+    /// The running driver's command channel.
+    pub fn commands(&self) -> Option<tokio::sync::mpsc::UnboundedSender<Command>> {
+        self.vrrp.as_ref().map(|(_, c)| c.commands.clone())
     }
 
     /// The proxy's backends, when there is a proxy.

@@ -6,6 +6,7 @@
 
 pub mod announce;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod driver;
 pub mod health;
@@ -14,4 +15,5 @@ pub mod metrics;
 pub mod probe;
 pub mod proxy;
 pub mod socket;
+pub mod state;
 pub mod vip;

@@ -3,13 +3,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use kubeha_agent::config;
 use kubeha_agent::driver::Driver;
 use kubeha_agent::metrics::{ProxyMetrics, VrrpMetrics};
 use kubeha_agent::proxy;
+use kubeha_agent::{api, cluster, config};
 use kubeha_common::telemetry::{self, LogFormat};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -27,11 +28,15 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run from a standalone config file (the shape of a HighAvailabilityMember spec; docs/agent-config.md).
+    /// Run standalone from a config file (`--config`, the shape of a HighAvailabilityMember spec;
+    /// docs/agent-config.md), or in cluster mode (`--node-name`, as the DaemonSet runs it;
+    /// docs/cluster-mode.md): every HighAvailabilityMember of this node, from the API.
     Run {
-        /// The config file.
-        #[arg(long)]
-        config: PathBuf,
+        /// Standalone: the config file.
+        #[arg(long, conflicts_with = "node_name", required_unless_present = "node_name")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Check a config file and exit: 0 when it is valid, 2 with every problem listed when not.
     Check {
@@ -39,6 +44,36 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+}
+
+/// Cluster mode.
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    /// This node's name (the DaemonSet sets NODE_NAME from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Credentials outside a pod (its server address is not used); in a pod, the service account's are.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The node-local API server, tried first; repeat for more. The masters' addresses from the members
+    /// follow. Never the VIP.
+    #[arg(long = "api-server", default_value = "https://127.0.0.1:6443")]
+    api_servers: Vec<String>,
+    /// The name every API server certificate carries, checked instead of the address.
+    #[arg(long, default_value = "kubernetes")]
+    api_server_name: String,
+    /// The CA for health checks without a caFile (default: the service account's).
+    #[arg(long, env = "KUBEHA_CLUSTER_CA")]
+    cluster_ca: Option<String>,
+    /// The last-known-good directory (a hostPath in the chart).
+    #[arg(long, default_value = "/var/lib/kubeha")]
+    state_dir: PathBuf,
+    /// The namespace of the heartbeat Leases.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kubeha-system")]
+    namespace: String,
+    /// address:port for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9641")]
+    metrics: SocketAddr,
 }
 
 #[tokio::main]
@@ -56,8 +91,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
-    let path = match &command {
-        Command::Run { config } | Command::Check { config } => config.clone(),
+    let check_only = matches!(command, Command::Check { .. });
+    let path = match command {
+        Command::Run { config: Some(config), .. } | Command::Check { config } => config,
+        Command::Run { config: None, cluster } => return run_cluster(cluster).await,
     };
     let spec = match config::load(&path) {
         Ok(spec) => spec,
@@ -66,7 +103,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    if matches!(command, Command::Check { .. }) {
+    if check_only {
         println!("{} is valid", path.display());
         return Ok(ExitCode::SUCCESS);
     }
@@ -78,7 +115,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let (ready_tx, ready_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = telemetry::bind(listen).await?;
-    let probes = tokio::spawn(telemetry::serve_probes(listener, telemetry::shared(registry), ready_rx, stopped(stop_rx.clone())));
+    let probes = tokio::spawn(telemetry::serve_probes(
+        listener,
+        telemetry::shared(registry),
+        ready_rx,
+        stopped(stop_rx.clone()),
+    ));
 
     // The proxy binds first: with IP_FREEBIND it does not need the VIP, and a takeover must not wait for it.
     let proxy = match spec.proxy.as_ref().filter(|p| p.enabled) {
@@ -127,4 +169,33 @@ async fn terminated() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+async fn run_cluster(args: ClusterArgs) -> anyhow::Result<ExitCode> {
+    let node = args.node_name.context("--node-name (or NODE_NAME) is required in cluster mode")?;
+    if let Some(ca) = &args.cluster_ca {
+        kubeha_agent::probe::set_default_ca(ca);
+    }
+    let credentials = api::Credentials::load(args.kubeconfig.as_deref(), &args.api_server_name).await?;
+    let servers = Arc::new(api::ApiServers::new(credentials, args.api_servers)?);
+    let registry = telemetry::shared(Registry::default());
+    let metrics = cluster::MemberMetrics::new(registry.clone());
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let listener = telemetry::bind(args.metrics).await?;
+    let probes = tokio::spawn(telemetry::serve_probes(listener, registry, ready_rx, stopped(stop_rx)));
+    let (term_tx, term_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        terminated().await;
+        term_tx.send_replace(true);
+    });
+    tracing::info!(node = %node, api_servers = ?servers.addresses(), state_dir = %args.state_dir.display(),
+        namespace = %args.namespace, "kubeha-agent running in cluster mode");
+    let opts = cluster::Options { node, namespace: args.namespace, state_dir: args.state_dir, api: servers };
+    // Ready once running: members come and go while it runs, and no API is needed to run the saved ones.
+    ready_tx.send_replace(true);
+    let result = cluster::run(opts, metrics, term_rx).await;
+    stop_tx.send_replace(true);
+    let _ = probes.await;
+    result.map(|()| ExitCode::SUCCESS)
 }

@@ -110,8 +110,9 @@ mod tests {
     use super::*;
 
     fn saved(name: &str, node: &str) -> Saved {
-        let spec = crate::config::parse(&format!("nodeName: {node}\nvip: 198.51.100.10/24\nvrid: 51\ninterface: eth0\n"))
-            .unwrap();
+        let spec =
+            crate::config::parse(&format!("nodeName: {node}\nvip: 198.51.100.10/24\nvrid: 51\ninterface: eth0\n"))
+                .unwrap();
         Saved { name: name.into(), cluster: "c".into(), generation: Some(3), spec }
     }
 
@@ -132,7 +133,13 @@ mod tests {
         store.remove("d-n1").unwrap();
         store.remove("never-saved").unwrap();
         assert_eq!(store.load("n1").unwrap().len(), 1);
-        assert!(std::fs::read_dir(dir.join("members")).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+        assert!(
+            std::fs::read_dir(dir.join("members")).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp"))
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -36,7 +36,9 @@ impl std::str::FromStr for LogFormat {
 
 /// Installs the global tracing subscriber: level from `RUST_LOG` (default `info`), to stderr.
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // kube's client logs every failed request at ERROR; the callers log what matters once, with context.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube_client::client::builder=off"));
     use std::io::IsTerminal as _;
     // Colour only for a person at a terminal: log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()

@@ -22,6 +22,10 @@ use crate::process::{self, Daemon};
 
 /// The Leases in kube-system that say which master runs the active controller-manager and scheduler.
 pub const LEASES: [&str; 2] = ["kube-controller-manager", "kube-scheduler"];
+/// Where each agent serves /metrics and /readyz, on its node's address.
+pub const AGENT_METRICS_PORT: u16 = 9641;
+/// The namespace kubeha is installed in: its operator's leader Lease and the members' heartbeat Leases.
+pub const KUBEHA_NAMESPACE: &str = "kubeha-system";
 
 /// Leader-election timings of the controllers: shorter than the defaults (15 s / 10 s / 2 s) so failover
 /// tests are quick, still with client-go's margins (duration > deadline > 1.2 × retry).
@@ -327,6 +331,159 @@ impl Cluster {
             self.start(node, Component::KubeApiserver)?;
         }
         self.wait_ready(node).await
+    }
+
+    /// Installs kubeha as the chart would, without a kubelet: the CRDs, the `kubeha-system` namespace, the
+    /// operator (in the client namespace c1, where a pod would run) and one agent per master, started exactly
+    /// as the DaemonSet starts it (cluster mode, NODE_NAME and POD_NAMESPACE from the environment, host
+    /// network). Waits until the CRDs are established and every agent serves /readyz. Idempotent: what runs
+    /// already is left alone.
+    pub async fn install_kubeha(&self) -> Result<()> {
+        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/yaml");
+        process::run(self.kubectl().arg("apply").arg("--server-side").arg("-f").arg(&crds))?;
+        process::run(self.kubectl().args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/highavailabilityclusters.kubeha.io",
+            "crd/highavailabilitymembers.kubeha.io",
+        ]))?;
+        let ns = self.kubectl().args(["create", "namespace", KUBEHA_NAMESPACE]).output();
+        if let Ok(out) = &ns
+            && !out.status.success()
+            && !String::from_utf8_lossy(&out.stderr).contains("AlreadyExists")
+        {
+            return Err(Error::Usage(format!(
+                "creating namespace {KUBEHA_NAMESPACE}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let operator = self.kubeha_daemon(&CLIENTS[0], "kubeha-operator");
+        if operator.pid().is_none() {
+            let mut argv = self.env_argv(&[
+                ("POD_NAMESPACE", KUBEHA_NAMESPACE.into()),
+                ("POD_NAME", "kubeha-operator-0".into()),
+                ("KUBECONFIG", self.kubeconfig().display().to_string()),
+            ]);
+            argv.push(crate::kubeha_binary("kubeha-operator")?.display().to_string());
+            argv.extend(["--log-format".into(), "text".into(), format!("--metrics-addr={}", operator_metrics())]);
+            operator.spawn(&CLIENTS[0], &argv)?;
+        }
+        self.wait_served("kubeha-operator", &operator, operator_metrics()).await?;
+        for node in NODES {
+            self.start_agent(&node).await?;
+        }
+        Ok(())
+    }
+
+    /// The kubeha-agent command line of `node`, as the DaemonSet runs it plus what replaces the pod:
+    /// `--kubeconfig` for the service account, `--cluster-ca` for its CA, a state directory per node.
+    pub fn agent_argv(&self, node: &Node) -> Result<Vec<String>> {
+        let mut argv = self.env_argv(&[("NODE_NAME", node.name()), ("POD_NAMESPACE", KUBEHA_NAMESPACE.into())]);
+        argv.push(crate::kubeha_binary("kubeha-agent")?.display().to_string());
+        argv.extend([
+            "--log-format".into(),
+            "text".into(),
+            "run".into(),
+            format!("--kubeconfig={}", self.kubeconfig().display()),
+            format!("--cluster-ca={}", self.pki.path("ca.crt").display()),
+            format!("--state-dir={}", self.dir.join(node.name()).join("kubeha").display()),
+            format!("--metrics={}:{AGENT_METRICS_PORT}", node.ipv4()),
+        ]);
+        Ok(argv)
+    }
+
+    fn env_argv(&self, vars: &[(&str, String)]) -> Vec<String> {
+        let mut argv = vec!["/usr/bin/env".to_string()];
+        argv.extend(vars.iter().map(|(k, v)| format!("{k}={v}")));
+        argv
+    }
+
+    fn kubeha_daemon(&self, host: &Host, name: &str) -> Daemon {
+        Daemon {
+            pidfile: self.dir.join("run").join(host.name()).join(format!("{name}.pid")),
+            log: self.dir.join("logs").join(host.name()).join(format!("{name}.log")),
+        }
+    }
+
+    /// Starts the node's agent unless it runs, and waits until it serves /readyz (at most 20 s).
+    pub async fn start_agent(&self, node: &Node) -> Result<()> {
+        master(node)?;
+        let agent = self.kubeha_daemon(node, "kubeha-agent");
+        if agent.pid().is_none() {
+            agent.spawn(node, &self.agent_argv(node)?)?;
+        }
+        self.wait_served(
+            &format!("kubeha-agent on {node}"),
+            &agent,
+            SocketAddr::from((node.ipv4(), AGENT_METRICS_PORT)),
+        )
+        .await
+    }
+
+    /// Waits (at most 20 s) until a kubeha daemon answers /healthz; fails with its log if it exits first.
+    async fn wait_served(&self, what: &str, daemon: &Daemon, addr: SocketAddr) -> Result<()> {
+        let within = Duration::from_secs(20);
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if http_get(addr, "/healthz").starts_with("HTTP/1.0 200") {
+                return Ok(());
+            }
+            if daemon.pid().is_none() {
+                let log = fs::read_to_string(&daemon.log).unwrap_or_default();
+                return Err(Error::Usage(format!("{what} exited:\n{}", last_lines(&log, 20))));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(Error::Timeout { what: format!("{what} serving"), after: within, logs: self.dir.join("logs") })
+    }
+
+    /// SIGKILLs the node's agent, like a crash: it cannot hand the VIP over.
+    pub fn kill_agent(&self, node: &Node) -> Result<()> {
+        master(node)?;
+        let agent = self.kubeha_daemon(node, "kubeha-agent");
+        if let Some(pid) = agent.pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            process::wait_gone(|| agent.pid().is_none(), Duration::from_secs(5));
+        }
+        let _ = fs::remove_file(&agent.pidfile);
+        Ok(())
+    }
+
+    /// Stops the node's agent as Kubernetes stops a pod (SIGTERM; SIGKILL after 30 s): it hands the VIP over.
+    pub fn stop_agent(&self, node: &Node) -> Result<()> {
+        master(node)?;
+        self.kubeha_daemon(node, "kubeha-agent").stop(Duration::from_secs(30));
+        Ok(())
+    }
+
+    /// The node's agent log.
+    pub fn agent_log(&self, node: &Node) -> String {
+        fs::read_to_string(self.kubeha_daemon(node, "kubeha-agent").log).unwrap_or_default()
+    }
+
+    /// SIGKILLs the operator.
+    pub fn kill_operator(&self) {
+        self.kubeha_daemon(&CLIENTS[0], "kubeha-operator").stop(Duration::ZERO);
+    }
+
+    /// Stops one component of a master (SIGTERM; SIGKILL after 15 s).
+    pub fn stop_component(&self, node: &Node, c: Component) -> Result<()> {
+        master(node)?;
+        self.daemon(node, c).stop(Duration::from_secs(15));
+        Ok(())
+    }
+
+    /// Starts one component of a master unless it runs (without waiting for it).
+    pub fn start_component(&self, node: &Node, c: Component) -> Result<()> {
+        master(node)?;
+        if self.daemon(node, c).pid().is_none() {
+            self.start(node, c)?;
+        }
+        Ok(())
     }
 
     /// Runs a command on a host (its network namespace and hostname), with this process's stdio.
@@ -640,17 +797,30 @@ fn holder_node(lease: &Lease) -> Option<String> {
 
 /// etcd's /health on the member's client URL: true once it is part of a cluster with a leader.
 fn etcd_healthy(node: &Node) -> bool {
-    let addr = SocketAddr::from((node.ipv4(), 2379));
+    http_get(SocketAddr::from((node.ipv4(), 2379)), "/health").contains("\"health\":\"true\"")
+}
+
+/// A plain HTTP/1.0 GET; the whole response, or empty when it fails.
+fn http_get(addr: SocketAddr, path: &str) -> String {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
-        return false;
+        return String::new();
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-    if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
-        return false;
+    if s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).is_err() {
+        return String::new();
     }
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
-    body.contains("\"health\":\"true\"")
+    body
+}
+
+fn operator_metrics() -> SocketAddr {
+    SocketAddr::from((CLIENTS[0].ipv4(), 8080))
+}
+
+fn last_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn last_line(s: String) -> String {

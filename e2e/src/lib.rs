@@ -13,6 +13,8 @@ pub mod observe;
 mod pki;
 mod process;
 
-pub use cluster::{Cluster, ClusterLock, Component, LEASES, Process, UpTimes, kubeha_binary};
+pub use cluster::{
+    AGENT_METRICS_PORT, Cluster, ClusterLock, Component, KUBEHA_NAMESPACE, LEASES, Process, UpTimes, kubeha_binary,
+};
 pub use error::{Error, Result};
 pub use net::{CLIENTS, Host, NODES, Node, SERVICE_CIDR, VIP_V4, VIP_V6};

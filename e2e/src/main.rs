@@ -42,6 +42,15 @@ enum Cmd {
     StopApiserver { node: String },
     /// Start a master's kube-apiserver and wait until it is ready.
     StartApiserver { node: String },
+    /// Install kubeha without a kubelet: CRDs, namespace, the operator (on c1) and an agent on every master,
+    /// each started as the DaemonSet starts it.
+    InstallKubeha,
+    /// SIGKILL a master's kubeha-agent (a crash: no hand-over).
+    KillAgent { node: String },
+    /// Stop a master's kubeha-agent as Kubernetes stops a pod (SIGTERM: it hands the VIP over).
+    StopAgent { node: String },
+    /// Start a master's kubeha-agent and wait until it is ready.
+    StartAgent { node: String },
     /// Run a command on a host: `e2e/cluster exec n1 -- ip addr`.
     Exec {
         host: String,
@@ -88,6 +97,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Heal { host } => cluster.heal(&Host::parse(&host)?)?,
         Cmd::Isolate { host } => cluster.isolate(&Host::parse(&host)?)?,
         Cmd::Rejoin { host } => cluster.rejoin(&Host::parse(&host)?)?,
+        Cmd::InstallKubeha => cluster.install_kubeha().await?,
+        Cmd::KillAgent { node } => cluster.kill_agent(&Host::parse(&node)?)?,
+        Cmd::StopAgent { node } => cluster.stop_agent(&Host::parse(&node)?)?,
+        Cmd::StartAgent { node } => cluster.start_agent(&Host::parse(&node)?).await?,
         Cmd::StopApiserver { node } => cluster.stop_apiserver(&Host::parse(&node)?)?,
         Cmd::StartApiserver { node } => cluster.start_apiserver(&Host::parse(&node)?).await?,
         Cmd::Exec { host, command } => {

@@ -131,7 +131,7 @@ fn signal_group(pid: u32, sig: Signal) {
     let _ = kill(Pid::from_raw(pid), sig);
 }
 
-fn wait_gone(gone: impl Fn() -> bool, within: Duration) -> bool {
+pub(crate) fn wait_gone(gone: impl Fn() -> bool, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if gone() {

@@ -9,8 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::core::{Selector, SelectorExt as _};
 use kube::{Resource as _, ResourceExt as _};
 use kubeha_crds::{
-    ElectionMode, HealthCheck, HighAvailabilityCluster, HighAvailabilityMember, HighAvailabilityMemberSpec, HttpsCheck, MemberProxy,
-    MemberVrrp, Metrics,
+    ElectionMode, HealthCheck, HighAvailabilityCluster, HighAvailabilityMember, HighAvailabilityMemberSpec, HttpsCheck,
+    MemberProxy, MemberVrrp, Metrics,
 };
 
 /// Label on every member: the cluster it belongs to.

@@ -75,7 +75,12 @@ async fn main() -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = telemetry::bind(args.metrics_addr).await?;
-    let probes = tokio::spawn(telemetry::serve_probes(listener, telemetry::shared(registry), ready_rx, stopped(stop_rx.clone())));
+    let probes = tokio::spawn(telemetry::serve_probes(
+        listener,
+        telemetry::shared(registry),
+        ready_rx,
+        stopped(stop_rx.clone()),
+    ));
 
     let (elector, mut leadership) = Elector::new(client.clone(), election)?;
     let elector = tokio::spawn(elector.run(stopped(stop_rx.clone())));

@@ -1,0 +1,927 @@
+//! Cluster mode (`kubeha-agent run --node-name N`, as the DaemonSet runs it): the agent runs every
+//! HighAvailabilityMember of its node, follows changes to them live, keeps the last-known-good copy of each
+//! on disk, and reports back — the member's status by server-side apply and a heartbeat Lease per member,
+//! renewed through the node's own API server, which is also what quorum fencing is built on.
+//!
+//! Nothing here ever stops VRRP because the API is away: the members run from the last-known-good store
+//! until the API answers again, and the agent reconnects with backoff.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::TryStreamExt as _;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+use kube::{Resource as _, ResourceExt as _};
+use kubeha_crds::{
+    BackendStatus, CheckResult, ElectionMode, HighAvailabilityMember, HighAvailabilityMemberSpec,
+    HighAvailabilityMemberStatus, Penalty, Transition, VrrpState,
+};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::api::{self, ApiServers};
+use crate::driver::Observed;
+use crate::instance::Instance;
+use crate::metrics::{ProxyMetrics, VrrpMetrics};
+use crate::state::{Saved, Store};
+
+/// The label the operator puts on members: the cluster's name.
+pub const CLUSTER_LABEL: &str = "kubeha.io/cluster";
+/// The label the operator puts on members: the node's name.
+pub const NODE_LABEL: &str = "kubeha.io/node";
+/// The finalizer the operator puts on members; the agent removes it once it has released the VIP.
+pub const RELEASE_FINALIZER: &str = "kubeha.io/vip-release";
+/// The field manager of everything the agent writes.
+pub const MANAGER: &str = "kubeha-agent";
+/// How long one API request may take before the next server is tried.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The name of a member's heartbeat Lease.
+pub fn heartbeat_lease(member: &str) -> String {
+    format!("kubeha-member-{member}")
+}
+
+/// How the agent runs in cluster mode.
+#[derive(Debug)]
+pub struct Options {
+    /// This node.
+    pub node: String,
+    /// The namespace of the heartbeat Leases (the agent's own).
+    pub namespace: String,
+    /// The last-known-good directory.
+    pub state_dir: PathBuf,
+    /// The API servers, node-local first.
+    pub api: Arc<ApiServers>,
+}
+
+/// The members of this node as the API has them; `None` until the first list succeeds.
+type Wanted = Option<BTreeMap<String, HighAvailabilityMember>>;
+
+/// One member on this node.
+struct Member {
+    cluster: String,
+    generation: Option<i64>,
+    uid: Option<String>,
+    spec: HighAvailabilityMemberSpec,
+    instance: Option<Instance>,
+    error: Option<String>,
+    shared: watch::Sender<Shared>,
+    reporter: tokio::task::JoinHandle<()>,
+}
+
+/// What the supervisor shares with a member's reporter.
+#[derive(Clone, Debug)]
+struct Shared {
+    spec: HighAvailabilityMemberSpec,
+    cluster: String,
+    uid: Option<String>,
+    generation: Option<i64>,
+    observed: Option<watch::Receiver<Observed>>,
+    proxy: Option<crate::proxy::ProxyHandle>,
+    commands: Option<tokio::sync::mpsc::UnboundedSender<crate::driver::Command>>,
+    error: Option<String>,
+}
+
+/// Runs cluster mode until `shutdown` turns true; then every member hands its VIP over.
+pub async fn run(opts: Options, registry: MemberMetrics, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let store = Store::open(&opts.state_dir)?;
+    let opts = Arc::new(opts);
+    let mut sup = Supervisor { opts: opts.clone(), store, members: BTreeMap::new(), registry, discovered: Vec::new() };
+    let saved = sup.store.load(&opts.node)?;
+    if !saved.is_empty() {
+        tracing::info!(members = saved.len(), "starting from the last-known-good members until the API answers");
+    }
+    for s in saved {
+        sup.apply(s.name.clone(), s.cluster, s.generation, None, s.spec).await;
+    }
+
+    let (wanted_tx, mut wanted_rx) = watch::channel::<Wanted>(None);
+    let watcher = tokio::spawn(watch_members(opts.clone(), wanted_tx));
+    let (slice_tx, mut slice_rx) = watch::channel::<Vec<SocketAddr>>(Vec::new());
+    let slices = tokio::spawn(watch_endpoint_slice(opts.api.clone(), slice_tx));
+    let mut retry = tokio::time::interval(Duration::from_secs(5));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = shutdown;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|v| *v) => break,
+            Ok(()) = wanted_rx.changed() => {
+                let wanted = wanted_rx.borrow_and_update().clone();
+                if let Some(w) = wanted {
+                    sup.reconcile(w).await;
+                }
+            }
+            Ok(()) = slice_rx.changed() => {
+                sup.discovered = slice_rx.borrow_and_update().clone();
+                for m in sup.members.values_mut() {
+                    if let Some(i) = m.instance.as_mut() {
+                        i.set_discovered(sup.discovered.clone());
+                    }
+                }
+            }
+            _ = retry.tick() => sup.retry_failed().await,
+        }
+    }
+    watcher.abort();
+    slices.abort();
+    tracing::info!("shutting down: every member hands its VIP over");
+    for (name, m) in std::mem::take(&mut sup.members) {
+        m.reporter.abort();
+        if let Some(i) = m.instance {
+            i.stop().await;
+        }
+        tracing::info!(member = %name, "member stopped");
+    }
+    Ok(())
+}
+
+struct Supervisor {
+    opts: Arc<Options>,
+    store: Store,
+    members: BTreeMap<String, Member>,
+    registry: MemberMetrics,
+    discovered: Vec<SocketAddr>,
+}
+
+impl Supervisor {
+    /// Brings the running members to what the API wants.
+    async fn reconcile(&mut self, wanted: BTreeMap<String, HighAvailabilityMember>) {
+        let gone: Vec<String> = self.members.keys().filter(|n| !wanted.contains_key(*n)).cloned().collect();
+        for name in gone {
+            self.retire(&name, None).await;
+        }
+        let mut masters = Vec::new();
+        for (name, m) in wanted {
+            if m.metadata.deletion_timestamp.is_some() {
+                self.retire(&name, Some(&m)).await;
+                continue;
+            }
+            if let Some(p) = &m.spec.proxy {
+                masters.extend(p.backends.iter().cloned());
+            }
+            let cluster = m.labels().get(CLUSTER_LABEL).cloned().unwrap_or_default();
+            let uid = m.uid();
+            self.apply(name, cluster, m.metadata.generation, uid, m.spec).await;
+        }
+        masters.sort();
+        masters.dedup();
+        self.opts.api.set_masters(&masters);
+    }
+
+    /// Starts a member, or moves a running one to `spec`, and saves it as last-known-good.
+    async fn apply(
+        &mut self,
+        name: String,
+        cluster: String,
+        generation: Option<i64>,
+        uid: Option<String>,
+        spec: HighAvailabilityMemberSpec,
+    ) {
+        if let Some(m) = self.members.get_mut(&name) {
+            let same = m.spec == spec && m.generation == generation;
+            m.generation = generation;
+            m.cluster = cluster.clone();
+            if uid.is_some() {
+                m.uid = uid;
+            }
+            if !same {
+                m.spec = spec.clone();
+                match m.instance.as_mut() {
+                    Some(i) => match i.update(spec.clone()).await {
+                        Ok(plan) => tracing::info!(member = %name, generation, restart_vrrp = plan.restart_vrrp,
+                            restart_proxy = plan.restart_proxy, in_place = plan.commands.len(),
+                            backends = plan.backends, "member changed"),
+                        Err(e) => {
+                            tracing::error!(member = %name, error = %e, "a member change cannot be applied");
+                            if let Some(i) = m.instance.take() {
+                                i.stop().await;
+                            }
+                            m.error = Some(e.to_string());
+                        }
+                    },
+                    None => m.error = Some("waiting to start".into()),
+                }
+            }
+            publish(m);
+        } else {
+            let (vrrp_metrics, proxy_metrics) = self.registry.member(&name);
+            let mut error = None;
+            let instance = match Instance::start(spec.clone(), vrrp_metrics, proxy_metrics).await {
+                Ok(mut i) => {
+                    i.set_discovered(self.discovered.clone());
+                    tracing::info!(member = %name, generation, "member started");
+                    Some(i)
+                }
+                Err(e) => {
+                    tracing::error!(member = %name, error = %e, "a member cannot start; retrying every 5 s");
+                    error = Some(e.to_string());
+                    None
+                }
+            };
+            let (shared, rx) = watch::channel(Shared {
+                spec: spec.clone(),
+                cluster: cluster.clone(),
+                uid: uid.clone(),
+                generation,
+                observed: None,
+                proxy: None,
+                commands: None,
+                error: None,
+            });
+            let reporter = tokio::spawn(report(self.opts.clone(), name.clone(), rx));
+            let m = Member { cluster, generation, uid, spec, instance, error, shared, reporter };
+            publish(&m);
+            self.members.insert(name.clone(), m);
+        }
+        let m = &self.members[&name];
+        let saved = Saved { name: name.clone(), cluster: m.cluster.clone(), generation, spec: m.spec.clone() };
+        if let Err(e) = self.store.save(&saved) {
+            tracing::warn!(member = %name, error = %e, "cannot save the last-known-good member");
+        }
+    }
+
+    /// Starts again the members whose start failed (the interface appeared, the port became free).
+    async fn retry_failed(&mut self) {
+        for (name, m) in &mut self.members {
+            if m.instance.is_some() {
+                continue;
+            }
+            let (vrrp_metrics, proxy_metrics) = self.registry.member(name);
+            match Instance::start(m.spec.clone(), vrrp_metrics, proxy_metrics).await {
+                Ok(mut i) => {
+                    i.set_discovered(self.discovered.clone());
+                    tracing::info!(member = %name, "member started");
+                    m.instance = Some(i);
+                    m.error = None;
+                }
+                Err(e) => m.error = Some(e.to_string()),
+            }
+            publish(m);
+        }
+    }
+
+    /// Stops a member that is gone or being deleted, forgets it, and — when the API still has it — removes
+    /// the release finalizer to confirm that this node no longer holds its VIP.
+    async fn retire(&mut self, name: &str, deleting: Option<&HighAvailabilityMember>) {
+        if let Some(m) = self.members.remove(name) {
+            m.reporter.abort();
+            if let Some(i) = m.instance {
+                i.stop().await;
+            }
+            tracing::info!(member = %name, "member removed; its VIP is released on this node");
+        }
+        if let Err(e) = self.store.remove(name) {
+            tracing::warn!(member = %name, error = %e, "cannot forget the last-known-good member");
+        }
+        let Some(m) = deleting.filter(|m| m.finalizers().iter().any(|f| f == RELEASE_FINALIZER)) else { return };
+        let rest: Vec<&String> = m.finalizers().iter().filter(|f| *f != RELEASE_FINALIZER).collect();
+        let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": m.resource_version()}});
+        let result = api::with_failover(&self.opts.api, REQUEST_TIMEOUT, |c| {
+            let patch = patch.clone();
+            async move {
+                Api::<HighAvailabilityMember>::all(c).patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await
+            }
+        })
+        .await;
+        match result {
+            Ok(_) => tracing::info!(member = %name, "VIP release confirmed to the operator"),
+            // A conflict or a failure: the next watch event for the member brings it here again.
+            Err(e) => tracing::warn!(member = %name, error = %e, "cannot confirm the VIP release yet"),
+        }
+    }
+}
+
+fn publish(m: &Member) {
+    let next = Shared {
+        spec: m.spec.clone(),
+        cluster: m.cluster.clone(),
+        uid: m.uid.clone(),
+        generation: m.generation,
+        observed: m.instance.as_ref().and_then(Instance::observed),
+        proxy: m.instance.as_ref().and_then(Instance::proxy_handle),
+        commands: m.instance.as_ref().and_then(Instance::commands),
+        error: m.error.clone(),
+    };
+    m.shared.send_replace(next);
+}
+
+/// Lists and watches this node's members, falling over between API servers and backing off while none
+/// answers. Publishes the whole set after every change.
+async fn watch_members(opts: Arc<Options>, wanted: watch::Sender<Wanted>) {
+    let selector = format!("{NODE_LABEL}={}", opts.node);
+    let mut backoff = Backoff::default();
+    loop {
+        let (address, client) = opts.api.current();
+        let api: Api<HighAvailabilityMember> = Api::all(client);
+        let listed = tokio::time::timeout(REQUEST_TIMEOUT, api.list(&ListParams::default().labels(&selector))).await;
+        let list = match listed {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                tracing::warn!(api_server = %address, error = %e, "cannot list this node's members");
+                opts.api.failed(&address);
+                backoff.wait().await;
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(api_server = %address, "listing this node's members timed out");
+                opts.api.failed(&address);
+                backoff.wait().await;
+                continue;
+            }
+        };
+        backoff.reset();
+        let mut set: BTreeMap<String, HighAvailabilityMember> =
+            list.items.into_iter().map(|m| (m.name_any(), m)).collect();
+        wanted.send_replace(Some(set.clone()));
+        let mut version = list.metadata.resource_version.unwrap_or_default();
+        let params = WatchParams::default().labels(&selector).timeout(290);
+        let stream = match api.watch(&params, &version).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(api_server = %address, error = %e, "cannot watch this node's members");
+                opts.api.failed(&address);
+                backoff.wait().await;
+                continue;
+            }
+        };
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            match stream.try_next().await {
+                Ok(Some(WatchEvent::Added(m) | WatchEvent::Modified(m))) => {
+                    version = m.resource_version().unwrap_or_default();
+                    set.insert(m.name_any(), m);
+                }
+                Ok(Some(WatchEvent::Deleted(m))) => {
+                    set.remove(&m.name_any());
+                }
+                Ok(Some(WatchEvent::Bookmark(b))) => {
+                    version = b.metadata.resource_version;
+                    continue;
+                }
+                Ok(Some(WatchEvent::Error(e))) => {
+                    tracing::debug!(code = e.code, message = %e.message, "member watch ended; listing again");
+                    break;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(api_server = %address, error = %e, "the member watch failed; trying the next API server");
+                    opts.api.failed(&address);
+                    break;
+                }
+            }
+            wanted.send_replace(Some(set.clone()));
+        }
+        let _ = version;
+    }
+}
+
+/// Reads the `default/kubernetes` EndpointSlices, which the API servers maintain themselves, every 10 s:
+/// their ready endpoints join the spec's backends.
+async fn watch_endpoint_slice(servers: Arc<ApiServers>, out: watch::Sender<Vec<SocketAddr>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let params = ListParams::default().labels("kubernetes.io/service-name=kubernetes");
+        let result = api::with_failover(&servers, REQUEST_TIMEOUT, |c| {
+            let params = params.clone();
+            async move { Api::<EndpointSlice>::namespaced(c, "default").list(&params).await }
+        })
+        .await;
+        match result {
+            Ok(list) => {
+                let found = slice_backends(&list.items);
+                out.send_if_modified(|v| {
+                    let changed = *v != found;
+                    *v = found;
+                    changed
+                });
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the default/kubernetes EndpointSlice"),
+        }
+    }
+}
+
+/// The ready endpoints of the `https` port.
+pub fn slice_backends(slices: &[EndpointSlice]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for s in slices {
+        let port = s
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("https") || p.name.is_none())
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok());
+        let Some(port) = port else { continue };
+        for e in s.endpoints.iter().flatten() {
+            if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            for a in &e.addresses {
+                if let Ok(ip) = a.parse() {
+                    out.push(SocketAddr::new(ip, port));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[derive(Default)]
+struct Backoff(u32);
+
+impl Backoff {
+    async fn wait(&mut self) {
+        let ms = (250u64 << self.0.min(5)).min(5000);
+        self.0 += 1;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
+/// The fencing state of one member, from its own renewals and its view of the others' heartbeats.
+#[derive(Debug)]
+pub struct Fencing {
+    renew_deadline: Duration,
+    started: Instant,
+    last_renewal: Option<Instant>,
+    /// Each other member: the resourceVersion of its heartbeat Lease and when that last changed here.
+    peers: HashMap<String, (Option<String>, Instant)>,
+    /// The other members whose last status says they hold the VIP.
+    holding: Vec<String>,
+}
+
+impl Fencing {
+    /// Starts with a grace of one renew deadline: nobody is judged before they could have renewed.
+    pub fn new(renew_deadline: Duration, now: Instant) -> Self {
+        Self { renew_deadline, started: now, last_renewal: None, peers: HashMap::new(), holding: Vec::new() }
+    }
+
+    /// A renewal that started at `at` succeeded.
+    pub fn renewed(&mut self, at: Instant) {
+        self.last_renewal = Some(at);
+    }
+
+    /// Whether this member cannot renew: its own deadline — the start of its last successful renewal plus
+    /// renewDeadline — has passed.
+    pub fn fenced(&self, now: Instant) -> bool {
+        now >= self.last_renewal.unwrap_or(self.started) + self.renew_deadline
+    }
+
+    /// Records what the API shows of the other members: their heartbeat Leases' resourceVersions (`None`:
+    /// no Lease). Members no longer listed are forgotten.
+    pub fn observe(&mut self, now: Instant, peers: &[Peer]) {
+        self.peers.retain(|name, _| peers.iter().any(|p| p.name == *name));
+        self.holding = peers.iter().filter(|p| p.holds_vip).map(|p| p.name.clone()).collect();
+        for Peer { name, lease_version: version, .. } in peers {
+            match self.peers.get_mut(name) {
+                Some((v, changed)) if v != version => {
+                    *v = version.clone();
+                    *changed = now;
+                }
+                Some(_) => {}
+                None => {
+                    self.peers.insert(name.clone(), (version.clone(), now));
+                }
+            }
+        }
+    }
+
+    /// The members whose heartbeat has not changed for renewDeadline: their own deadlines have passed, so
+    /// they have stopped counting themselves as renewing.
+    pub fn stale(&self, now: Instant) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, (_, changed))| now >= *changed + self.renew_deadline)
+            .map(|(n, _)| n.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The boost to apply: `boost` while this member renews and another does not.
+    pub fn boost(&self, now: Instant, boost: u8) -> u8 {
+        if boost > 0 && !self.fenced(now) && !self.stale(now).is_empty() { boost } else { 0 }
+    }
+
+    /// Whether to preempt the VIP holder whatever the preempt mode: this member renews, and the holder does
+    /// not. (A stale member that does not hold the VIP raises every renewing member alike and moves nothing.)
+    pub fn take_over(&self, now: Instant) -> bool {
+        !self.fenced(now) && self.stale(now).iter().any(|s| self.holding.contains(s))
+    }
+}
+
+/// One member's reporter: renews its heartbeat Lease through the node's own API server every retryPeriod,
+/// watches the other members' heartbeats for quorum fencing, and writes the member's status when it
+/// changes (and at least every leaseDuration / 3, which the operator reads as a heartbeat too).
+/// Another member of the cluster, as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The member's name.
+    pub name: String,
+    /// The resourceVersion of its heartbeat Lease; `None` without one.
+    pub lease_version: Option<String>,
+    /// Whether its last status says it holds the VIP.
+    pub holds_vip: bool,
+}
+
+async fn report(opts: Arc<Options>, name: String, mut shared: watch::Receiver<Shared>) {
+    // The heartbeat runs on its own: a slow status write (an API server that does not answer) must never
+    // delay a renewal, or the others would take this member for fenced.
+    let (fenced_tx, mut fenced_rx) = watch::channel(false);
+    let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(opts.clone(), name.clone(), shared.clone(), fenced_tx)));
+    let mut last_written: Option<(HighAvailabilityMemberStatus, Instant)> = None;
+    let mut observed: Option<watch::Receiver<Observed>> = None;
+    loop {
+        let s = shared.borrow_and_update().clone();
+        // Keep one receiver per driver: a fresh clone would count old changes as new and spin.
+        if !matches!((&observed, &s.observed), (Some(a), Some(b)) if a.same_channel(b)) {
+            observed = s.observed.clone();
+        }
+        let lease_duration: Duration = s.spec.election.lease_duration.into();
+        let refresh = (lease_duration / 3).max(Duration::from_secs(1));
+        let now_observed = observed.as_mut().map(|o| o.borrow_and_update().clone());
+        let fenced = *fenced_rx.borrow_and_update();
+        let status = status_of(&s, now_observed.as_ref(), fenced);
+        let due =
+            last_written.as_ref().is_none_or(|(last, at)| !same_but_time(last, &status) || at.elapsed() >= refresh);
+        if due {
+            match write_status(&opts, &name, &status).await {
+                Ok(()) => last_written = Some((status, Instant::now())),
+                Err(e) => tracing::debug!(member = %name, error = %e, "cannot write the member status"),
+            }
+        }
+        let next =
+            last_written.as_ref().map_or_else(|| Instant::now() + Duration::from_secs(1), |(_, at)| *at + refresh);
+        // Wake early when the driver, fencing or the supervisor has news, so that status follows at once.
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            Ok(()) = shared.changed() => {}
+            Ok(()) = fenced_rx.changed() => {}
+            Ok(()) = async {
+                match observed.as_mut() {
+                    Some(o) => o.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // Coalesce a burst (a takeover is several changes) into one write.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped (its owner was aborted or finished).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renews the member's heartbeat Lease every retryPeriod through the node's own API server, reads the others'
+/// heartbeats, and tells the driver the quorum-fencing boost; publishes whether this member is fenced.
+async fn heartbeat(
+    opts: Arc<Options>,
+    name: String,
+    mut shared: watch::Receiver<Shared>,
+    fenced_tx: watch::Sender<bool>,
+) {
+    let mut fencing: Option<Fencing> = None;
+    loop {
+        let s = shared.borrow_and_update().clone();
+        let election = &s.spec.election;
+        let retry: Duration = election.retry_period.into();
+        let f = fencing.get_or_insert_with(|| Fencing::new(election.renew_deadline.into(), Instant::now()));
+        f.renew_deadline = election.renew_deadline.into();
+        let started = Instant::now();
+        match renew_heartbeat(&opts, &name, &s, election.lease_duration.into(), retry).await {
+            Ok(()) => f.renewed(started),
+            Err(e) => tracing::debug!(member = %name, error = %e, "heartbeat renewal failed"),
+        }
+        if let Ok(peers) = peer_heartbeats(&opts, &name, &s.cluster, retry).await {
+            f.observe(Instant::now(), &peers);
+        }
+        let now = Instant::now();
+        let on = election.quorum_fencing && election.mode == ElectionMode::Vrrp;
+        let boost = if on { f.boost(now, u8::try_from(s.spec.fencing_boost).unwrap_or(0)) } else { 0 };
+        let take_over = on && boost > 0 && f.take_over(now);
+        // Sent every round: a VRRP driver restarted in place starts without the boost.
+        if let Some(c) = &s.commands {
+            let _ = c.send(crate::driver::Command::Fencing { boost, take_over });
+        }
+        let fenced = on && f.fenced(now);
+        if fenced_tx.send_if_modified(|v| std::mem::replace(v, fenced) != fenced) {
+            if fenced {
+                tracing::warn!(member = %name, "cannot renew the heartbeat through the local API server: fenced");
+            } else {
+                tracing::info!(member = %name, "heartbeat renewed again: no longer fenced");
+            }
+        }
+        if boost > 0 {
+            tracing::debug!(member = %name, boost, stale = ?f.stale(now), "raised above members that cannot renew");
+        }
+        tokio::time::sleep_until(started + retry).await;
+    }
+}
+
+fn same_but_time(a: &HighAvailabilityMemberStatus, b: &HighAvailabilityMemberStatus) -> bool {
+    let strip = |s: &HighAvailabilityMemberStatus| HighAvailabilityMemberStatus { heartbeat_time: None, ..s.clone() };
+    strip(a) == strip(b)
+}
+
+async fn renew_heartbeat(
+    opts: &Options,
+    name: &str,
+    s: &Shared,
+    lease_duration: Duration,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut meta = json!({
+        "name": heartbeat_lease(name),
+        "namespace": opts.namespace,
+        "labels": {CLUSTER_LABEL: s.cluster, NODE_LABEL: opts.node},
+    });
+    if let Some(uid) = &s.uid {
+        meta["ownerReferences"] = json!([{
+            "apiVersion": HighAvailabilityMember::api_version(&()),
+            "kind": HighAvailabilityMember::kind(&()),
+            "name": name,
+            "uid": uid,
+        }]);
+    }
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": meta,
+        "spec": {
+            "holderIdentity": opts.node,
+            "leaseDurationSeconds": lease_duration.as_secs().max(1),
+            "renewTime": MicroTime(Timestamp::now()),
+        },
+    });
+    // Through the node's own API server only: a write there needs its etcd quorum, which is what is judged.
+    let api: Api<Lease> = Api::namespaced(opts.api.local(), &opts.namespace);
+    let params = PatchParams::apply(MANAGER).force();
+    match tokio::time::timeout(timeout, api.patch(&heartbeat_lease(name), &params, &Patch::Apply(&lease))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+/// The other members of the cluster with the resourceVersions of their heartbeat Leases, read through the
+/// node's own API server.
+async fn peer_heartbeats(opts: &Options, name: &str, cluster: &str, timeout: Duration) -> Result<Vec<Peer>, String> {
+    let local = opts.api.local();
+    let selector = format!("{CLUSTER_LABEL}={cluster}");
+    let params = ListParams::default().labels(&selector);
+    let members_api = Api::<HighAvailabilityMember>::all(local.clone());
+    let leases_api = Api::<Lease>::namespaced(local, &opts.namespace);
+    let members = members_api.list(&params);
+    let leases = leases_api.list_metadata(&params);
+    let (members, leases) = tokio::time::timeout(timeout, async { tokio::try_join!(members, leases) })
+        .await
+        .map_err(|_| "no answer".to_string())?
+        .map_err(|e| e.to_string())?;
+    let versions: HashMap<String, Option<String>> =
+        leases.items.iter().map(|l| (l.name_any(), l.resource_version())).collect();
+    Ok(members
+        .items
+        .iter()
+        .filter(|m| m.name_any() != name)
+        .map(|m| Peer {
+            lease_version: versions.get(&heartbeat_lease(&m.name_any())).cloned().flatten(),
+            holds_vip: m.status.as_ref().is_some_and(|s| s.holds_vip),
+            name: m.name_any(),
+        })
+        .collect())
+}
+
+fn state_of(s: kubeha_vrrp::router::State) -> VrrpState {
+    use kubeha_vrrp::router::State;
+    match s {
+        State::Initialize => VrrpState::Initialize,
+        State::Backup => VrrpState::Backup,
+        State::Master => VrrpState::Master,
+        State::Fault => VrrpState::Fault,
+    }
+}
+
+fn time(t: SystemTime) -> Time {
+    Time(Timestamp::try_from(t).unwrap_or_else(|_| Timestamp::now()))
+}
+
+/// The member status from what the driver, the proxy and fencing observe.
+fn status_of(s: &Shared, observed: Option<&Observed>, fenced: bool) -> HighAvailabilityMemberStatus {
+    let mut st = HighAvailabilityMemberStatus {
+        observed_generation: s.generation,
+        agent_version: Some(env!("CARGO_PKG_VERSION").into()),
+        heartbeat_time: Some(Time(Timestamp::now())),
+        error: s.error.clone(),
+        state: VrrpState::Initialize,
+        ..HighAvailabilityMemberStatus::default()
+    };
+    if let Some(o) = observed {
+        st.state = state_of(o.state);
+        st.holds_vip = o.holds_vip;
+        st.effective_priority = Some(i32::from(o.effective_priority));
+        st.master_seen = o.master_seen.map(|a| a.to_string());
+        st.health = o
+            .verdicts
+            .iter()
+            .map(|v| CheckResult {
+                name: v.name.clone(),
+                healthy: v.healthy != Some(false),
+                message: (!v.detail.is_empty()).then(|| v.detail.clone()),
+                since: v.since.map(time),
+            })
+            .collect();
+        st.penalties = o
+            .verdicts
+            .iter()
+            .filter(|v| v.healthy == Some(false))
+            .map(|v| Penalty {
+                source: v.name.clone(),
+                amount: -v.weight,
+                reason: if v.weight == 0 {
+                    format!("check {} fails ({}): must not hold the VIP", v.name, v.detail)
+                } else {
+                    format!("check {} fails: {}", v.name, v.detail)
+                },
+            })
+            .collect();
+        st.last_transition = o.last_transition.as_ref().map(|t| Transition {
+            from: state_of(t.from),
+            to: state_of(t.to),
+            at: time(t.at),
+            reason: format!("{:?}", t.reason),
+        });
+    } else if s.spec.vip.is_none() && s.error.is_none() {
+        // A proxy-only member has no VRRP state; it runs.
+        st.state = VrrpState::Backup;
+    }
+    if fenced {
+        st.penalties.push(Penalty {
+            source: "QuorumFencing".into(),
+            amount: s.spec.fencing_boost,
+            reason: "cannot renew the heartbeat Lease through this node's API server (no etcd quorum, or cut off): \
+                     members that can are raised above this one"
+                .into(),
+        });
+    }
+    if let Some(p) = &s.proxy {
+        st.proxy_backends = p
+            .backends()
+            .into_iter()
+            .map(|b| BackendStatus {
+                address: b.addr.to_string(),
+                healthy: b.healthy != Some(false),
+                active_connections: i64::try_from(b.active).unwrap_or(i64::MAX),
+                since: None,
+            })
+            .collect();
+    }
+    st
+}
+
+async fn write_status(opts: &Options, name: &str, status: &HighAvailabilityMemberStatus) -> Result<(), kube::Error> {
+    let patch = json!({
+        "apiVersion": HighAvailabilityMember::api_version(&()),
+        "kind": HighAvailabilityMember::kind(&()),
+        "status": status,
+    });
+    api::with_failover(&opts.api, REQUEST_TIMEOUT, |c| {
+        let patch = patch.clone();
+        async move {
+            Api::<HighAvailabilityMember>::all(c)
+                .patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+                .await
+        }
+    })
+    .await
+    .map(drop)
+}
+
+/// The agent's metrics registry: one set of VRRP and proxy metrics per member, labelled with its name and
+/// kept for the life of the process, so that a member restarted in place keeps counting.
+#[derive(Clone, Debug)]
+pub struct MemberMetrics {
+    registry: kubeha_common::telemetry::SharedRegistry,
+    made: Arc<std::sync::Mutex<HashMap<String, (VrrpMetrics, ProxyMetrics)>>>,
+}
+
+impl MemberMetrics {
+    /// Adds member metrics to `registry` as members come.
+    pub fn new(registry: kubeha_common::telemetry::SharedRegistry) -> Self {
+        Self { registry, made: Arc::default() }
+    }
+
+    /// The metrics of `member`, registered on first use.
+    pub fn member(&self, member: &str) -> (VrrpMetrics, ProxyMetrics) {
+        let mut made = self.made.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        made.entry(member.to_string())
+            .or_insert_with(|| {
+                let mut registry = self.registry.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let sub: &mut Registry =
+                    registry.sub_registry_with_label((std::borrow::Cow::Borrowed("member"), member.to_string().into()));
+                (VrrpMetrics::register(sub), ProxyMetrics::register(sub))
+            })
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(start: Instant, s: u64) -> Instant {
+        start + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn a_member_that_stops_renewing_is_fenced_on_its_own_deadline() {
+        let s = Instant::now();
+        let mut f = Fencing::new(Duration::from_secs(10), s);
+        assert!(!f.fenced(t(s, 9)), "grace of one deadline after start");
+        assert!(f.fenced(t(s, 10)));
+        f.renewed(t(s, 8));
+        assert!(!f.fenced(t(s, 17)));
+        assert!(f.fenced(t(s, 18)), "last renewal start + renewDeadline");
+    }
+
+    #[test]
+    fn renewing_members_are_boosted_only_while_another_member_is_stale() {
+        let s = Instant::now();
+        let mut f = Fencing::new(Duration::from_secs(10), s);
+        let peers = |a: &str, b: &str| {
+            vec![
+                Peer { name: "c-n2".into(), lease_version: Some(a.into()), holds_vip: false },
+                Peer { name: "c-n3".into(), lease_version: Some(b.into()), holds_vip: true },
+            ]
+        };
+        for i in 0..6 {
+            f.renewed(t(s, i * 2));
+            f.observe(t(s, i * 2), &peers(&format!("{i}"), &format!("{i}")));
+        }
+        assert_eq!(f.boost(t(s, 11), 21), 0, "everyone renews");
+        // n3's Lease stops changing at t=10.
+        for i in 6..12 {
+            f.renewed(t(s, i * 2));
+            f.observe(t(s, i * 2), &peers(&format!("{i}"), "5"));
+        }
+        assert_eq!(f.stale(t(s, 19)), Vec::<String>::new(), "within n3's renew deadline");
+        assert_eq!(f.stale(t(s, 20)), vec!["c-n3".to_string()]);
+        assert_eq!(f.boost(t(s, 22), 21), 21, "this member renews, n3 does not");
+        assert!(f.take_over(t(s, 22)), "and n3 holds the VIP: preempt it");
+        // This member stops renewing too (the whole control plane is down): nobody is boosted.
+        assert_eq!(f.boost(t(s, 32), 21), 0, "its own deadline passed at 22 + 10");
+        assert_eq!(f.boost(t(s, 22), 0), 0, "no boost configured");
+    }
+
+    #[test]
+    fn a_member_without_a_lease_turns_stale_after_the_grace_and_removed_members_are_forgotten() {
+        let s = Instant::now();
+        let mut f = Fencing::new(Duration::from_secs(10), s);
+        f.observe(s, &[Peer { name: "c-n2".into(), lease_version: None, holds_vip: false }]);
+        assert!(f.stale(t(s, 9)).is_empty());
+        assert_eq!(f.stale(t(s, 10)), vec!["c-n2".to_string()]);
+        assert!(!f.take_over(t(s, 10)), "a stale member without the VIP is not preempted");
+        f.observe(t(s, 11), &[]);
+        assert!(f.stale(t(s, 30)).is_empty());
+    }
+
+    #[test]
+    fn ready_https_endpoints_of_the_kubernetes_slice_become_backends() {
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "kubernetes", "namespace": "default"},
+            "addressType": "IPv4",
+            "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["198.51.100.12"], "conditions": {"ready": true}},
+                {"addresses": ["198.51.100.11"]},
+                {"addresses": ["198.51.100.13"], "conditions": {"ready": false}},
+            ],
+        }))
+        .unwrap();
+        let got = slice_backends(&[slice]);
+        assert_eq!(got, vec!["198.51.100.11:6443".parse().unwrap(), "198.51.100.12:6443".parse().unwrap()]);
+    }
+}

@@ -1,0 +1,165 @@
+//! The agent in cluster mode on the real control plane, installed as `e2e/cluster install-kubeha` installs it:
+//! one HighAvailabilityCluster → the VIP on the highest priority, live changes, an API outage that the VIP
+//! rides out (the agents run from their last-known-good members), and quorum fencing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Up, wait_until};
+use kubeha_e2e::{Component, Host, NODES, VIP_V4};
+
+const N1: Host = NODES[0];
+const N3: Host = NODES[2];
+
+fn apply(up: &Up, name: &str, spec: &str) {
+    let yaml = format!(
+        "apiVersion: kubeha.io/v1alpha1\nkind: HighAvailabilityCluster\nmetadata: {{name: {name}}}\nspec:\n  \
+         vip: 198.51.100.10/24\n  vrid: 51\n  interface: eth0\n{spec}"
+    );
+    let path = up.cluster.dir().join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    up.kubectl(&["apply", "-f", path.to_str().unwrap()]);
+}
+
+fn holders(up: &Up) -> Vec<Host> {
+    up.cluster.holders(VIP_V4.into())
+}
+
+async fn until_holders(up: &Up, want: &[Host], within: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if holders(up) == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("VIP holders {:?}, wanted {want:?} within {within:?}", holders(up));
+}
+
+/// Asserts that `want` alone holds the VIP for all of `how_long`, sampling every 20 ms.
+async fn holds_throughout(up: &Up, want: &[Host], how_long: Duration, during: &str) {
+    let start = Instant::now();
+    while start.elapsed() < how_long {
+        let now = holders(up);
+        assert_eq!(now, want, "VIP moved {during} after {:?}", start.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn get(up: &Up, what: &str, path: &str) -> String {
+    up.kubectl(&["get", what, "-o", &format!("jsonpath={path}")])
+}
+
+async fn status_shows(up: &Up, master: &str) {
+    let want = format!("{master} True");
+    let members: String =
+        NODES.iter().map(|n| format!("{n}={} ", if n.name() == master { "Master" } else { "Backup" })).collect();
+    wait_until(
+        &format!("hac api shows {master} active and Ready, members {members}"),
+        Duration::from_secs(30),
+        || async {
+            get(up, "hac/api", "{.status.activeNode} {.status.conditions[?(@.type==\"Ready\")].status}") == want
+                && get(up, "ham", "{range .items[*]}{.spec.nodeName}={.status.state} {end}") == members
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_cluster_gets_its_vip_follows_changes_and_rides_out_an_api_outage() {
+    let up = Up::new().await;
+    up.cluster.install_kubeha().await.expect("install kubeha");
+    apply(&up, "api", "");
+    // Default priorities: n1 200, n2 190, n3 180.
+    until_holders(&up, &[N1], Duration::from_secs(20)).await;
+    status_shows(&up, "n1").await;
+    let table = up.kubectl(&["get", "hac"]);
+    assert!(table.contains("n1") && table.contains("True") && table.contains("3/3"), "{table}");
+
+    // Slower adverts and a new priority that keeps n1 on top: applied in place, the VIP does not move.
+    apply(&up, "api", "  vrrp: {advertInterval: 300ms}\n  masters: {priorities: {n2: 195}}\n");
+    holds_throughout(&up, &[N1], Duration::from_secs(4), "on a change that keeps n1 on top").await;
+    for n in NODES {
+        wait_until(&format!("{n} applied the new timers in place"), Duration::from_secs(10), || async {
+            up.cluster.agent_log(&n).contains("VRRP timers changed advert_interval_cs=30")
+        })
+        .await;
+        assert!(!up.cluster.agent_log(&n).contains("restart_vrrp=true"), "{n} restarted VRRP for a timer change");
+    }
+    // A new top priority: the VIP moves, once, to n3.
+    apply(&up, "api", "  vrrp: {advertInterval: 300ms}\n  masters: {priorities: {n2: 195, n3: 250}}\n");
+    until_holders(&up, &[N3], Duration::from_secs(10)).await;
+    status_shows(&up, "n3").await;
+
+    // Every API server down: the VIP stays, and VRRP still fails over when the master's agent dies.
+    for n in NODES {
+        up.cluster.stop_apiserver(&n).unwrap();
+    }
+    holds_throughout(&up, &[N3], Duration::from_secs(8), "while every API server is down").await;
+    up.cluster.kill_agent(&N3).unwrap();
+    // A SIGKILLed agent cannot remove its VIP; its short lifetime ends it. n1 (200) takes over.
+    until_holders(&up, &[N1], Duration::from_secs(10)).await;
+    // Restarted with no API, n3's agent runs from its last-known-good member and takes the VIP back (250).
+    up.cluster.start_agent(&N3).await.unwrap();
+    until_holders(&up, &[N3], Duration::from_secs(10)).await;
+    assert!(up.cluster.agent_log(&N3).contains("starting from the last-known-good members"));
+
+    // The API returns: status catches up with what happened meanwhile.
+    for n in NODES {
+        up.cluster.start_apiserver(&n).await.unwrap();
+    }
+    status_shows(&up, "n3").await;
+    holds_throughout(&up, &[N3], Duration::from_secs(2), "after the API returned").await;
+
+    // Deleting the cluster releases the VIP everywhere.
+    up.kubectl(&["delete", "hac", "api", "--wait=true", "--timeout=60s"]);
+    until_holders(&up, &[], Duration::from_secs(10)).await;
+    assert_eq!(up.kubectl(&["get", "ham", "-o", "name"]).trim(), "", "members are gone");
+}
+
+#[tokio::test]
+async fn a_master_that_loses_etcd_quorum_hands_the_vip_to_the_majority_and_a_partition_heals_cleanly() {
+    let up = Up::new().await;
+    up.cluster.install_kubeha().await.expect("install kubeha");
+    // No API-server health check: only quorum fencing may move the VIP here.
+    let spec = |preempt: bool| {
+        format!(
+            "  health: {{enabled: false}}\n  masters: {{priorities: {{n3: 250}}}}\n  vrrp: {{preempt: {preempt}}}\n  \
+             election: {{leaseDuration: 6s, renewDeadline: 4s, retryPeriod: 1s}}\n"
+        )
+    };
+    apply(&up, "api", &spec(true));
+    until_holders(&up, &[N3], Duration::from_secs(20)).await;
+    status_shows(&up, "n3").await;
+    // Preempt off from here on (applied in place), so that what moves the VIP below is fencing alone.
+    apply(&up, "api", &spec(false));
+    wait_until("n1 turned preempt off", Duration::from_secs(10), || async {
+        up.cluster.agent_log(&N1).contains("preempt=false")
+    })
+    .await;
+
+    // n3's etcd member stops: its API server (which talks only to it) cannot write, so n3 cannot renew its
+    // heartbeat. n1 and n2 still can; they rise above n3 and the higher, n1, takes over.
+    up.cluster.stop_component(&N3, Component::Etcd).unwrap();
+    until_holders(&up, &[N1], Duration::from_secs(15)).await;
+    wait_until("n3 reported as fenced", Duration::from_secs(15), || async {
+        get(&up, "ham/api-n3", "{.status.penalties[*].source}").contains("QuorumFencing")
+    })
+    .await;
+    up.cluster.start_component(&N3, Component::Etcd).unwrap();
+    // n3 renews again and the boost ends; preempt is off, so n1 keeps the VIP. (With preempt off, it was
+    // fencing that made n1 preempt a master without quorum.)
+    holds_throughout(&up, &[N1], Duration::from_secs(8), "after n3's etcd returned (preempt off)").await;
+
+    // A partition of the master (n1) from the other two: the majority takes over; on its side n1 keeps it.
+    up.cluster.isolate(&N1).unwrap();
+    until_holders(&up, &[N1, N3], Duration::from_secs(5)).await;
+    // Long enough for n1's heartbeat to turn stale on the majority side, which then outranks it.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    up.cluster.rejoin(&N1).unwrap();
+    // When the two masters meet, the majority's boosted n3 wins; n1 steps down and, preempt off, stays down.
+    until_holders(&up, &[N3], Duration::from_secs(5)).await;
+    holds_throughout(&up, &[N3], Duration::from_secs(8), "after the partition healed").await;
+    status_shows(&up, "n3").await;
+}

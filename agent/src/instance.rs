@@ -47,7 +47,8 @@ pub fn plan(old: &HighAvailabilityMemberSpec, new: &HighAvailabilityMemberSpec) 
         || ov.version != nv.version
         || ov.accept != nv.accept
         || unicast_switch
-        || owner_switch;
+        || owner_switch
+        || old.election.mode != new.election.mode;
     if !p.restart_vrrp && config::vip(new).is_some() {
         if let Some(t) = tuning(new).filter(|t| tuning(old) != Some(*t)) {
             p.commands.push(Command::Tune(t));
@@ -116,6 +117,12 @@ pub enum StartError {
     /// The proxy.
     #[error("proxy: {0}")]
     Proxy(#[from] proxy::ProxyError),
+    /// A mode this agent does not run.
+    #[error(
+        "election.mode Lease is not supported by kubeha-agent {0} yet: nothing runs for this member, so that no \
+         node takes the VIP by VRRP on a network that blocks it; use mode VRRP"
+    )]
+    LeaseMode(&'static str),
 }
 
 /// One member's running parts.
@@ -161,6 +168,9 @@ impl Instance {
     async fn start_vrrp(&self) -> Result<Option<(Task, Control)>, StartError> {
         if config::vip(&self.spec).is_none() {
             return Ok(None);
+        }
+        if self.spec.election.mode == kubeha_crds::ElectionMode::Lease {
+            return Err(StartError::LeaseMode(env!("CARGO_PKG_VERSION")));
         }
         let mut driver = Driver::new(&self.spec, self.vrrp_metrics.clone()).await?;
         let control = driver.control();
@@ -293,6 +303,7 @@ mod tests {
             |s: &mut HighAvailabilityMemberSpec| s.interface = Some("eth1".into()),
             |s: &mut HighAvailabilityMemberSpec| s.vrrp.version = 2,
             |s: &mut HighAvailabilityMemberSpec| s.vrrp.peers.clear(),
+            |s: &mut HighAvailabilityMemberSpec| s.election.mode = kubeha_crds::ElectionMode::Lease,
         ] {
             let mut new = old.clone();
             change(&mut new);

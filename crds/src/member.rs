@@ -96,7 +96,8 @@ pub struct HighAvailabilityMemberSpec {
     #[serde(default)]
     pub metrics: Metrics,
 
-    /// Where the agent keeps its last-known-good configuration (default /var/lib/kubeha).
+    /// Kept for compatibility and not used: the agent in cluster mode keeps its last-known-good members in
+    /// its --state-dir (a hostPath in the chart, default /var/lib/kubeha), needed before any member is read.
     #[serde(default = "default_state_dir")]
     #[schemars(length(max = 4096))]
     pub state_dir: String,

@@ -141,8 +141,11 @@ async fn a_master_that_loses_etcd_quorum_hands_the_vip_to_the_majority_and_a_par
 
     // n3's etcd member stops: its API server (which talks only to it) cannot write, so n3 cannot renew its
     // heartbeat. n1 and n2 still can; they rise above n3 and the higher, n1, takes over.
+    let stopped = Instant::now();
     up.cluster.stop_component(&N3, Component::Etcd).unwrap();
     until_holders(&up, &[N1], Duration::from_secs(15)).await;
+    // Recorded, not asserted: renewDeadline (4 s) after n3's last renewal, plus a Master_Down_Interval.
+    eprintln!("fencing: n3's etcd stopped → VIP on n1 alone after {:.2} s", stopped.elapsed().as_secs_f64());
     wait_until("n3 reported as fenced", Duration::from_secs(15), || async {
         get(&up, "ham/api-n3", "{.status.penalties[*].source}").contains("QuorumFencing")
     })
@@ -153,13 +156,20 @@ async fn a_master_that_loses_etcd_quorum_hands_the_vip_to_the_majority_and_a_par
     holds_throughout(&up, &[N1], Duration::from_secs(8), "after n3's etcd returned (preempt off)").await;
 
     // A partition of the master (n1) from the other two: the majority takes over; on its side n1 keeps it.
+    let cut = Instant::now();
     up.cluster.isolate(&N1).unwrap();
     until_holders(&up, &[N1, N3], Duration::from_secs(5)).await;
+    eprintln!(
+        "partition: n1 isolated → n3 holds the VIP on the majority side after {:.2} s",
+        cut.elapsed().as_secs_f64()
+    );
     // Long enough for n1's heartbeat to turn stale on the majority side, which then outranks it.
     tokio::time::sleep(Duration::from_secs(8)).await;
+    let healed = Instant::now();
     up.cluster.rejoin(&N1).unwrap();
     // When the two masters meet, the majority's boosted n3 wins; n1 steps down and, preempt off, stays down.
     until_holders(&up, &[N3], Duration::from_secs(5)).await;
+    eprintln!("heal: one VIP holder (n3) again after {:.2} s", healed.elapsed().as_secs_f64());
     holds_throughout(&up, &[N3], Duration::from_secs(8), "after the partition healed").await;
     status_shows(&up, "n3").await;
 }

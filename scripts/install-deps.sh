@@ -6,8 +6,9 @@ set -euo pipefail
 # iproute2: namespaces, veths, bridge; iputils-ping: client reachability in the VRRP tests; keepalived: the
 # interop peer and benchmark baseline (its service is not enabled by the tests); procps/psmisc:
 # process inspection for people; util-linux: flock; haproxy: the proxy benchmark's baseline (its service is
-# not used: the benchmark runs its own instance).
-packages=(iproute2 iputils-ping keepalived haproxy procps psmisc util-linux ca-certificates)
+# not used: the benchmark runs its own instance); nftables: drops VRRP in the Lease-mode test, as a network
+# that blocks protocol 112 would.
+packages=(iproute2 iputils-ping keepalived haproxy nftables procps psmisc util-linux ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use crate::api::{self, ApiServers};
 use crate::driver::Observed;
 use crate::instance::Instance;
+use crate::leasemode::LeaseContext;
 use crate::metrics::{ProxyMetrics, VrrpMetrics};
 use crate::state::{Saved, Store};
 
@@ -215,7 +216,8 @@ impl Supervisor {
         } else {
             let (vrrp_metrics, proxy_metrics) = self.registry.member(&name);
             let mut error = None;
-            let instance = match Instance::start(spec.clone(), vrrp_metrics, proxy_metrics).await {
+            let lease = self.lease_context(&cluster);
+            let instance = match Instance::start(spec.clone(), vrrp_metrics, proxy_metrics, Some(lease)).await {
                 Ok(mut i) => {
                     i.set_discovered(self.discovered.clone());
                     tracing::info!(member = %name, generation, "member started");
@@ -249,6 +251,17 @@ impl Supervisor {
         }
     }
 
+    /// Lease mode's election goes through the node's own API server, like the heartbeat: a master whose API
+    /// server has no etcd quorum cannot keep the Lease.
+    fn lease_context(&self, cluster: &str) -> LeaseContext {
+        LeaseContext {
+            client: self.opts.api.local(),
+            namespace: self.opts.namespace.clone(),
+            cluster: cluster.to_string(),
+            identity: self.opts.node.clone(),
+        }
+    }
+
     /// Starts again the members whose start failed (the interface appeared, the port became free).
     async fn retry_failed(&mut self) {
         for (name, m) in &mut self.members {
@@ -256,7 +269,13 @@ impl Supervisor {
                 continue;
             }
             let (vrrp_metrics, proxy_metrics) = self.registry.member(name);
-            match Instance::start(m.spec.clone(), vrrp_metrics, proxy_metrics).await {
+            let lease = LeaseContext {
+                client: self.opts.api.local(),
+                namespace: self.opts.namespace.clone(),
+                cluster: m.cluster.clone(),
+                identity: self.opts.node.clone(),
+            };
+            match Instance::start(m.spec.clone(), vrrp_metrics, proxy_metrics, Some(lease)).await {
                 Ok(mut i) => {
                     i.set_discovered(self.discovered.clone());
                     tracing::info!(member = %name, "member started");
@@ -772,7 +791,7 @@ fn status_of(s: &Shared, observed: Option<&Observed>, fenced: bool) -> HighAvail
             from: state_of(t.from),
             to: state_of(t.to),
             at: time(t.at),
-            reason: format!("{:?}", t.reason),
+            reason: t.reason.clone(),
         });
     } else if s.spec.vip.is_none() && s.error.is_none() {
         // A proxy-only member has no VRRP state; it runs.

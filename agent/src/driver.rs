@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use kubeha_crds::HighAvailabilityMemberSpec;
-use kubeha_vrrp::router::{Action, Announce, Config, Input, Reason as VrrpReason, Router, State, Tuning};
+use kubeha_vrrp::router::{Action, Announce, Config, Input, Router, State, Tuning};
 use kubeha_vrrp::wire::{ChecksumForm, Endpoints, Version, decode};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -67,8 +67,8 @@ pub struct Seen {
     pub from: State,
     /// After.
     pub to: State,
-    /// Why.
-    pub reason: VrrpReason,
+    /// Why (a VRRP reason like MasterDown, or LeaseAcquired / LeaseLost in Lease mode).
+    pub reason: String,
     /// When.
     pub at: std::time::SystemTime,
 }
@@ -453,7 +453,8 @@ impl Driver {
                 }
             }
             Action::Transition { from, to, reason } => {
-                self.last_transition = Some(Seen { from, to, reason, at: std::time::SystemTime::now() });
+                self.last_transition =
+                    Some(Seen { from, to, reason: format!("{reason:?}"), at: std::time::SystemTime::now() });
                 self.metrics.set_state(state_name(to));
                 self.metrics.transitions.get_or_create(&Reason { reason: format!("{reason:?}") }).inc();
                 self.metrics.effective_priority.set(i64::from(self.router.effective_priority()));

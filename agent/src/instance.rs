@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::config;
 use crate::driver::{self, Command, Control, Driver, Observed};
+use crate::leasemode::{LeaseContext, LeaseHolder};
 use crate::metrics::{ProxyMetrics, VrrpMetrics};
 use crate::proxy::{self, BackendView, Proxy, ProxyHandle};
 
@@ -117,12 +118,12 @@ pub enum StartError {
     /// The proxy.
     #[error("proxy: {0}")]
     Proxy(#[from] proxy::ProxyError),
-    /// A mode this agent does not run.
+    /// Lease mode without an API (standalone).
     #[error(
-        "election.mode Lease is not supported by kubeha-agent {0} yet: nothing runs for this member, so that no \
-         node takes the VIP by VRRP on a network that blocks it; use mode VRRP"
+        "election.mode Lease needs the API (cluster mode): a standalone agent cannot hold a Lease; use mode VRRP \
+         in a config file"
     )]
-    LeaseMode(&'static str),
+    LeaseMode,
 }
 
 /// One member's running parts.
@@ -135,6 +136,8 @@ pub struct Instance {
     proxy: Option<(Task, ProxyHandle)>,
     /// Backends learned from the cluster (the default/kubernetes EndpointSlice), added to the spec's.
     discovered: Vec<SocketAddr>,
+    /// What Lease mode needs; `None` standalone, where Lease mode cannot run.
+    lease: Option<LeaseContext>,
 }
 
 impl Instance {
@@ -144,8 +147,9 @@ impl Instance {
         spec: HighAvailabilityMemberSpec,
         vrrp_metrics: VrrpMetrics,
         proxy_metrics: ProxyMetrics,
+        lease: Option<LeaseContext>,
     ) -> Result<Self, StartError> {
-        let mut me = Self { spec, vrrp_metrics, proxy_metrics, vrrp: None, proxy: None, discovered: Vec::new() };
+        let mut me = Self { spec, vrrp_metrics, proxy_metrics, vrrp: None, proxy: None, discovered: Vec::new(), lease };
         me.proxy = me.start_proxy()?;
         match me.start_vrrp().await {
             Ok(v) => me.vrrp = v,
@@ -170,7 +174,9 @@ impl Instance {
             return Ok(None);
         }
         if self.spec.election.mode == kubeha_crds::ElectionMode::Lease {
-            return Err(StartError::LeaseMode(env!("CARGO_PKG_VERSION")));
+            let ctx = self.lease.clone().ok_or(StartError::LeaseMode)?;
+            let (holder, control) = LeaseHolder::new(&self.spec, ctx, self.vrrp_metrics.clone()).await?;
+            return Ok(Some((Task::spawn(|rx| holder.run(stopped(rx))), control)));
         }
         let mut driver = Driver::new(&self.spec, self.vrrp_metrics.clone()).await?;
         let control = driver.control();

@@ -11,6 +11,7 @@ pub mod config;
 pub mod driver;
 pub mod health;
 pub mod instance;
+pub mod leasemode;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;

@@ -470,6 +470,31 @@ impl Cluster {
         self.kubeha_daemon(&CLIENTS[0], "kubeha-operator").stop(Duration::ZERO);
     }
 
+    /// Drops every VRRP packet (IP protocol 112) to and from every master, as a network that blocks VRRP
+    /// does: an nftables table `khvrrp` in each master's namespace (gone with the namespace).
+    pub fn block_vrrp(&self) -> Result<()> {
+        for node in NODES {
+            let ns = node.netns();
+            let nft = |args: &[&str]| process::run(Command::new("ip").args(["netns", "exec", &ns, "nft"]).args(args));
+            nft(&["add", "table", "inet", "khvrrp"])?;
+            for (chain, hook) in [("in", "input"), ("out", "output")] {
+                nft(&["add", "chain", "inet", "khvrrp", chain, &format!("{{ type filter hook {hook} priority 0; }}")])?;
+                nft(&["add", "rule", "inet", "khvrrp", chain, "meta", "l4proto", "112", "drop"])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes [`Cluster::block_vrrp`].
+    pub fn allow_vrrp(&self) -> Result<()> {
+        for node in NODES {
+            let _ = Command::new("ip")
+                .args(["netns", "exec", &node.netns(), "nft", "delete", "table", "inet", "khvrrp"])
+                .output();
+        }
+        Ok(())
+    }
+
     /// Stops one component of a master (SIGTERM; SIGKILL after 15 s).
     pub fn stop_component(&self, node: &Node, c: Component) -> Result<()> {
         master(node)?;

@@ -51,6 +51,10 @@ enum Cmd {
     StopAgent { node: String },
     /// Start a master's kubeha-agent and wait until it is ready.
     StartAgent { node: String },
+    /// Drop VRRP (IP protocol 112) to and from every master, as a network that blocks it.
+    BlockVrrp,
+    /// Undo block-vrrp.
+    AllowVrrp,
     /// Run a command on a host: `e2e/cluster exec n1 -- ip addr`.
     Exec {
         host: String,
@@ -98,6 +102,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Isolate { host } => cluster.isolate(&Host::parse(&host)?)?,
         Cmd::Rejoin { host } => cluster.rejoin(&Host::parse(&host)?)?,
         Cmd::InstallKubeha => cluster.install_kubeha().await?,
+        Cmd::BlockVrrp => cluster.block_vrrp()?,
+        Cmd::AllowVrrp => cluster.allow_vrrp()?,
         Cmd::KillAgent { node } => cluster.kill_agent(&Host::parse(&node)?)?,
         Cmd::StopAgent { node } => cluster.stop_agent(&Host::parse(&node)?)?,
         Cmd::StartAgent { node } => cluster.start_agent(&Host::parse(&node)?).await?,

@@ -141,11 +141,16 @@ async fn a_master_that_loses_etcd_quorum_hands_the_vip_to_the_majority_and_a_par
 
     // n3's etcd member stops: its API server (which talks only to it) cannot write, so n3 cannot renew its
     // heartbeat. n1 and n2 still can; they rise above n3 and the higher, n1, takes over.
-    let stopped = Instant::now();
+    let stopping = Instant::now();
     up.cluster.stop_component(&N3, Component::Etcd).unwrap();
+    let gone = Instant::now();
     until_holders(&up, &[N1], Duration::from_secs(15)).await;
-    // Recorded, not asserted: renewDeadline (4 s) after n3's last renewal, plus a Master_Down_Interval.
-    eprintln!("fencing: n3's etcd stopped → VIP on n1 alone after {:.2} s", stopped.elapsed().as_secs_f64());
+    // Recorded, not asserted: about renewDeadline (4 s) after n3's last renewal, plus a Master_Down_Interval.
+    eprintln!(
+        "fencing: n3's etcd took {:.2} s to stop; VIP on n1 alone {:.2} s after it was gone",
+        (gone - stopping).as_secs_f64(),
+        gone.elapsed().as_secs_f64()
+    );
     wait_until("n3 reported as fenced", Duration::from_secs(15), || async {
         get(&up, "ham/api-n3", "{.status.penalties[*].source}").contains("QuorumFencing")
     })
@@ -172,4 +177,40 @@ async fn a_master_that_loses_etcd_quorum_hands_the_vip_to_the_majority_and_a_par
     eprintln!("heal: one VIP holder (n3) again after {:.2} s", healed.elapsed().as_secs_f64());
     holds_throughout(&up, &[N3], Duration::from_secs(8), "after the partition healed").await;
     status_shows(&up, "n3").await;
+}
+
+#[tokio::test]
+async fn lease_mode_holds_one_vip_on_a_network_that_drops_vrrp() {
+    let up = Up::new().await;
+    up.cluster.install_kubeha().await.expect("install kubeha");
+    up.cluster.block_vrrp().unwrap();
+    apply(&up, "api", "  election: {mode: Lease, leaseDuration: 4s, renewDeadline: 3s, retryPeriod: 1s}\n");
+    // Whoever acquires the Lease first holds the VIP; with VRRP blocked, VRRP mode would put it on all three.
+    wait_until("one VIP holder", Duration::from_secs(20), || async { holders(&up).len() == 1 }).await;
+    let first = holders(&up)[0];
+    status_shows(&up, &first.name()).await;
+    holds_throughout(&up, &[first], Duration::from_secs(5), "in Lease mode").await;
+
+    // Its API server stops: it cannot renew through it, drops the VIP on its own deadline, and another
+    // master acquires the Lease after it expires.
+    up.cluster.stop_apiserver(&first).unwrap();
+    let started = Instant::now();
+    wait_until("another single VIP holder", Duration::from_secs(20), || async {
+        let h = holders(&up);
+        h.len() == 1 && h[0] != first
+    })
+    .await;
+    eprintln!("lease mode: {first}'s API server gone → VIP elsewhere after {:.2} s", started.elapsed().as_secs_f64());
+    let second = holders(&up)[0];
+    up.cluster.start_apiserver(&first).await.unwrap();
+
+    // The holder's agent is SIGKILLed: its VIP expires by itself and the Lease passes on.
+    up.cluster.kill_agent(&second).unwrap();
+    wait_until("a third single VIP holder", Duration::from_secs(20), || async {
+        let h = holders(&up);
+        h.len() == 1 && h[0] != second
+    })
+    .await;
+    let third = holders(&up)[0];
+    holds_throughout(&up, &[third], Duration::from_secs(3), "after the hand-over").await;
 }

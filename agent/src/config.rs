@@ -87,6 +87,14 @@ pub fn parse(text: &str) -> Result<HighAvailabilityMemberSpec, ConfigError> {
         .map(|key| Problem { key, message: "unknown key (check its spelling against docs/agent-config.md)".into() })
         .collect();
     problems.extend(validate(&spec));
+    if spec.election.mode == kubeha_crds::ElectionMode::Lease {
+        problems.push(Problem {
+            key: "election.mode".into(),
+            message: "Lease needs the Kubernetes API: only an agent in cluster mode (run --node-name) can hold a \
+                      Lease; a config file runs VRRP (omit election.mode)"
+                .into(),
+        });
+    }
     if problems.is_empty() { Ok(spec) } else { Err(ConfigError::Invalid { path: String::new(), problems }) }
 }
 
@@ -371,6 +379,13 @@ mod tests {
     fn a_wrong_type_names_the_line() {
         let err = parse(&GOOD.replace("vrid: 51", "vrid: fifty")).unwrap_err().to_string();
         assert!(err.contains("vrid") && err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn lease_mode_is_refused_in_a_file() {
+        let e = parse("nodeName: n1\nvip: 198.51.100.10/24\nvrid: 51\ninterface: eth0\nelection: {mode: Lease}\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("election.mode: Lease needs the Kubernetes API"), "{e}");
     }
 
     #[test]

@@ -502,6 +502,13 @@ impl Cluster {
         Ok(())
     }
 
+    /// SIGKILLs one component of a master, like a crash.
+    pub fn kill_component(&self, node: &Node, c: Component) -> Result<()> {
+        master(node)?;
+        self.daemon(node, c).stop(Duration::ZERO);
+        Ok(())
+    }
+
     /// Starts one component of a master unless it runs (without waiting for it).
     pub fn start_component(&self, node: &Node, c: Component) -> Result<()> {
         master(node)?;

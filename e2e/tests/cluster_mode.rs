@@ -213,3 +213,18 @@ async fn lease_mode_holds_one_vip_on_a_network_that_drops_vrrp() {
     let third = holders(&up)[0];
     holds_throughout(&up, &[third], Duration::from_secs(3), "after the hand-over").await;
 }
+
+#[tokio::test]
+async fn the_proxy_adds_the_api_servers_of_the_kubernetes_endpointslice() {
+    let up = Up::new().await;
+    up.cluster.install_kubeha().await.expect("install kubeha");
+    // Only n1 and n2 are masters of this cluster, so their members list only their two API servers; the API
+    // servers themselves list all three in default/kubernetes, and the agents add the third.
+    apply(&up, "api", "  masters: {nodes: [n1, n2]}\n");
+    let spec = get(&up, "ham/api-n1", "{.spec.proxy.backends}");
+    assert!(!spec.contains("198.51.100.13"), "spec backends: {spec}");
+    wait_until("n1's proxy balances over n3's API server too", Duration::from_secs(40), || async {
+        get(&up, "ham/api-n1", "{.status.proxyBackends[*].address}").contains("198.51.100.13:6443")
+    })
+    .await;
+}

@@ -20,8 +20,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::{Resource as _, ResourceExt as _};
 use kubeha_crds::{
-    BackendStatus, CheckResult, ElectionMode, HighAvailabilityMember, HighAvailabilityMemberSpec,
-    HighAvailabilityMemberStatus, Penalty, Transition, VrrpState,
+    BackendStatus, CheckResult, ComponentHealth, ControlPlaneHealth, ElectionMode, HighAvailabilityMember,
+    HighAvailabilityMemberSpec, HighAvailabilityMemberStatus, Penalty, Transition, VrrpState,
 };
 use prometheus_client::registry::Registry;
 use serde_json::json;
@@ -62,6 +62,73 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// The API servers, node-local first.
     pub api: Arc<ApiServers>,
+    /// The node's control-plane health endpoints on loopback.
+    pub components: ComponentUrls,
+}
+
+/// Where this node's control-plane components answer health probes (an empty URL: not probed). They are
+/// probed for liveness over loopback, without verifying certificates: kube-controller-manager and
+/// kube-scheduler serve self-signed ones.
+#[derive(Clone, Debug, Default)]
+pub struct ComponentUrls {
+    /// kube-apiserver /readyz.
+    pub apiserver: String,
+    /// etcd /health (http:// or https://).
+    pub etcd: String,
+    /// kube-controller-manager /healthz.
+    pub controller_manager: String,
+    /// kube-scheduler /healthz.
+    pub scheduler: String,
+}
+
+/// Probes the node's control-plane components every 2 s.
+async fn probe_components(urls: ComponentUrls, out: watch::Sender<ControlPlaneHealth>) {
+    let tls = crate::probe::tls_config(true, None).ok();
+    let one = |url: String| {
+        let tls = tls.clone();
+        async move {
+            if url.is_empty() {
+                return None;
+            }
+            let attempt = async {
+                if url.starts_with("http://") {
+                    crate::probe::http(&url).await
+                } else {
+                    crate::probe::https(&url, tls).await
+                }
+            };
+            let (healthy, message) = match tokio::time::timeout(Duration::from_secs(1), attempt).await {
+                Ok(Ok(m)) => (true, m),
+                Ok(Err(e)) => (false, e),
+                Err(_) => (false, "no answer within 1s".into()),
+            };
+            Some(ComponentHealth { healthy, message: Some(message) })
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (apiserver, etcd, controller_manager, scheduler) = tokio::join!(
+            one(urls.apiserver.clone()),
+            one(urls.etcd.clone()),
+            one(urls.controller_manager.clone()),
+            one(urls.scheduler.clone())
+        );
+        let next = ControlPlaneHealth { apiserver, etcd, controller_manager, scheduler };
+        // Only a change of health wakes the reporters, not a new message for the same state.
+        out.send_if_modified(|v| {
+            let same = |a: &Option<ComponentHealth>, b: &Option<ComponentHealth>| {
+                a.as_ref().map(|c| c.healthy) == b.as_ref().map(|c| c.healthy)
+            };
+            let changed = !(same(&v.apiserver, &next.apiserver)
+                && same(&v.etcd, &next.etcd)
+                && same(&v.controller_manager, &next.controller_manager)
+                && same(&v.scheduler, &next.scheduler));
+            *v = next;
+            changed
+        });
+    }
 }
 
 /// The members of this node as the API has them; `None` until the first list succeeds.
@@ -96,7 +163,14 @@ struct Shared {
 pub async fn run(opts: Options, registry: MemberMetrics, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let store = Store::open(&opts.state_dir)?;
     let opts = Arc::new(opts);
-    let mut sup = Supervisor { opts: opts.clone(), store, members: BTreeMap::new(), registry, discovered: Vec::new() };
+    let mut sup = Supervisor {
+        opts: opts.clone(),
+        store,
+        members: BTreeMap::new(),
+        registry,
+        discovered: Vec::new(),
+        health: watch::channel(ControlPlaneHealth::default()).1,
+    };
     let saved = sup.store.load(&opts.node)?;
     if !saved.is_empty() {
         tracing::info!(members = saved.len(), "starting from the last-known-good members until the API answers");
@@ -107,6 +181,9 @@ pub async fn run(opts: Options, registry: MemberMetrics, shutdown: watch::Receiv
 
     let (wanted_tx, mut wanted_rx) = watch::channel::<Wanted>(None);
     let watcher = tokio::spawn(watch_members(opts.clone(), wanted_tx));
+    let (health_tx, health_rx) = watch::channel(ControlPlaneHealth::default());
+    let probes = tokio::spawn(probe_components(opts.components.clone(), health_tx));
+    sup.health = health_rx;
     let (slice_tx, mut slice_rx) = watch::channel::<Vec<SocketAddr>>(Vec::new());
     let slices = tokio::spawn(watch_endpoint_slice(opts.api.clone(), slice_tx));
     let mut retry = tokio::time::interval(Duration::from_secs(5));
@@ -134,6 +211,7 @@ pub async fn run(opts: Options, registry: MemberMetrics, shutdown: watch::Receiv
     }
     watcher.abort();
     slices.abort();
+    probes.abort();
     tracing::info!("shutting down: every member hands its VIP over");
     for (name, m) in std::mem::take(&mut sup.members) {
         m.reporter.abort();
@@ -151,6 +229,7 @@ struct Supervisor {
     members: BTreeMap<String, Member>,
     registry: MemberMetrics,
     discovered: Vec<SocketAddr>,
+    health: watch::Receiver<ControlPlaneHealth>,
 }
 
 impl Supervisor {
@@ -239,7 +318,7 @@ impl Supervisor {
                 commands: None,
                 error: None,
             });
-            let reporter = tokio::spawn(report(self.opts.clone(), name.clone(), rx));
+            let reporter = tokio::spawn(report(self.opts.clone(), name.clone(), rx, self.health.clone()));
             let m = Member { cluster, generation, uid, spec, instance, error, shared, reporter };
             publish(&m);
             self.members.insert(name.clone(), m);
@@ -560,7 +639,12 @@ pub struct Peer {
     pub holds_vip: bool,
 }
 
-async fn report(opts: Arc<Options>, name: String, mut shared: watch::Receiver<Shared>) {
+async fn report(
+    opts: Arc<Options>,
+    name: String,
+    mut shared: watch::Receiver<Shared>,
+    mut health: watch::Receiver<ControlPlaneHealth>,
+) {
     // The heartbeat runs on its own: a slow status write (an API server that does not answer) must never
     // delay a renewal, or the others would take this member for fenced.
     let (fenced_tx, mut fenced_rx) = watch::channel(false);
@@ -577,7 +661,9 @@ async fn report(opts: Arc<Options>, name: String, mut shared: watch::Receiver<Sh
         let refresh = (lease_duration / 3).max(Duration::from_secs(1));
         let now_observed = observed.as_mut().map(|o| o.borrow_and_update().clone());
         let fenced = *fenced_rx.borrow_and_update();
-        let status = status_of(&s, now_observed.as_ref(), fenced);
+        let mut status = status_of(&s, now_observed.as_ref(), fenced);
+        let probed = health.borrow_and_update().clone();
+        status.control_plane = (probed != ControlPlaneHealth::default()).then_some(probed);
         let due =
             last_written.as_ref().is_none_or(|(last, at)| !same_but_time(last, &status) || at.elapsed() >= refresh);
         if due {
@@ -593,6 +679,7 @@ async fn report(opts: Arc<Options>, name: String, mut shared: watch::Receiver<Sh
             () = tokio::time::sleep_until(next) => {}
             Ok(()) = shared.changed() => {}
             Ok(()) = fenced_rx.changed() => {}
+            Ok(()) = health.changed() => {}
             Ok(()) = async {
                 match observed.as_mut() {
                     Some(o) => o.changed().await,

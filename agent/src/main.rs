@@ -36,7 +36,7 @@ enum Command {
         #[arg(long, conflicts_with = "node_name", required_unless_present = "node_name")]
         config: Option<PathBuf>,
         #[command(flatten)]
-        cluster: ClusterArgs,
+        cluster: Box<ClusterArgs>,
     },
     /// Check a config file and exit: 0 when it is valid, 2 with every problem listed when not.
     Check {
@@ -74,6 +74,18 @@ struct ClusterArgs {
     /// address:port for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:9641")]
     metrics: SocketAddr,
+    /// This node's kube-apiserver readiness, for the control-plane view ("" to skip).
+    #[arg(long, default_value = "https://127.0.0.1:6443/readyz")]
+    apiserver_health_url: String,
+    /// This node's etcd health (kubeadm serves it on the metrics listener; "" to skip).
+    #[arg(long, default_value = "http://127.0.0.1:2381/health")]
+    etcd_health_url: String,
+    /// This node's kube-controller-manager health ("" to skip).
+    #[arg(long, default_value = "https://127.0.0.1:10257/healthz")]
+    controller_manager_health_url: String,
+    /// This node's kube-scheduler health ("" to skip).
+    #[arg(long, default_value = "https://127.0.0.1:10259/healthz")]
+    scheduler_health_url: String,
 }
 
 #[tokio::main]
@@ -171,7 +183,7 @@ async fn terminated() {
     }
 }
 
-async fn run_cluster(args: ClusterArgs) -> anyhow::Result<ExitCode> {
+async fn run_cluster(args: Box<ClusterArgs>) -> anyhow::Result<ExitCode> {
     let node = args.node_name.context("--node-name (or NODE_NAME) is required in cluster mode")?;
     if let Some(ca) = &args.cluster_ca {
         kubeha_agent::probe::set_default_ca(ca);
@@ -191,7 +203,14 @@ async fn run_cluster(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     });
     tracing::info!(node = %node, api_servers = ?servers.addresses(), state_dir = %args.state_dir.display(),
         namespace = %args.namespace, "kubeha-agent running in cluster mode");
-    let opts = cluster::Options { node, namespace: args.namespace, state_dir: args.state_dir, api: servers };
+    let components = cluster::ComponentUrls {
+        apiserver: args.apiserver_health_url,
+        etcd: args.etcd_health_url,
+        controller_manager: args.controller_manager_health_url,
+        scheduler: args.scheduler_health_url,
+    };
+    let opts =
+        cluster::Options { node, namespace: args.namespace, state_dir: args.state_dir, api: servers, components };
     // Ready once running: members come and go while it runs, and no API is needed to run the saved ones.
     ready_tx.send_replace(true);
     let result = cluster::run(opts, metrics, term_rx).await;

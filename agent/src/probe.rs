@@ -105,3 +105,19 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// GET `url` over plain HTTP (etcd's metrics listener, `http://127.0.0.1:2381/health` under kubeadm): 200 is
+/// healthy. Reads at most 4 KiB of the answer.
+pub async fn http(url: &str) -> Result<String, String> {
+    let rest = url.strip_prefix("http://").ok_or("not an http:// URL")?;
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let addr = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
+    let mut tcp = TcpStream::connect(&addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: kubeha-agent\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut head = Vec::with_capacity(256);
+    (&mut tcp).take(4096).read_to_end(&mut head).await.map_err(|e| e.to_string())?;
+    let line = String::from_utf8_lossy(&head);
+    let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no HTTP status line")?;
+    if code == 200 { Ok(format!("HTTP {code}")) } else { Err(format!("HTTP {code}")) }
+}

@@ -391,6 +391,10 @@ pub struct HighAvailabilityClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault_tolerance: Option<i32>,
 
+    /// The control plane behind the VIP: each master's components, the controller leaders, etcd quorum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlaneView>,
+
     /// The latest move of the VIP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<Failover>,
@@ -418,6 +422,57 @@ pub struct MemberSummary {
     /// When the member entered its current state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Time>,
+}
+
+/// The control plane as the agents and the API report it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneView {
+    /// Each master's components (absent: unknown — its agent is not reporting or does not probe it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masters: Vec<MasterHealth>,
+    /// The node whose kube-controller-manager holds the kube-system/kube-controller-manager Lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_manager_leader: Option<String>,
+    /// The node whose kube-scheduler holds the kube-system/kube-scheduler Lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler_leader: Option<String>,
+    /// etcd quorum, from the members' etcd health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdQuorum>,
+}
+
+/// One master's control-plane components.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MasterHealth {
+    /// The node.
+    pub node: String,
+    /// kube-apiserver ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apiserver: Option<bool>,
+    /// etcd member healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<bool>,
+    /// kube-controller-manager healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_manager: Option<bool>,
+    /// kube-scheduler healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<bool>,
+}
+
+/// etcd quorum.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdQuorum {
+    /// etcd members (one per master).
+    pub members: i32,
+    /// Members reported healthy.
+    pub healthy: i32,
+    /// How many more may fail before quorum is lost: healthy − (⌊members/2⌋ + 1), at least 0 while quorum
+    /// holds; −1 when it is lost.
+    pub fault_tolerance: i32,
 }
 
 /// A move of the VIP from one master to another.

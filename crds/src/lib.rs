@@ -11,14 +11,15 @@ mod member;
 mod rules;
 
 pub use cluster::{
-    Balance, ElectionMode, ElectionSpec, Failover, GarpSpec, HighAvailabilityCluster, HighAvailabilityClusterSpec,
-    HighAvailabilityClusterStatus, LocalHealthSpec, Masters, MemberSummary, ProxyHealthCheck, ProxySpec, VrrpSpec,
+    Balance, ControlPlaneView, ElectionMode, ElectionSpec, EtcdQuorum, Failover, GarpSpec, HighAvailabilityCluster,
+    HighAvailabilityClusterSpec, HighAvailabilityClusterStatus, LocalHealthSpec, MasterHealth, Masters, MemberSummary,
+    ProxyHealthCheck, ProxySpec, VrrpSpec,
 };
 pub use interval::{Interval, IntervalError};
 pub use member::{
-    BackendStatus, CheckResult, HealthCheck, HighAvailabilityMember, HighAvailabilityMemberSpec,
-    HighAvailabilityMemberStatus, HttpsCheck, LinkCheck, MemberProxy, MemberVrrp, Metrics, Penalty, TcpCheck,
-    Transition, VrrpState,
+    BackendStatus, CheckResult, ComponentHealth, ControlPlaneHealth, HealthCheck, HighAvailabilityMember,
+    HighAvailabilityMemberSpec, HighAvailabilityMemberStatus, HttpsCheck, LinkCheck, MemberProxy, MemberVrrp, Metrics,
+    Penalty, TcpCheck, Transition, VrrpState,
 };
 
 /// The API group.

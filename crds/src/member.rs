@@ -349,6 +349,9 @@ pub struct HighAvailabilityMemberStatus {
     /// The agent's version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
+    /// The health of this node's control-plane components, as the agent probes them locally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlaneHealth>,
     /// Why the agent cannot run this member, while it cannot (the interface does not exist on this node, the
     /// proxy address is taken, …); absent when it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -414,4 +417,34 @@ pub struct Transition {
     pub at: Time,
     /// Why: MasterDown, HigherPriority, Preempted, Shutdown, CheckFailed, …
     pub reason: String,
+}
+
+/// The node's control-plane components as its agent sees them over loopback. A component the agent is not
+/// told to probe is absent.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneHealth {
+    /// kube-apiserver /readyz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apiserver: Option<ComponentHealth>,
+    /// The etcd member's /health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<ComponentHealth>,
+    /// kube-controller-manager /healthz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_manager: Option<ComponentHealth>,
+    /// kube-scheduler /healthz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<ComponentHealth>,
+}
+
+/// One component's health.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentHealth {
+    /// Whether its health endpoint answered healthy.
+    pub healthy: bool,
+    /// What the probe saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }

@@ -389,6 +389,8 @@ impl Cluster {
             format!("--cluster-ca={}", self.pki.path("ca.crt").display()),
             format!("--state-dir={}", self.dir.join(node.name()).join("kubeha").display()),
             format!("--metrics={}:{AGENT_METRICS_PORT}", node.ipv4()),
+            // The test etcd has no separate metrics listener; its client port serves /health over HTTP.
+            "--etcd-health-url=http://127.0.0.1:2379/health".into(),
         ]);
         Ok(argv)
     }

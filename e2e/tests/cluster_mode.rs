@@ -228,3 +228,65 @@ async fn the_proxy_adds_the_api_servers_of_the_kubernetes_endpointslice() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_status_shows_the_control_plane_and_follows_the_controller_manager_leader() {
+    let up = Up::new().await;
+    up.cluster.install_kubeha().await.expect("install kubeha");
+    apply(&up, "api", "");
+    let healthy = "true true true true";
+    for n in NODES {
+        let path = format!(
+            "{{.status.controlPlane.masters[?(@.node==\"{n}\")].apiserver}} \
+             {{.status.controlPlane.masters[?(@.node==\"{n}\")].etcd}} \
+             {{.status.controlPlane.masters[?(@.node==\"{n}\")].controllerManager}} \
+             {{.status.controlPlane.masters[?(@.node==\"{n}\")].scheduler}}"
+        );
+        wait_until(&format!("every component of {n} healthy"), Duration::from_secs(40), || async {
+            get(&up, "hac/api", &path) == healthy
+        })
+        .await;
+    }
+    let etcd = "{.status.controlPlane.etcd.members} {.status.controlPlane.etcd.healthy}";
+    assert_eq!(get(&up, "hac/api", etcd), "3 3");
+    let leader_path = "{.status.controlPlane.controllerManagerLeader}";
+    let holder = |lease: &'static str| {
+        let cluster = &up.cluster;
+        async move { cluster.lease_holder(lease).await.ok().flatten() }
+    };
+    // The operator reads the API through n1 (the admin kubeconfig): move the leadership off n1 before n1 could
+    // be the node that is killed.
+    if holder("kube-controller-manager").await.as_deref() == Some("n1") {
+        up.cluster.kill_component(&N1, Component::KubeControllerManager).unwrap();
+        wait_until("the controller-manager Lease leaves n1", Duration::from_secs(30), || async {
+            holder("kube-controller-manager").await.is_some_and(|h| h != "n1")
+        })
+        .await;
+        up.cluster.start_component(&N1, Component::KubeControllerManager).unwrap();
+    }
+    let leader = holder("kube-controller-manager").await.unwrap();
+    wait_until(&format!("the status names {leader} as controller-manager leader"), Duration::from_secs(20), || async {
+        get(&up, "hac/api", leader_path) == leader
+    })
+    .await;
+
+    let node = NODES.into_iter().find(|n| n.name() == leader).unwrap();
+    up.cluster.kill_node(&node).unwrap();
+    wait_until(
+        "the status follows the controller-manager leader to a live master",
+        Duration::from_secs(60),
+        || async {
+            let shown = get(&up, "hac/api", leader_path);
+            !shown.is_empty()
+                && shown != leader
+                && holder("kube-controller-manager").await.as_deref() == Some(shown.as_str())
+        },
+    )
+    .await;
+    wait_until("etcd quorum one failure from loss", Duration::from_secs(30), || async {
+        get(&up, "hac/api", etcd) == "3 2"
+            && get(&up, "hac/api", "{.status.conditions[?(@.type==\"QuorumAtRisk\")].reason}")
+                == "OneFailureFromQuorumLoss"
+    })
+    .await;
+}

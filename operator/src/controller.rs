@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -23,7 +24,7 @@ use serde_json::json;
 
 use crate::conflict::{Claim, conflicts};
 use crate::desired::{CLUSTER_LABEL, RELEASE_FINALIZER, desired, masters, member_name, vip_address};
-use crate::status::{Inputs, aggregate, meaningfully_different};
+use crate::status::{Inputs, Leaders, aggregate, meaningfully_different};
 
 /// The field manager of everything the operator writes.
 pub const MANAGER: &str = "kubeha-operator";
@@ -268,6 +269,7 @@ async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, E
         problems: &want.problems,
         conflicts: &found,
         now: Timestamp::now(),
+        leaders: leaders(ctx).await,
     });
     let current = hac.status.clone().unwrap_or_default();
     if meaningfully_different(&current, &out.status) {
@@ -288,6 +290,29 @@ async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, E
     }
     // Heartbeats age without any watch event: look again before a member could turn stale unnoticed.
     Ok(Action::requeue(Duration::from_secs(5)))
+}
+
+/// The nodes holding the kube-system controller Leases. client-go's holder identity is the hostname, an
+/// underscore and a UUID; a Lease not renewed within its duration is held by nobody. A failed read leaves the
+/// leader unknown, it does not fail the reconcile.
+async fn leaders(ctx: &Context) -> Leaders {
+    let api: Api<Lease> = Api::namespaced(ctx.client.clone(), "kube-system");
+    let holder = |name: &'static str| {
+        let api = api.clone();
+        async move {
+            let lease = api.get_opt(name).await.ok().flatten()?;
+            let spec = lease.spec?;
+            let holder = spec.holder_identity.filter(|h| !h.is_empty())?;
+            let renewed = spec.renew_time?.0;
+            let duration = i64::from(spec.lease_duration_seconds?);
+            if renewed.as_second() + duration < Timestamp::now().as_second() {
+                return None;
+            }
+            Some(holder.split('_').next().unwrap_or(&holder).to_string())
+        }
+    };
+    let (controller_manager, scheduler) = tokio::join!(holder("kube-controller-manager"), holder("kube-scheduler"));
+    Leaders { controller_manager, scheduler }
 }
 
 /// Deletes a member that is no longer wanted. Its agent releases the VIP and removes the release

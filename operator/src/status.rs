@@ -7,8 +7,8 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kubeha_crds::{
-    Failover, HighAvailabilityCluster, HighAvailabilityClusterStatus, HighAvailabilityMember, MemberSummary, VrrpState,
-    fault_tolerance,
+    ControlPlaneView, EtcdQuorum, Failover, HighAvailabilityCluster, HighAvailabilityClusterStatus,
+    HighAvailabilityMember, MasterHealth, MemberSummary, VrrpState, fault_tolerance,
 };
 
 use crate::conflict::Conflict;
@@ -43,6 +43,17 @@ pub struct Inputs<'a> {
     pub conflicts: &'a [Conflict],
     /// Now, by the operator's clock.
     pub now: Timestamp,
+    /// The nodes holding the kube-system controller Leases.
+    pub leaders: Leaders,
+}
+
+/// The nodes whose kube-controller-manager and kube-scheduler hold their kube-system Leases.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Leaders {
+    /// kube-system/kube-controller-manager.
+    pub controller_manager: Option<String>,
+    /// kube-system/kube-scheduler.
+    pub scheduler: Option<String>,
 }
 
 /// The new status and the Events that go with the change.
@@ -95,6 +106,13 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     let active = (holders.len() == 1).then(|| holders[0].clone());
     let masters = i.members.len() + i.problems.iter().filter(|p| matches!(p, Problem::NoAddress { .. })).count();
     let healthy = views.iter().filter(|v| v.healthy).count();
+    let control_plane = control_plane(&views, masters, &i.leaders);
+    // Quorum from etcd's own health once the agents probe it; from member health until then.
+    let etcd_healthy = control_plane.etcd.as_ref().map(|e| usize::try_from(e.healthy).unwrap_or(0));
+    let (quorum_basis, basis) = match etcd_healthy {
+        Some(n) => (n, "etcd members"),
+        None => (healthy, "masters"),
+    };
     let mut events = Vec::new();
 
     // (type, status: None for Unknown, reason, message)
@@ -152,15 +170,15 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
         0 => (Some(true), "NoMasters", "no master is selected".to_string()),
         1 => (Some(true), "SingleMaster", "with one master there is no failover: select three or five".into()),
         2 => (Some(true), "TwoMasters", "two masters tolerate no failure (etcd needs both): use three".into()),
-        _ if healthy < quorum => (
+        _ if quorum_basis < quorum => (
             Some(true),
             "QuorumLost",
-            format!("only {healthy} of {masters} masters healthy; {quorum} are needed for quorum"),
+            format!("only {quorum_basis} of {masters} {basis} healthy; {quorum} are needed for quorum"),
         ),
-        _ if healthy == quorum => (
+        _ if quorum_basis == quorum => (
             Some(true),
             "OneFailureFromQuorumLoss",
-            format!("{healthy} of {masters} masters healthy; {quorum} are needed for quorum"),
+            format!("{quorum_basis} of {masters} {basis} healthy; {quorum} are needed for quorum"),
         ),
         n if n % 2 == 0 => (
             Some(false),
@@ -269,10 +287,47 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
         members_ready: Some(format!("{healthy}/{masters}")),
         members,
         fault_tolerance: Some(i32::try_from(fault_tolerance(masters)).unwrap_or(i32::MAX)),
+        control_plane: Some(control_plane),
         last_failover,
         failover_count,
     };
     Outcome { status, events }
+}
+
+/// Each master's components as its (fresh) member reports them, the controller leaders, and etcd quorum once
+/// any member reports etcd health (a member not reporting counts as an unhealthy etcd member).
+fn control_plane(views: &[View<'_>], masters: usize, leaders: &Leaders) -> ControlPlaneView {
+    let reported = |v: &View<'_>| v.m.status.as_ref().and_then(|s| s.control_plane.clone()).filter(|_| v.fresh);
+    let health = |c: &Option<kubeha_crds::ComponentHealth>| c.as_ref().map(|c| c.healthy);
+    let list: Vec<MasterHealth> = views
+        .iter()
+        .map(|v| {
+            let cp = reported(v).unwrap_or_default();
+            MasterHealth {
+                node: v.m.spec.node_name.clone(),
+                apiserver: health(&cp.apiserver),
+                etcd: health(&cp.etcd),
+                controller_manager: health(&cp.controller_manager),
+                scheduler: health(&cp.scheduler),
+            }
+        })
+        .collect();
+    let etcd = list.iter().any(|m| m.etcd.is_some()).then(|| {
+        let healthy = list.iter().filter(|m| m.etcd == Some(true)).count();
+        let quorum = masters / 2 + 1;
+        let n = |x: usize| i32::try_from(x).unwrap_or(i32::MAX);
+        EtcdQuorum {
+            members: n(masters),
+            healthy: n(healthy),
+            fault_tolerance: if healthy >= quorum { n(healthy - quorum) } else { -1 },
+        }
+    });
+    ControlPlaneView {
+        masters: list,
+        controller_manager_leader: leaders.controller_manager.clone(),
+        scheduler_leader: leaders.scheduler.clone(),
+        etcd,
+    }
 }
 
 fn describe(v: &View<'_>) -> String {
@@ -403,7 +458,14 @@ mod tests {
     }
 
     fn run(h: &HighAvailabilityCluster, ms: &[HighAvailabilityMember]) -> Outcome {
-        aggregate(&Inputs { hac: h, members: ms, problems: &[], conflicts: &[], now: now() })
+        aggregate(&Inputs {
+            hac: h,
+            members: ms,
+            problems: &[],
+            conflicts: &[],
+            now: now(),
+            leaders: Leaders::default(),
+        })
     }
 
     fn cond<'a>(s: &'a HighAvailabilityClusterStatus, t: &str) -> (&'a str, &'a str) {
@@ -499,6 +561,37 @@ mod tests {
     }
 
     #[test]
+    fn the_control_plane_view_shows_components_leaders_and_etcd_quorum() {
+        let (h, mut ms) = healthy_three();
+        let ok = |healthy: bool| Some(kubeha_crds::ComponentHealth { healthy, message: None });
+        for (i, etcd) in [(0, true), (1, false), (2, true)] {
+            ms[i].status.as_mut().unwrap().control_plane = Some(kubeha_crds::ControlPlaneHealth {
+                apiserver: ok(true),
+                etcd: ok(etcd),
+                controller_manager: ok(true),
+                scheduler: None,
+            });
+        }
+        let leaders = Leaders { controller_manager: Some("n2".into()), scheduler: Some("n3".into()) };
+        let out = aggregate(&Inputs { hac: &h, members: &ms, problems: &[], conflicts: &[], now: now(), leaders });
+        let cp = out.status.control_plane.clone().unwrap();
+        assert_eq!((cp.controller_manager_leader.as_deref(), cp.scheduler_leader.as_deref()), (Some("n2"), Some("n3")));
+        assert_eq!(cp.masters[1].etcd, Some(false));
+        assert_eq!(cp.masters[0].scheduler, None, "not probed: unknown");
+        assert_eq!(cp.etcd, Some(EtcdQuorum { members: 3, healthy: 2, fault_tolerance: 0 }));
+        assert_eq!(
+            cond(&out.status, "QuorumAtRisk"),
+            ("True", "OneFailureFromQuorumLoss"),
+            "by etcd, not by member health"
+        );
+        // A member that stops reporting: its etcd counts as unknown, quorum is lost.
+        ms[2].status.as_mut().unwrap().heartbeat_time = Some(Time(now() - Duration::from_secs(60)));
+        let out = run(&h, &ms);
+        assert_eq!(out.status.control_plane.as_ref().unwrap().etcd.as_ref().unwrap().fault_tolerance, -1);
+        assert_eq!(cond(&out.status, "QuorumAtRisk"), ("True", "QuorumLost"));
+    }
+
+    #[test]
     fn losing_the_vip_to_a_higher_priority_is_preemption() {
         let (mut h, mut ms) = healthy_three();
         report(&mut ms, 1, VrrpState::Backup, false);
@@ -521,6 +614,7 @@ mod tests {
             problems: &[],
             conflicts: &[],
             now: now() + Duration::from_secs(10),
+            leaders: Leaders::default(),
         });
         assert_eq!(first.conditions, later.status.conditions);
         assert!(!meaningfully_different(&first, &later.status));
@@ -531,6 +625,7 @@ mod tests {
             problems: &[],
             conflicts: &[],
             now: now() + Duration::from_secs(10),
+            leaders: Leaders::default(),
         });
         let t = |s: &HighAvailabilityClusterStatus, ty: &str| {
             s.conditions.iter().find(|c| c.type_ == ty).unwrap().last_transition_time.0
@@ -572,12 +667,26 @@ mod tests {
     fn a_conflict_blocks_readiness_and_warns_once() {
         let (mut h, ms) = healthy_three();
         let c = [Conflict { with: "other".into(), reason: "VRIDInUse", message: "uses VRID 51".into(), newer: true }];
-        let out = aggregate(&Inputs { hac: &h, members: &ms, problems: &[], conflicts: &c, now: now() });
+        let out = aggregate(&Inputs {
+            hac: &h,
+            members: &ms,
+            problems: &[],
+            conflicts: &c,
+            now: now(),
+            leaders: Leaders::default(),
+        });
         assert_eq!(cond(&out.status, "Conflict"), ("True", "VRIDInUse"));
         assert_eq!(cond(&out.status, "Ready"), ("False", "VRIDInUse"));
         assert!(out.events.iter().any(|e| e.warning && e.reason == "Conflict"));
         h.status = Some(out.status);
-        let again = aggregate(&Inputs { hac: &h, members: &ms, problems: &[], conflicts: &c, now: now() });
+        let again = aggregate(&Inputs {
+            hac: &h,
+            members: &ms,
+            problems: &[],
+            conflicts: &c,
+            now: now(),
+            leaders: Leaders::default(),
+        });
         assert!(again.events.iter().all(|e| e.reason != "Conflict"));
     }
 

@@ -1,6 +1,7 @@
 //! The reconciler: reads the cluster, its nodes and members from caches, calls the pure functions, and
 //! writes members and status by server-side apply with one field manager. Only the elected leader runs it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -93,6 +94,7 @@ pub struct Context {
     clusters: Store<HighAvailabilityCluster>,
     metrics: Metrics,
     release_timeout: Duration,
+    heartbeat_namespace: String,
     may_act: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
@@ -110,6 +112,8 @@ pub struct Settings {
     /// How long a deleted member may wait for its agent to release the VIP before the operator removes the
     /// release finalizer itself (and says so in a Warning Event).
     pub release_timeout: Duration,
+    /// Where the agents renew their members' heartbeat Leases.
+    pub heartbeat_namespace: String,
 }
 
 /// Runs the controller until `shutdown` resolves. `may_act` is checked before every write: it is the
@@ -148,6 +152,7 @@ pub async fn run(
         clusters: cluster_store,
         metrics,
         release_timeout: settings.release_timeout,
+        heartbeat_namespace: settings.heartbeat_namespace.clone(),
         may_act: Box::new(may_act),
     });
     // Reconcile only with complete caches: a half-listed node set would delete members.
@@ -270,6 +275,7 @@ async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, E
         conflicts: &found,
         now: Timestamp::now(),
         leaders: leaders(ctx).await,
+        heartbeats: &heartbeats(ctx, &name).await,
     });
     let current = hac.status.clone().unwrap_or_default();
     if meaningfully_different(&current, &out.status) {
@@ -290,6 +296,21 @@ async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, E
     }
     // Heartbeats age without any watch event: look again before a member could turn stale unnoticed.
     Ok(Action::requeue(Duration::from_secs(5)))
+}
+
+/// When each member's heartbeat Lease was last renewed (member name → renewTime). A failed list gives none:
+/// the members' status heartbeats still count.
+async fn heartbeats(ctx: &Context, cluster: &str) -> BTreeMap<String, Timestamp> {
+    let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.heartbeat_namespace);
+    let params = ListParams::default().labels(&format!("{CLUSTER_LABEL}={cluster}"));
+    let Ok(list) = api.list(&params).await else { return BTreeMap::new() };
+    list.items
+        .into_iter()
+        .filter_map(|l| {
+            let member = l.metadata.name.as_deref()?.strip_prefix("kubeha-member-")?.to_string();
+            Some((member, l.spec?.renew_time?.0))
+        })
+        .collect()
 }
 
 /// The nodes holding the kube-system controller Leases. client-go's holder identity is the hostname, an

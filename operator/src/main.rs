@@ -87,7 +87,12 @@ async fn main() -> anyhow::Result<()> {
     ready_tx.send_replace(true);
     tracing::info!(identity = %identity, lease = %args.lease_name, "started; electing");
 
-    let settings = Settings { instance: identity, release_timeout: args.release_timeout.into() };
+    // The agents run in the operator's namespace (one chart) and renew their heartbeat Leases there.
+    let settings = Settings {
+        instance: identity,
+        release_timeout: args.release_timeout.into(),
+        heartbeat_namespace: args.lease_namespace.clone(),
+    };
     let mut running: Option<(tokio::task::JoinHandle<()>, watch::Sender<bool>)> = None;
     let mut terminate = signals()?;
     loop {

@@ -1,6 +1,7 @@
 //! The cluster's status from its members' statuses: who holds the VIP, conditions people can read, the
 //! latest failover, and the Events worth telling. Pure: previous status and members in, new status out.
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -45,6 +46,8 @@ pub struct Inputs<'a> {
     pub now: Timestamp,
     /// The nodes holding the kube-system controller Leases.
     pub leaders: Leaders,
+    /// When each member's heartbeat Lease was last renewed, by member name.
+    pub heartbeats: &'a BTreeMap<String, Timestamp>,
 }
 
 /// The nodes whose kube-controller-manager and kube-scheduler hold their kube-system Leases.
@@ -65,7 +68,8 @@ pub struct Outcome {
     pub events: Vec<PlannedEvent>,
 }
 
-/// A member whose agent has not written its status within this long is Unknown: its node may be down.
+/// A member whose agent has neither renewed its heartbeat Lease nor written its status within this long is
+/// Unknown: its node may be down.
 fn heartbeat_timeout(hac: &HighAvailabilityCluster) -> Duration {
     hac.spec.election.lease_duration.0.max(Duration::from_secs(5))
 }
@@ -79,10 +83,12 @@ struct View<'a> {
     pending: bool,
 }
 
-fn view<'a>(m: &'a HighAvailabilityMember, timeout: Duration, now: Timestamp) -> View<'a> {
+fn view<'a>(m: &'a HighAvailabilityMember, lease: Option<&Timestamp>, timeout: Duration, now: Timestamp) -> View<'a> {
     let st = m.status.as_ref();
-    let fresh =
-        st.and_then(|s| s.heartbeat_time.as_ref()).is_some_and(|t| now.duration_since(t.0).unsigned_abs() <= timeout);
+    let recent = |t: &Timestamp| now.duration_since(*t).unsigned_abs() <= timeout;
+    // Alive while either heartbeat is recent: the Lease renewed every retryPeriod, or the status written at
+    // least every leaseDuration / 3.
+    let fresh = st.and_then(|s| s.heartbeat_time.as_ref()).is_some_and(|t| recent(&t.0)) || lease.is_some_and(recent);
     let state = match st {
         Some(s) if fresh => s.state,
         _ => VrrpState::Unknown,
@@ -99,7 +105,13 @@ fn view<'a>(m: &'a HighAvailabilityMember, timeout: Duration, now: Timestamp) ->
 pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     let hac = i.hac;
     let prev = hac.status.clone().unwrap_or_default();
-    let views: Vec<View<'_>> = i.members.iter().map(|m| view(m, heartbeat_timeout(hac), i.now)).collect();
+    let views: Vec<View<'_>> = i
+        .members
+        .iter()
+        .map(|m| {
+            view(m, i.heartbeats.get(m.metadata.name.as_deref().unwrap_or_default()), heartbeat_timeout(hac), i.now)
+        })
+        .collect();
     let node = |v: &View<'_>| v.m.spec.node_name.clone();
     let holders: Vec<String> =
         views.iter().filter(|v| v.fresh && v.m.status.as_ref().is_some_and(|s| s.holds_vip)).map(node).collect();
@@ -465,6 +477,7 @@ mod tests {
             conflicts: &[],
             now: now(),
             leaders: Leaders::default(),
+            heartbeats: &BTreeMap::new(),
         })
     }
 
@@ -561,6 +574,27 @@ mod tests {
     }
 
     #[test]
+    fn a_renewed_heartbeat_lease_keeps_a_member_known_and_an_expired_one_does_not() {
+        let (h, mut ms) = healthy_three();
+        ms[2].status.as_mut().unwrap().heartbeat_time = Some(Time(now() - Duration::from_secs(60)));
+        let beats = BTreeMap::from([("api-n3".to_string(), now() - Duration::from_secs(2))]);
+        let with = |beats: &BTreeMap<String, Timestamp>| {
+            aggregate(&Inputs {
+                hac: &h,
+                members: &ms,
+                problems: &[],
+                conflicts: &[],
+                now: now(),
+                leaders: Leaders::default(),
+                heartbeats: beats,
+            })
+        };
+        assert_eq!(with(&beats).status.members[2].state, VrrpState::Backup, "the Lease was renewed 2 s ago");
+        let old = BTreeMap::from([("api-n3".to_string(), now() - Duration::from_secs(60))]);
+        assert_eq!(with(&old).status.members[2].state, VrrpState::Unknown, "both heartbeats expired");
+    }
+
+    #[test]
     fn the_control_plane_view_shows_components_leaders_and_etcd_quorum() {
         let (h, mut ms) = healthy_three();
         let ok = |healthy: bool| Some(kubeha_crds::ComponentHealth { healthy, message: None });
@@ -573,7 +607,15 @@ mod tests {
             });
         }
         let leaders = Leaders { controller_manager: Some("n2".into()), scheduler: Some("n3".into()) };
-        let out = aggregate(&Inputs { hac: &h, members: &ms, problems: &[], conflicts: &[], now: now(), leaders });
+        let out = aggregate(&Inputs {
+            hac: &h,
+            members: &ms,
+            problems: &[],
+            conflicts: &[],
+            now: now(),
+            leaders,
+            heartbeats: &BTreeMap::new(),
+        });
         let cp = out.status.control_plane.clone().unwrap();
         assert_eq!((cp.controller_manager_leader.as_deref(), cp.scheduler_leader.as_deref()), (Some("n2"), Some("n3")));
         assert_eq!(cp.masters[1].etcd, Some(false));
@@ -615,6 +657,7 @@ mod tests {
             conflicts: &[],
             now: now() + Duration::from_secs(10),
             leaders: Leaders::default(),
+            heartbeats: &BTreeMap::new(),
         });
         assert_eq!(first.conditions, later.status.conditions);
         assert!(!meaningfully_different(&first, &later.status));
@@ -626,6 +669,7 @@ mod tests {
             conflicts: &[],
             now: now() + Duration::from_secs(10),
             leaders: Leaders::default(),
+            heartbeats: &BTreeMap::new(),
         });
         let t = |s: &HighAvailabilityClusterStatus, ty: &str| {
             s.conditions.iter().find(|c| c.type_ == ty).unwrap().last_transition_time.0
@@ -674,6 +718,7 @@ mod tests {
             conflicts: &c,
             now: now(),
             leaders: Leaders::default(),
+            heartbeats: &BTreeMap::new(),
         });
         assert_eq!(cond(&out.status, "Conflict"), ("True", "VRIDInUse"));
         assert_eq!(cond(&out.status, "Ready"), ("False", "VRIDInUse"));
@@ -686,6 +731,7 @@ mod tests {
             conflicts: &c,
             now: now(),
             leaders: Leaders::default(),
+            heartbeats: &BTreeMap::new(),
         });
         assert!(again.events.iter().all(|e| e.reason != "Conflict"));
     }

@@ -127,7 +127,10 @@ async fn the_operator_renders_members_reports_status_and_cleans_up() {
     wait_until("ready with n1 active", Duration::from_secs(15), || async {
         let h = hacs.get("api").await.unwrap();
         let s = h.status.unwrap_or_default();
-        s.active_node.as_deref() == Some("n1") && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+        // All three reports in: the operator may have aggregated after the first one only.
+        s.active_node.as_deref() == Some("n1")
+            && s.members_ready.as_deref() == Some("3/3")
+            && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
     })
     .await;
     let table = up.kubectl(&["get", "hac", "api"]);

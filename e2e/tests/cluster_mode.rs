@@ -22,6 +22,13 @@ fn apply(up: &Up, name: &str, spec: &str) {
     up.kubectl(&["apply", "-f", path.to_str().unwrap()]);
 }
 
+/// A fresh control plane with kubeha installed as `e2e/cluster install-kubeha` installs it.
+async fn installed() -> Up {
+    let up = Up::new().await;
+    up.cluster.install_kubeha().await.expect("install kubeha");
+    up
+}
+
 fn holders(up: &Up) -> Vec<Host> {
     up.cluster.holders(VIP_V4.into())
 }
@@ -68,8 +75,7 @@ async fn status_shows(up: &Up, master: &str) {
 
 #[tokio::test]
 async fn a_cluster_gets_its_vip_follows_changes_and_rides_out_an_api_outage() {
-    let up = Up::new().await;
-    up.cluster.install_kubeha().await.expect("install kubeha");
+    let up = installed().await;
     apply(&up, "api", "");
     // Default priorities: n1 200, n2 190, n3 180.
     until_holders(&up, &[N1], Duration::from_secs(20)).await;
@@ -120,8 +126,7 @@ async fn a_cluster_gets_its_vip_follows_changes_and_rides_out_an_api_outage() {
 
 #[tokio::test]
 async fn a_master_that_loses_etcd_quorum_hands_the_vip_to_the_majority_and_a_partition_heals_cleanly() {
-    let up = Up::new().await;
-    up.cluster.install_kubeha().await.expect("install kubeha");
+    let up = installed().await;
     // No API-server health check: only quorum fencing may move the VIP here.
     let spec = |preempt: bool| {
         format!(
@@ -180,8 +185,7 @@ async fn a_master_that_loses_etcd_quorum_hands_the_vip_to_the_majority_and_a_par
 
 #[tokio::test]
 async fn lease_mode_holds_one_vip_on_a_network_that_drops_vrrp() {
-    let up = Up::new().await;
-    up.cluster.install_kubeha().await.expect("install kubeha");
+    let up = installed().await;
     up.cluster.block_vrrp().unwrap();
     apply(&up, "api", "  election: {mode: Lease, leaseDuration: 4s, renewDeadline: 3s, retryPeriod: 1s}\n");
     // Whoever acquires the Lease first holds the VIP; with VRRP blocked, VRRP mode would put it on all three.
@@ -216,13 +220,17 @@ async fn lease_mode_holds_one_vip_on_a_network_that_drops_vrrp() {
 
 #[tokio::test]
 async fn the_proxy_adds_the_api_servers_of_the_kubernetes_endpointslice() {
-    let up = Up::new().await;
-    up.cluster.install_kubeha().await.expect("install kubeha");
+    let up = installed().await;
     // Only n1 and n2 are masters of this cluster, so their members list only their two API servers; the API
     // servers themselves list all three in default/kubernetes, and the agents add the third.
     apply(&up, "api", "  masters: {nodes: [n1, n2]}\n");
-    let spec = get(&up, "ham/api-n1", "{.spec.proxy.backends}");
-    assert!(!spec.contains("198.51.100.13"), "spec backends: {spec}");
+    let spec = "{.items[?(@.metadata.name==\"api-n1\")].spec.proxy.backends}";
+    wait_until("the operator wrote n1's member", Duration::from_secs(20), || async {
+        !get(&up, "ham", spec).is_empty()
+    })
+    .await;
+    let backends = get(&up, "ham", spec);
+    assert!(!backends.contains("198.51.100.13"), "spec backends: {backends}");
     wait_until("n1's proxy balances over n3's API server too", Duration::from_secs(40), || async {
         get(&up, "ham/api-n1", "{.status.proxyBackends[*].address}").contains("198.51.100.13:6443")
     })
@@ -231,8 +239,7 @@ async fn the_proxy_adds_the_api_servers_of_the_kubernetes_endpointslice() {
 
 #[tokio::test]
 async fn the_status_shows_the_control_plane_and_follows_the_controller_manager_leader() {
-    let up = Up::new().await;
-    up.cluster.install_kubeha().await.expect("install kubeha");
+    let up = installed().await;
     apply(&up, "api", "");
     let healthy = "true true true true";
     for n in NODES {

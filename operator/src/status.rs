@@ -469,16 +469,23 @@ mod tests {
         (h, ms)
     }
 
-    fn run(h: &HighAvailabilityCluster, ms: &[HighAvailabilityMember]) -> Outcome {
-        aggregate(&Inputs {
+    static NO_HEARTBEATS: BTreeMap<String, Timestamp> = BTreeMap::new();
+
+    /// The inputs of a cluster and its members, with nothing else going on.
+    fn inputs<'a>(h: &'a HighAvailabilityCluster, ms: &'a [HighAvailabilityMember]) -> Inputs<'a> {
+        Inputs {
             hac: h,
             members: ms,
             problems: &[],
             conflicts: &[],
             now: now(),
             leaders: Leaders::default(),
-            heartbeats: &BTreeMap::new(),
-        })
+            heartbeats: &NO_HEARTBEATS,
+        }
+    }
+
+    fn run(h: &HighAvailabilityCluster, ms: &[HighAvailabilityMember]) -> Outcome {
+        aggregate(&inputs(h, ms))
     }
 
     fn cond<'a>(s: &'a HighAvailabilityClusterStatus, t: &str) -> (&'a str, &'a str) {
@@ -578,17 +585,7 @@ mod tests {
         let (h, mut ms) = healthy_three();
         ms[2].status.as_mut().unwrap().heartbeat_time = Some(Time(now() - Duration::from_secs(60)));
         let beats = BTreeMap::from([("api-n3".to_string(), now() - Duration::from_secs(2))]);
-        let with = |beats: &BTreeMap<String, Timestamp>| {
-            aggregate(&Inputs {
-                hac: &h,
-                members: &ms,
-                problems: &[],
-                conflicts: &[],
-                now: now(),
-                leaders: Leaders::default(),
-                heartbeats: beats,
-            })
-        };
+        let with = |beats: &BTreeMap<String, Timestamp>| aggregate(&Inputs { heartbeats: beats, ..inputs(&h, &ms) });
         assert_eq!(with(&beats).status.members[2].state, VrrpState::Backup, "the Lease was renewed 2 s ago");
         let old = BTreeMap::from([("api-n3".to_string(), now() - Duration::from_secs(60))]);
         assert_eq!(with(&old).status.members[2].state, VrrpState::Unknown, "both heartbeats expired");
@@ -607,15 +604,7 @@ mod tests {
             });
         }
         let leaders = Leaders { controller_manager: Some("n2".into()), scheduler: Some("n3".into()) };
-        let out = aggregate(&Inputs {
-            hac: &h,
-            members: &ms,
-            problems: &[],
-            conflicts: &[],
-            now: now(),
-            leaders,
-            heartbeats: &BTreeMap::new(),
-        });
+        let out = aggregate(&Inputs { leaders, ..inputs(&h, &ms) });
         let cp = out.status.control_plane.clone().unwrap();
         assert_eq!((cp.controller_manager_leader.as_deref(), cp.scheduler_leader.as_deref()), (Some("n2"), Some("n3")));
         assert_eq!(cp.masters[1].etcd, Some(false));
@@ -650,27 +639,11 @@ mod tests {
         let (mut h, mut ms) = healthy_three();
         let first = run(&h, &ms).status;
         h.status = Some(first.clone());
-        let later = aggregate(&Inputs {
-            hac: &h,
-            members: &ms,
-            problems: &[],
-            conflicts: &[],
-            now: now() + Duration::from_secs(10),
-            leaders: Leaders::default(),
-            heartbeats: &BTreeMap::new(),
-        });
+        let later = aggregate(&Inputs { now: now() + Duration::from_secs(10), ..inputs(&h, &ms) });
         assert_eq!(first.conditions, later.status.conditions);
         assert!(!meaningfully_different(&first, &later.status));
         report(&mut ms, 1, VrrpState::Backup, false);
-        let flipped = aggregate(&Inputs {
-            hac: &h,
-            members: &ms,
-            problems: &[],
-            conflicts: &[],
-            now: now() + Duration::from_secs(10),
-            leaders: Leaders::default(),
-            heartbeats: &BTreeMap::new(),
-        });
+        let flipped = aggregate(&Inputs { now: now() + Duration::from_secs(10), ..inputs(&h, &ms) });
         let t = |s: &HighAvailabilityClusterStatus, ty: &str| {
             s.conditions.iter().find(|c| c.type_ == ty).unwrap().last_transition_time.0
         };
@@ -711,28 +684,12 @@ mod tests {
     fn a_conflict_blocks_readiness_and_warns_once() {
         let (mut h, ms) = healthy_three();
         let c = [Conflict { with: "other".into(), reason: "VRIDInUse", message: "uses VRID 51".into(), newer: true }];
-        let out = aggregate(&Inputs {
-            hac: &h,
-            members: &ms,
-            problems: &[],
-            conflicts: &c,
-            now: now(),
-            leaders: Leaders::default(),
-            heartbeats: &BTreeMap::new(),
-        });
+        let out = aggregate(&Inputs { conflicts: &c, ..inputs(&h, &ms) });
         assert_eq!(cond(&out.status, "Conflict"), ("True", "VRIDInUse"));
         assert_eq!(cond(&out.status, "Ready"), ("False", "VRIDInUse"));
         assert!(out.events.iter().any(|e| e.warning && e.reason == "Conflict"));
         h.status = Some(out.status);
-        let again = aggregate(&Inputs {
-            hac: &h,
-            members: &ms,
-            problems: &[],
-            conflicts: &c,
-            now: now(),
-            leaders: Leaders::default(),
-            heartbeats: &BTreeMap::new(),
-        });
+        let again = aggregate(&Inputs { conflicts: &c, ..inputs(&h, &ms) });
         assert!(again.events.iter().all(|e| e.reason != "Conflict"));
     }
 

@@ -134,16 +134,25 @@ async fn probe_components(urls: ComponentUrls, out: watch::Sender<ControlPlaneHe
 /// The members of this node as the API has them; `None` until the first list succeeds.
 type Wanted = Option<BTreeMap<String, HighAvailabilityMember>>;
 
-/// One member on this node.
+/// One member on this node: what runs, and what its reporter is told (the spec and where it came from live
+/// there, in one place).
 struct Member {
-    cluster: String,
-    generation: Option<i64>,
-    uid: Option<String>,
-    spec: HighAvailabilityMemberSpec,
     instance: Option<Instance>,
-    error: Option<String>,
     shared: watch::Sender<Shared>,
     reporter: tokio::task::JoinHandle<()>,
+}
+
+impl Member {
+    /// Tells the reporter about the running parts (or why there are none).
+    fn publish(&self, error: Option<String>) {
+        let i = self.instance.as_ref();
+        self.shared.send_modify(|s| {
+            s.observed = i.and_then(Instance::observed);
+            s.proxy = i.and_then(Instance::proxy_handle);
+            s.commands = i.and_then(Instance::commands);
+            s.error = error;
+        });
+    }
 }
 
 /// What the supervisor shares with a member's reporter.
@@ -257,7 +266,8 @@ impl Supervisor {
         self.opts.api.set_masters(&masters);
     }
 
-    /// Starts a member, or moves a running one to `spec`, and saves it as last-known-good.
+    /// Starts a member, or moves a running one to `spec`, and saves it as last-known-good when it changed.
+    /// Watch events that change only the status (the agent's own writes) change nothing here.
     async fn apply(
         &mut self,
         name: String,
@@ -267,51 +277,53 @@ impl Supervisor {
         spec: HighAvailabilityMemberSpec,
     ) {
         if let Some(m) = self.members.get_mut(&name) {
-            let same = m.spec == spec && m.generation == generation;
-            m.generation = generation;
-            m.cluster = cluster.clone();
-            if uid.is_some() {
-                m.uid = uid;
+            let current = m.shared.borrow().clone();
+            let uid = uid.or_else(|| current.uid.clone());
+            if current.spec == spec
+                && current.generation == generation
+                && current.cluster == cluster
+                && current.uid == uid
+            {
+                return;
             }
-            if !same {
-                m.spec = spec.clone();
-                match m.instance.as_mut() {
-                    Some(i) => match i.update(spec.clone()).await {
-                        Ok(plan) => tracing::info!(member = %name, generation, restart_vrrp = plan.restart_vrrp,
+            m.shared.send_modify(|s| {
+                s.cluster = cluster.clone();
+                s.generation = generation;
+                s.uid = uid;
+                s.spec = spec.clone();
+            });
+            // A member that is not running starts with the new spec at the next retry.
+            if current.spec != spec
+                && let Some(i) = m.instance.as_mut()
+            {
+                match i.update(spec.clone()).await {
+                    Ok(plan) => {
+                        tracing::info!(member = %name, generation, restart_vrrp = plan.restart_vrrp,
                             restart_proxy = plan.restart_proxy, in_place = plan.commands.len(),
-                            backends = plan.backends, "member changed"),
-                        Err(e) => {
-                            tracing::error!(member = %name, error = %e, "a member change cannot be applied");
-                            if let Some(i) = m.instance.take() {
-                                i.stop().await;
-                            }
-                            m.error = Some(e.to_string());
+                            backends = plan.backends, "member changed");
+                        m.publish(None);
+                    }
+                    Err(e) => {
+                        tracing::error!(member = %name, error = %e, "a member change cannot be applied");
+                        if let Some(i) = m.instance.take() {
+                            i.stop().await;
                         }
-                    },
-                    None => m.error = Some("waiting to start".into()),
+                        m.publish(Some(e.to_string()));
+                    }
                 }
             }
-            publish(m);
         } else {
-            let (vrrp_metrics, proxy_metrics) = self.registry.member(&name);
-            let mut error = None;
-            let lease = self.lease_context(&cluster);
-            let instance = match Instance::start(spec.clone(), vrrp_metrics, proxy_metrics, Some(lease)).await {
-                Ok(mut i) => {
-                    i.set_discovered(self.discovered.clone());
-                    tracing::info!(member = %name, generation, "member started");
-                    Some(i)
-                }
+            let (instance, error) = match self.start(&name, &cluster, &spec).await {
+                Ok(i) => (Some(i), None),
                 Err(e) => {
                     tracing::error!(member = %name, error = %e, "a member cannot start; retrying every 5 s");
-                    error = Some(e.to_string());
-                    None
+                    (None, Some(e.to_string()))
                 }
             };
             let (shared, rx) = watch::channel(Shared {
                 spec: spec.clone(),
                 cluster: cluster.clone(),
-                uid: uid.clone(),
+                uid,
                 generation,
                 observed: None,
                 proxy: None,
@@ -319,51 +331,55 @@ impl Supervisor {
                 error: None,
             });
             let reporter = tokio::spawn(report(self.opts.clone(), name.clone(), rx, self.health.clone()));
-            let m = Member { cluster, generation, uid, spec, instance, error, shared, reporter };
-            publish(&m);
+            let m = Member { instance, shared, reporter };
+            m.publish(error);
             self.members.insert(name.clone(), m);
         }
-        let m = &self.members[&name];
-        let saved = Saved { name: name.clone(), cluster: m.cluster.clone(), generation, spec: m.spec.clone() };
+        let saved = Saved { name: name.clone(), cluster, generation, spec };
         if let Err(e) = self.store.save(&saved) {
             tracing::warn!(member = %name, error = %e, "cannot save the last-known-good member");
         }
     }
 
-    /// Lease mode's election goes through the node's own API server, like the heartbeat: a master whose API
-    /// server has no etcd quorum cannot keep the Lease.
-    fn lease_context(&self, cluster: &str) -> LeaseContext {
-        LeaseContext {
+    /// Starts a member's parts. Lease mode's election goes through the node's own API server, like the
+    /// heartbeat: a master whose API server has no etcd quorum cannot keep the Lease.
+    async fn start(
+        &self,
+        name: &str,
+        cluster: &str,
+        spec: &HighAvailabilityMemberSpec,
+    ) -> Result<Instance, crate::instance::StartError> {
+        let (vrrp_metrics, proxy_metrics) = self.registry.member(name);
+        let lease = LeaseContext {
             client: self.opts.api.local(),
             namespace: self.opts.namespace.clone(),
             cluster: cluster.to_string(),
             identity: self.opts.node.clone(),
-        }
+        };
+        let mut i = Instance::start(spec.clone(), vrrp_metrics, proxy_metrics, Some(lease)).await?;
+        i.set_discovered(self.discovered.clone());
+        tracing::info!(member = %name, "member started");
+        Ok(i)
     }
 
     /// Starts again the members whose start failed (the interface appeared, the port became free).
     async fn retry_failed(&mut self) {
-        for (name, m) in &mut self.members {
-            if m.instance.is_some() {
-                continue;
-            }
-            let (vrrp_metrics, proxy_metrics) = self.registry.member(name);
-            let lease = LeaseContext {
-                client: self.opts.api.local(),
-                namespace: self.opts.namespace.clone(),
-                cluster: m.cluster.clone(),
-                identity: self.opts.node.clone(),
-            };
-            match Instance::start(m.spec.clone(), vrrp_metrics, proxy_metrics, Some(lease)).await {
-                Ok(mut i) => {
-                    i.set_discovered(self.discovered.clone());
-                    tracing::info!(member = %name, "member started");
+        let waiting: Vec<(String, Shared)> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.instance.is_none())
+            .map(|(n, m)| (n.clone(), m.shared.borrow().clone()))
+            .collect();
+        for (name, s) in waiting {
+            let started = self.start(&name, &s.cluster, &s.spec).await;
+            let Some(m) = self.members.get_mut(&name) else { continue };
+            match started {
+                Ok(i) => {
                     m.instance = Some(i);
-                    m.error = None;
+                    m.publish(None);
                 }
-                Err(e) => m.error = Some(e.to_string()),
+                Err(e) => m.publish(Some(e.to_string())),
             }
-            publish(m);
         }
     }
 
@@ -398,20 +414,6 @@ impl Supervisor {
     }
 }
 
-fn publish(m: &Member) {
-    let next = Shared {
-        spec: m.spec.clone(),
-        cluster: m.cluster.clone(),
-        uid: m.uid.clone(),
-        generation: m.generation,
-        observed: m.instance.as_ref().and_then(Instance::observed),
-        proxy: m.instance.as_ref().and_then(Instance::proxy_handle),
-        commands: m.instance.as_ref().and_then(Instance::commands),
-        error: m.error.clone(),
-    };
-    m.shared.send_replace(next);
-}
-
 /// Lists and watches this node's members, falling over between API servers and backing off while none
 /// answers. Publishes the whole set after every change.
 async fn watch_members(opts: Arc<Options>, wanted: watch::Sender<Wanted>) {
@@ -440,7 +442,8 @@ async fn watch_members(opts: Arc<Options>, wanted: watch::Sender<Wanted>) {
         let mut set: BTreeMap<String, HighAvailabilityMember> =
             list.items.into_iter().map(|m| (m.name_any(), m)).collect();
         wanted.send_replace(Some(set.clone()));
-        let mut version = list.metadata.resource_version.unwrap_or_default();
+        // From the list's version; when the watch ends (timeout, 410 Gone, an error) the loop lists again.
+        let version = list.metadata.resource_version.unwrap_or_default();
         let params = WatchParams::default().labels(&selector).timeout(290);
         let stream = match api.watch(&params, &version).await {
             Ok(s) => s,
@@ -455,16 +458,12 @@ async fn watch_members(opts: Arc<Options>, wanted: watch::Sender<Wanted>) {
         loop {
             match stream.try_next().await {
                 Ok(Some(WatchEvent::Added(m) | WatchEvent::Modified(m))) => {
-                    version = m.resource_version().unwrap_or_default();
                     set.insert(m.name_any(), m);
                 }
                 Ok(Some(WatchEvent::Deleted(m))) => {
                     set.remove(&m.name_any());
                 }
-                Ok(Some(WatchEvent::Bookmark(b))) => {
-                    version = b.metadata.resource_version;
-                    continue;
-                }
+                Ok(Some(WatchEvent::Bookmark(_))) => continue,
                 Ok(Some(WatchEvent::Error(e))) => {
                     tracing::debug!(code = e.code, message = %e.message, "member watch ended; listing again");
                     break;
@@ -478,7 +477,6 @@ async fn watch_members(opts: Arc<Options>, wanted: watch::Sender<Wanted>) {
             }
             wanted.send_replace(Some(set.clone()));
         }
-        let _ = version;
     }
 }
 
@@ -625,9 +623,6 @@ impl Fencing {
     }
 }
 
-/// One member's reporter: renews its heartbeat Lease through the node's own API server every retryPeriod,
-/// watches the other members' heartbeats for quorum fencing, and writes the member's status when it
-/// changes (and at least every leaseDuration / 3, which the operator reads as a heartbeat too).
 /// Another member of the cluster, as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
@@ -639,6 +634,9 @@ pub struct Peer {
     pub holds_vip: bool,
 }
 
+/// One member's reporter: runs its heartbeat (renewals and fencing) in a task of its own, and writes the
+/// member's status when it changes and at least every leaseDuration / 3, which the operator reads as a
+/// heartbeat too.
 async fn report(
     opts: Arc<Options>,
     name: String,
@@ -704,18 +702,12 @@ impl Drop for AbortOnDrop {
 
 /// Renews the member's heartbeat Lease every retryPeriod through the node's own API server, reads the others'
 /// heartbeats, and tells the driver the quorum-fencing boost; publishes whether this member is fenced.
-async fn heartbeat(
-    opts: Arc<Options>,
-    name: String,
-    mut shared: watch::Receiver<Shared>,
-    fenced_tx: watch::Sender<bool>,
-) {
-    let mut fencing: Option<Fencing> = None;
+async fn heartbeat(opts: Arc<Options>, name: String, shared: watch::Receiver<Shared>, fenced_tx: watch::Sender<bool>) {
+    let mut f = Fencing::new(shared.borrow().spec.election.renew_deadline.into(), Instant::now());
     loop {
-        let s = shared.borrow_and_update().clone();
+        let s = shared.borrow().clone();
         let election = &s.spec.election;
         let retry: Duration = election.retry_period.into();
-        let f = fencing.get_or_insert_with(|| Fencing::new(election.renew_deadline.into(), Instant::now()));
         f.renew_deadline = election.renew_deadline.into();
         let started = Instant::now();
         match renew_heartbeat(&opts, &name, &s, election.lease_duration.into(), retry).await {

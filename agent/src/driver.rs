@@ -94,6 +94,22 @@ pub struct Observed {
     pub last_transition: Option<Seen>,
 }
 
+impl Observed {
+    /// Before anything happened: in `state`, without the VIP, at `priority`.
+    pub fn starting(state: State, priority: u8) -> Self {
+        Self {
+            state,
+            holds_vip: false,
+            base_priority: priority,
+            effective_priority: priority,
+            boost: 0,
+            verdicts: Vec::new(),
+            master_seen: None,
+            last_transition: None,
+        }
+    }
+}
+
 /// The other end of a running driver: commands in, observations out.
 #[derive(Clone, Debug)]
 pub struct Control {
@@ -103,20 +119,78 @@ pub struct Control {
     pub observed: watch::Receiver<Observed>,
 }
 
+/// The VIP on this node's interface with what goes with holding it — gratuitous ARP / unsolicited NA, and
+/// the counts and logs of failures. The VRRP driver and Lease mode share it; they differ only in who decides.
+#[derive(Debug)]
+pub(crate) struct VipHolder {
+    /// The address on its link (also what link checks ask about the interface).
+    pub(crate) link: VipOnLink,
+    announcer: Option<Announcer>,
+    metrics: VrrpMetrics,
+}
+
+impl VipHolder {
+    /// Opens the announcer for `address` on `interface`; without a MAC address there is none.
+    pub(crate) async fn new(
+        link: VipOnLink,
+        interface: &str,
+        address: IpAddr,
+        metrics: VrrpMetrics,
+    ) -> Result<Self, DriverError> {
+        let announcer = match link.mac().await? {
+            Some(mac) => {
+                Some(Announcer::new(interface, link.ifindex(), mac, address).map_err(SocketError::Permission)?)
+            }
+            None => {
+                tracing::warn!(interface, "the interface has no MAC address: no gratuitous ARP will be sent");
+                None
+            }
+        };
+        Ok(Self { link, announcer, metrics })
+    }
+
+    /// Adds the VIP, or refreshes its lifetime; whether it is on the interface now.
+    pub(crate) async fn add(&self) -> bool {
+        match self.link.add().await {
+            Ok(()) => true,
+            Err(e) => {
+                self.metrics.vip_errors.inc();
+                tracing::error!(error = %e, "adding or refreshing the VIP failed");
+                false
+            }
+        }
+    }
+
+    /// Removes the VIP; if that fails its short lifetime ends it.
+    pub(crate) async fn remove(&self) {
+        if let Err(e) = self.link.remove().await {
+            self.metrics.vip_errors.inc();
+            tracing::error!(error = %e, "removing the VIP failed; it expires by itself");
+        }
+    }
+
+    /// Sends `count` gratuitous ARPs / unsolicited NAs.
+    pub(crate) fn announce(&self, count: u8) {
+        let Some(a) = &self.announcer else { return };
+        match a.announce(count) {
+            Ok(sent) => drop(self.metrics.announcements.inc_by(u64::from(sent))),
+            Err(e) => tracing::warn!(error = %e, "sending gratuitous ARP failed"),
+        }
+    }
+}
+
 /// A running VRRP instance.
 #[derive(Debug)]
 pub struct Driver {
     router: Router,
     socket: VrrpSocket,
-    vip: VipOnLink,
+    vip: VipHolder,
     primary: IpAddr,
     checksum: ChecksumForm,
     metrics: VrrpMetrics,
     origin: Instant,
     holds_vip: bool,
-    announcer: Option<Announcer>,
     checks: Checks,
-    link: VipOnLink,
     interface: String,
     base_priority: u8,
     boost: u8,
@@ -140,7 +214,6 @@ impl Driver {
         let interface = spec.interface.as_deref().ok_or_else(|| DriverError::Config("interface is required".into()))?;
         let Vip { address, .. } = vip;
         let link = VipOnLink::open(interface, vip).await?;
-        let link_for_checks = link.clone();
         // Priority 255 belongs to the owner of the address (RFC 9568 §1.6): the VIP is one of this node's own
         // addresses, configured outside kubeha; it is sent from and never added, refreshed or removed.
         let owner = spec.priority == 255;
@@ -179,43 +252,25 @@ impl Driver {
             IpAddr::V4(p4) => VrrpSocket::open_v4(interface, link.ifindex(), p4, &peers)?,
             IpAddr::V6(_) => VrrpSocket::open_v6(interface, link.ifindex(), &peers)?,
         };
-        let announcer = match link.mac().await? {
-            Some(mac) => {
-                Some(Announcer::new(interface, link.ifindex(), mac, address).map_err(SocketError::Permission)?)
-            }
-            None => {
-                tracing::warn!(interface, "the interface has no MAC address: no gratuitous ARP will be sent");
-                None
-            }
-        };
+        let checks = health::spawn(&with_link_check(&spec.health, interface), Some(link.clone()));
+        let vip = VipHolder::new(link, interface, address, metrics.clone()).await?;
         let cfg = router_config(spec, address, primary)?;
         metrics.effective_priority.set(i64::from(cfg.priority));
         metrics.set_state("Initialize");
         let base_priority = cfg.priority;
         let tuning = Tuning::of(&cfg);
-        let (observed, _) = watch::channel(Observed {
-            state: State::Initialize,
-            holds_vip: false,
-            base_priority,
-            effective_priority: base_priority,
-            boost: 0,
-            verdicts: Vec::new(),
-            master_seen: None,
-            last_transition: None,
-        });
+        let (observed, _) = watch::channel(Observed::starting(State::Initialize, base_priority));
         Ok(Self {
+            checks,
             router: Router::new(cfg),
             socket,
-            vip: link,
+            vip,
             primary,
             // keepalived (Debian 12) checks IPv4 VRRPv3 adverts with the RFC 5798 pseudo-header by default.
             checksum: ChecksumForm::PseudoHeader,
             metrics,
             origin: Instant::now(),
             holds_vip: false,
-            announcer,
-            checks: health::spawn(&with_link_check(&spec.health, interface), Some(link_for_checks.clone())),
-            link: link_for_checks,
             interface: interface.to_string(),
             base_priority,
             boost: 0,
@@ -286,7 +341,7 @@ impl Driver {
             }
             Command::Health(checks) => {
                 tracing::info!(checks = checks.len(), "health checks replaced");
-                self.checks = health::spawn(&with_link_check(&checks, &self.interface), Some(self.link.clone()));
+                self.checks = health::spawn(&with_link_check(&checks, &self.interface), Some(self.vip.link.clone()));
                 self.apply_health().await;
             }
             Command::Peers(peers) => {
@@ -294,7 +349,6 @@ impl Driver {
                 self.socket.set_peers(&peers);
             }
         }
-        self.publish();
     }
 
     fn now(&self) -> Duration {
@@ -324,29 +378,17 @@ impl Driver {
                 self.router.deadline().map_or_else(|| Instant::now() + Duration::from_secs(3600), |d| self.origin + d);
             tokio::select! {
                 () = &mut shutdown => break,
-                () = tokio::time::sleep_until(deadline) => {
-                    self.input(Input::Timer).await;
-                    self.publish();
-                }
+                () = tokio::time::sleep_until(deadline) => self.input(Input::Timer).await,
                 packet = self.socket.recv() => match packet {
-                    Ok(p) => {
-                        self.packet(p).await;
-                        self.publish();
-                    }
+                    Ok(p) => self.packet(p).await,
                     Err(e) => tracing::warn!(error = %e, "receiving VRRP failed"),
                 },
-                () = changed(&mut self.checks.verdicts) => {
-                    self.apply_health().await;
-                    self.publish();
-                }
+                () = changed(&mut self.checks.verdicts) => self.apply_health().await,
                 Some(c) = next_command(&mut commands) => self.command(c).await,
-                _ = refresh.tick(), if self.holds_vip && !self.owner => {
-                    if let Err(e) = self.vip.add().await {
-                        self.metrics.vip_errors.inc();
-                        tracing::error!(error = %e, "refreshing the VIP lifetime failed");
-                    }
-                }
+                _ = refresh.tick(), if self.holds_vip && !self.owner => drop(self.vip.add().await),
             }
+            // Once per turn, whatever happened: the status reporter sees only real changes (compared here).
+            self.publish();
         }
         tracing::info!("shutting down: handing the VIP over");
         self.input(Input::Shutdown).await;
@@ -354,9 +396,7 @@ impl Driver {
         if self.owner {
             return;
         }
-        if let Err(e) = self.vip.remove().await {
-            tracing::error!(error = %e, "removing the VIP on shutdown failed; it expires by itself");
-        }
+        self.vip.remove().await;
     }
 
     /// Feeds the router the priority and fault state the current verdicts give.
@@ -427,31 +467,12 @@ impl Driver {
             }
             Action::AddAddresses if self.owner => self.holds_vip = true,
             Action::RemoveAddresses if self.owner => self.holds_vip = false,
-            Action::AddAddresses => match self.vip.add().await {
-                Ok(()) => self.holds_vip = true,
-                Err(e) => {
-                    self.metrics.vip_errors.inc();
-                    tracing::error!(error = %e, "adding the VIP failed");
-                }
-            },
+            Action::AddAddresses => self.holds_vip |= self.vip.add().await,
             Action::RemoveAddresses => {
                 self.holds_vip = false;
-                if let Err(e) = self.vip.remove().await {
-                    self.metrics.vip_errors.inc();
-                    tracing::error!(error = %e, "removing the VIP failed; it expires by itself");
-                }
+                self.vip.remove().await;
             }
-            Action::Announce { count } => {
-                if let Some(a) = &self.announcer {
-                    match a.announce(count) {
-                        Ok(sent) => self.metrics.announcements.inc_by(u64::from(sent)),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "sending gratuitous ARP failed");
-                            0
-                        }
-                    };
-                }
-            }
+            Action::Announce { count } => self.vip.announce(count),
             Action::Transition { from, to, reason } => {
                 self.last_transition =
                     Some(Seen { from, to, reason: format!("{reason:?}"), at: std::time::SystemTime::now() });

@@ -14,9 +14,8 @@ use kubeha_vrrp::router::State;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::announce::Announcer;
 use crate::config;
-use crate::driver::{Control, DriverError, Observed, Seen};
+use crate::driver::{Control, DriverError, Observed, Seen, VipHolder};
 use crate::metrics::VrrpMetrics;
 use crate::vip::{REFRESH, VipOnLink};
 
@@ -53,8 +52,7 @@ pub fn vip_lease(cluster: &str) -> String {
 pub struct LeaseHolder {
     elector: Option<Elector>,
     leadership: watch::Receiver<Leadership>,
-    vip: VipOnLink,
-    announcer: Option<Announcer>,
+    vip: VipHolder,
     repeat: u8,
     priority: u8,
     metrics: VrrpMetrics,
@@ -78,13 +76,7 @@ impl LeaseHolder {
             tracing::warn!(vip = %vip.address, "removing a VIP left over from an earlier run");
             link.remove().await?;
         }
-        let announcer = match link.mac().await? {
-            Some(mac) => Some(
-                Announcer::new(interface, link.ifindex(), mac, vip.address)
-                    .map_err(crate::socket::SocketError::Permission)?,
-            ),
-            None => None,
-        };
+        let holder = VipHolder::new(link, interface, vip.address, metrics.clone()).await?;
         let e = &spec.election;
         let config = ElectionConfig {
             namespace: ctx.namespace,
@@ -97,23 +89,13 @@ impl LeaseHolder {
         let (elector, leadership) =
             Elector::new(ctx.client, config).map_err(|e| DriverError::Config(format!("spec.election: {e}")))?;
         let priority = u8::try_from(spec.priority).unwrap_or(100);
-        let (observed, observed_rx) = watch::channel(Observed {
-            state: State::Backup,
-            holds_vip: false,
-            base_priority: priority,
-            effective_priority: priority,
-            boost: 0,
-            verdicts: Vec::new(),
-            master_seen: None,
-            last_transition: None,
-        });
+        let (observed, observed_rx) = watch::channel(Observed::starting(State::Backup, priority));
         let (tx, rx) = mpsc::unbounded_channel();
         metrics.set_state("Backup");
         let me = Self {
             elector: Some(elector),
             leadership,
-            vip: link,
-            announcer,
+            vip: holder,
             repeat: u8::try_from(spec.garp.repeat).unwrap_or(5),
             priority,
             metrics,
@@ -151,12 +133,7 @@ impl LeaseHolder {
                 r = self.leadership.changed() => if r.is_err() { break },
                 // The holder's own deadline: drop the VIP now, whether or not the elector has said so yet.
                 () = tokio::time::sleep_until(until), if self.holds => {}
-                _ = refresh.tick(), if self.holds => {
-                    if let Err(e) = self.vip.add().await {
-                        self.metrics.vip_errors.inc();
-                        tracing::error!(error = %e, "refreshing the VIP lifetime failed");
-                    }
-                }
+                _ = refresh.tick(), if self.holds => drop(self.vip.add().await),
                 Some(_) = async { match commands.as_mut() { Some(c) => c.recv().await, None => std::future::pending().await } } => {}
             }
         }
@@ -172,46 +149,21 @@ impl LeaseHolder {
             return;
         }
         let (from, to, reason) = if leader {
-            match self.vip.add().await {
-                Ok(()) => {
-                    if let Some(a) = &self.announcer {
-                        match a.announce(self.repeat) {
-                            Ok(n) => self.metrics.announcements.inc_by(u64::from(n)),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "sending gratuitous ARP failed");
-                                0
-                            }
-                        };
-                    }
-                }
-                Err(e) => {
-                    self.metrics.vip_errors.inc();
-                    tracing::error!(error = %e, "adding the VIP failed");
-                    return;
-                }
+            if !self.vip.add().await {
+                return;
             }
+            self.vip.announce(self.repeat);
             (State::Backup, State::Master, "LeaseAcquired")
         } else {
-            if let Err(e) = self.vip.remove().await {
-                self.metrics.vip_errors.inc();
-                tracing::error!(error = %e, "removing the VIP failed; it expires by itself");
-            }
+            self.vip.remove().await;
             (State::Master, State::Backup, "LeaseLost")
         };
         self.holds = leader;
         tracing::info!(holds_vip = leader, "Lease mode: VIP {}", if leader { "taken" } else { "released" });
         self.metrics.set_state(if leader { "Master" } else { "Backup" });
         self.last = Some(Seen { from, to, reason: reason.into(), at: std::time::SystemTime::now() });
-        let next = Observed {
-            state: to,
-            holds_vip: leader,
-            base_priority: self.priority,
-            effective_priority: self.priority,
-            boost: 0,
-            verdicts: Vec::new(),
-            master_seen: None,
-            last_transition: self.last.clone(),
-        };
+        let next =
+            Observed { holds_vip: leader, last_transition: self.last.clone(), ..Observed::starting(to, self.priority) };
         self.observed.send_replace(next);
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 /// The cluster CA in a pod's service-account volume: the default CA for checks.
@@ -26,23 +26,33 @@ pub fn default_ca() -> &'static str {
 pub async fn https(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<String, String> {
     let tls = tls.ok_or("TLS is not configured")?;
     let rest = url.strip_prefix("https://").ok_or("not an https:// URL")?;
-    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let (authority, path, tcp) = connect(rest, 443).await?;
     let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
-    let addr = if authority.contains(':') { authority.to_string() } else { format!("{authority}:443") };
-    let tcp = TcpStream::connect(&addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
     let name = rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
-    let mut stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+    let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+    match get(stream, authority, &path).await? {
+        code @ (200 | 401 | 403) => Ok(format!("HTTP {code}")),
+        other => Err(format!("HTTP {other}")),
+    }
+}
+
+/// Splits `authority[/path]` and connects to the authority (`default_port` when it names none).
+async fn connect(rest: &str, default_port: u16) -> Result<(&str, String, TcpStream), String> {
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let addr = if authority.contains(':') { authority.to_string() } else { format!("{authority}:{default_port}") };
+    let tcp = TcpStream::connect(&addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+    Ok((authority, path, tcp))
+}
+
+/// Sends one `GET path` on `stream` and returns the status code of the answer (from its first read).
+async fn get<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, authority: &str, path: &str) -> Result<u16, String> {
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: kubeha-agent\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut head = [0u8; 64];
     let n = stream.read(&mut head).await.map_err(|e| e.to_string())?;
     let line = String::from_utf8_lossy(&head[..n]);
-    let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no HTTP status line")?;
-    match code {
-        200 | 401 | 403 => Ok(format!("HTTP {code}")),
-        other => Err(format!("HTTP {other}")),
-    }
+    line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| "no HTTP status line".to_string())
 }
 
 /// The TLS client configuration for a probe: verify against `ca_file` (default: the service account's cluster
@@ -107,17 +117,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
 }
 
 /// GET `url` over plain HTTP (etcd's metrics listener, `http://127.0.0.1:2381/health` under kubeadm): 200 is
-/// healthy. Reads at most 4 KiB of the answer.
+/// healthy.
 pub async fn http(url: &str) -> Result<String, String> {
     let rest = url.strip_prefix("http://").ok_or("not an http:// URL")?;
-    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-    let addr = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
-    let mut tcp = TcpStream::connect(&addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: kubeha-agent\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut head = Vec::with_capacity(256);
-    (&mut tcp).take(4096).read_to_end(&mut head).await.map_err(|e| e.to_string())?;
-    let line = String::from_utf8_lossy(&head);
-    let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no HTTP status line")?;
-    if code == 200 { Ok(format!("HTTP {code}")) } else { Err(format!("HTTP {code}")) }
+    let (authority, path, tcp) = connect(rest, 80).await?;
+    match get(tcp, authority, &path).await? {
+        200 => Ok("HTTP 200".into()),
+        other => Err(format!("HTTP {other}")),
+    }
 }

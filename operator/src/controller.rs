@@ -9,7 +9,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -94,7 +94,10 @@ pub struct Context {
     clusters: Store<HighAvailabilityCluster>,
     metrics: Metrics,
     release_timeout: Duration,
-    heartbeat_namespace: String,
+    /// kube-system Leases: the controller leaders.
+    system_leases: Store<Lease>,
+    /// The members' heartbeat Leases.
+    heartbeats: Store<Lease>,
     may_act: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
@@ -129,16 +132,14 @@ pub async fn run(
     let members_api: Api<HighAvailabilityMember> = Api::all(client.clone());
     let nodes_api: Api<Node> = Api::all(client.clone());
 
-    let (nodes, nodes_writer) = reflector::store();
-    let (members, members_writer) = reflector::store();
-    let node_stream = reflector::reflector(nodes_writer, watcher(nodes_api.clone(), watcher::Config::default()))
-        .default_backoff()
-        .touched_objects();
-    let member_stream = reflector::reflector(members_writer, watcher(members_api.clone(), watcher::Config::default()))
-        .default_backoff()
-        .touched_objects();
-    tokio::spawn(node_stream.for_each(|_| async {}));
-    tokio::spawn(member_stream.for_each(|_| async {}));
+    let nodes = cache(nodes_api.clone(), watcher::Config::default());
+    let members = cache(members_api.clone(), watcher::Config::default());
+    // Read on every reconcile; cached so that a reconcile costs no extra API calls for them.
+    let system_leases = cache(Api::namespaced(client.clone(), "kube-system"), watcher::Config::default());
+    let heartbeats = cache(
+        Api::namespaced(client.clone(), &settings.heartbeat_namespace),
+        watcher::Config::default().labels(CLUSTER_LABEL),
+    );
 
     let controller = Controller::new(clusters, watcher::Config::default());
     let cluster_store = controller.store();
@@ -152,7 +153,8 @@ pub async fn run(
         clusters: cluster_store,
         metrics,
         release_timeout: settings.release_timeout,
-        heartbeat_namespace: settings.heartbeat_namespace.clone(),
+        system_leases,
+        heartbeats,
         may_act: Box::new(may_act),
     });
     // Reconcile only with complete caches: a half-listed node set would delete members.
@@ -274,8 +276,8 @@ async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, E
         problems: &want.problems,
         conflicts: &found,
         now: Timestamp::now(),
-        leaders: leaders(ctx).await,
-        heartbeats: &heartbeats(ctx, &name).await,
+        leaders: leaders(ctx),
+        heartbeats: &heartbeats(ctx, &name),
     });
     let current = hac.status.clone().unwrap_or_default();
     if meaningfully_different(&current, &out.status) {
@@ -298,42 +300,45 @@ async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, E
     Ok(Action::requeue(Duration::from_secs(5)))
 }
 
-/// When each member's heartbeat Lease was last renewed (member name → renewTime). A failed list gives none:
-/// the members' status heartbeats still count.
-async fn heartbeats(ctx: &Context, cluster: &str) -> BTreeMap<String, Timestamp> {
-    let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.heartbeat_namespace);
-    let params = ListParams::default().labels(&format!("{CLUSTER_LABEL}={cluster}"));
-    let Ok(list) = api.list(&params).await else { return BTreeMap::new() };
-    list.items
-        .into_iter()
+/// A cache of `api`, kept by a reflector task for the life of the controller.
+fn cache<K>(api: Api<K>, config: watcher::Config) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff().touched_objects();
+    tokio::spawn(stream.for_each(|_| async {}));
+    store
+}
+
+/// When each member's heartbeat Lease was last renewed (member name → renewTime).
+fn heartbeats(ctx: &Context, cluster: &str) -> BTreeMap<String, Timestamp> {
+    ctx.heartbeats
+        .state()
+        .iter()
+        .filter(|l| l.labels().get(CLUSTER_LABEL).is_some_and(|c| c == cluster))
         .filter_map(|l| {
             let member = l.metadata.name.as_deref()?.strip_prefix("kubeha-member-")?.to_string();
-            Some((member, l.spec?.renew_time?.0))
+            Some((member, l.spec.as_ref()?.renew_time.as_ref()?.0))
         })
         .collect()
 }
 
 /// The nodes holding the kube-system controller Leases. client-go's holder identity is the hostname, an
-/// underscore and a UUID; a Lease not renewed within its duration is held by nobody. A failed read leaves the
-/// leader unknown, it does not fail the reconcile.
-async fn leaders(ctx: &Context) -> Leaders {
-    let api: Api<Lease> = Api::namespaced(ctx.client.clone(), "kube-system");
-    let holder = |name: &'static str| {
-        let api = api.clone();
-        async move {
-            let lease = api.get_opt(name).await.ok().flatten()?;
-            let spec = lease.spec?;
-            let holder = spec.holder_identity.filter(|h| !h.is_empty())?;
-            let renewed = spec.renew_time?.0;
-            let duration = i64::from(spec.lease_duration_seconds?);
-            if renewed.as_second() + duration < Timestamp::now().as_second() {
-                return None;
-            }
-            Some(holder.split('_').next().unwrap_or(&holder).to_string())
+/// underscore and a UUID; a Lease not renewed within its duration is held by nobody.
+fn leaders(ctx: &Context) -> Leaders {
+    let holder = |name: &str| {
+        let lease = ctx.system_leases.get(&ObjectRef::new(name).within("kube-system"))?;
+        let spec = lease.spec.as_ref()?;
+        let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty())?;
+        let renewed = spec.renew_time.as_ref()?.0;
+        let duration = i64::from(spec.lease_duration_seconds?);
+        if renewed.as_second() + duration < Timestamp::now().as_second() {
+            return None;
         }
+        Some(holder.split('_').next().unwrap_or(holder).to_string())
     };
-    let (controller_manager, scheduler) = tokio::join!(holder("kube-controller-manager"), holder("kube-scheduler"));
-    Leaders { controller_manager, scheduler }
+    Leaders { controller_manager: holder("kube-controller-manager"), scheduler: holder("kube-scheduler") }
 }
 
 /// Deletes a member that is no longer wanted. Its agent releases the VIP and removes the release

@@ -319,9 +319,7 @@ impl Cluster {
 
     /// Stops the node's API server gracefully (SIGTERM; SIGKILL after 15 s).
     pub fn stop_apiserver(&self, node: &Node) -> Result<()> {
-        master(node)?;
-        self.daemon(node, Component::KubeApiserver).stop(Duration::from_secs(15));
-        Ok(())
+        self.stop_component(node, Component::KubeApiserver)
     }
 
     /// Starts the node's API server (if it is not running) and waits until it is ready.
@@ -443,15 +441,7 @@ impl Cluster {
     /// SIGKILLs the node's agent, like a crash: it cannot hand the VIP over.
     pub fn kill_agent(&self, node: &Node) -> Result<()> {
         master(node)?;
-        let agent = self.kubeha_daemon(node, "kubeha-agent");
-        if let Some(pid) = agent.pid() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            process::wait_gone(|| agent.pid().is_none(), Duration::from_secs(5));
-        }
-        let _ = fs::remove_file(&agent.pidfile);
+        self.kubeha_daemon(node, "kubeha-agent").kill();
         Ok(())
     }
 
@@ -465,11 +455,6 @@ impl Cluster {
     /// The node's agent log.
     pub fn agent_log(&self, node: &Node) -> String {
         fs::read_to_string(self.kubeha_daemon(node, "kubeha-agent").log).unwrap_or_default()
-    }
-
-    /// SIGKILLs the operator.
-    pub fn kill_operator(&self) {
-        self.kubeha_daemon(&CLIENTS[0], "kubeha-operator").stop(Duration::ZERO);
     }
 
     /// Drops every VRRP packet (IP protocol 112) to and from every master, as a network that blocks VRRP
@@ -507,7 +492,7 @@ impl Cluster {
     /// SIGKILLs one component of a master, like a crash.
     pub fn kill_component(&self, node: &Node, c: Component) -> Result<()> {
         master(node)?;
-        self.daemon(node, c).stop(Duration::ZERO);
+        self.daemon(node, c).kill();
         Ok(())
     }
 

@@ -110,6 +110,16 @@ impl Daemon {
         (start_time(pid) == Some(start)).then_some(pid)
     }
 
+    /// SIGKILL to the process group at once, like a crash (no SIGTERM first, so nothing can clean up);
+    /// returns once it is gone. Idempotent.
+    pub(crate) fn kill(&self) {
+        if let Some(pid) = self.pid() {
+            signal_group(pid, Signal::SIGKILL);
+            wait_gone(|| self.pid().is_none(), Duration::from_secs(5));
+        }
+        let _ = fs::remove_file(&self.pidfile);
+    }
+
     /// SIGTERM to the process group, SIGKILL after `grace`; returns once it is gone. Idempotent.
     pub(crate) fn stop(&self, grace: Duration) {
         if let Some(pid) = self.pid() {
@@ -131,7 +141,7 @@ fn signal_group(pid: u32, sig: Signal) {
     let _ = kill(Pid::from_raw(pid), sig);
 }
 
-pub(crate) fn wait_gone(gone: impl Fn() -> bool, within: Duration) -> bool {
+fn wait_gone(gone: impl Fn() -> bool, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if gone() {

@@ -31,6 +31,30 @@ pub fn fault_tolerance(masters: usize) -> usize {
     masters.saturating_sub(masters / 2 + 1)
 }
 
+/// The CRDs as templates of the Helm chart (`charts/kubeha/templates/`): the same documents, rendered only
+/// with `crds.enabled`, kept on `helm uninstall` with `crds.keep` (deleting a CRD deletes every
+/// HighAvailabilityCluster and with it the VIP), and labelled like the rest of the release.
+pub fn chart_crd_templates() -> Vec<(String, String)> {
+    crd_yaml()
+        .into_iter()
+        .map(|(file, yaml)| {
+            let plural = file.trim_start_matches("kubeha.io_").to_string();
+            let metadata = "metadata:\n";
+            let annotated = yaml.replacen(
+                metadata,
+                "metadata:\n  annotations:\n    {{- if .Values.crds.keep }}\n    helm.sh/resource-policy: keep\n    \
+                 {{- end }}\n  labels:\n    {{- include \"kubeha.labels\" . | nindent 4 }}\n",
+                1,
+            );
+            let template = format!(
+                "{{{{- if .Values.crds.enabled }}}}\n# Generated from the Rust types by `cargo run -p kubeha-crds --bin crdgen`; \
+                 do not edit.\n{annotated}{{{{- end }}}}\n"
+            );
+            (format!("crd-{plural}"), template)
+        })
+        .collect()
+}
+
 /// The CRDs as YAML documents, in the order they should be applied.
 pub fn crd_yaml() -> Vec<(&'static str, String)> {
     use kube::CustomResourceExt as _;

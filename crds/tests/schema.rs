@@ -19,6 +19,18 @@ fn committed_crd_yaml_is_what_crdgen_writes() {
 }
 
 #[test]
+fn the_chart_carries_the_same_crds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/kubeha/templates");
+    for (file, generated) in kubeha_crds::chart_crd_templates() {
+        let committed = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "charts/kubeha/templates/{file} is stale: run `cargo run -p kubeha-crds --bin crdgen` and commit the result"
+        );
+    }
+}
+
+#[test]
 fn fault_tolerance_is_what_a_majority_allows() {
     let table = [(0, 0), (1, 0), (2, 0), (3, 1), (4, 1), (5, 2), (6, 2), (7, 3)];
     for (masters, tolerated) in table {

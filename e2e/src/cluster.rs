@@ -150,6 +150,11 @@ impl Cluster {
         cmd
     }
 
+    /// The cluster CA's certificate.
+    pub fn ca_path(&self) -> PathBuf {
+        self.pki.path("ca.crt")
+    }
+
     /// Where kubectl and helm are.
     pub fn tools_dir(&self) -> &Path {
         &self.tools
@@ -423,10 +428,21 @@ impl Cluster {
 
     /// Waits (at most 20 s) until a kubeha daemon answers /healthz; fails with its log if it exits first.
     async fn wait_served(&self, what: &str, daemon: &Daemon, addr: SocketAddr) -> Result<()> {
+        self.wait_served_path(what, daemon, addr, "/healthz").await
+    }
+
+    /// Waits (at most 20 s) until a daemon answers `path` with 200; fails with its log if it exits first.
+    pub(crate) async fn wait_served_path(
+        &self,
+        what: &str,
+        daemon: &Daemon,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<()> {
         let within = Duration::from_secs(20);
         let deadline = tokio::time::Instant::now() + within;
         while tokio::time::Instant::now() < deadline {
-            if http_get(addr, "/healthz").starts_with("HTTP/1.0 200") {
+            if http_get(addr, path).starts_with("HTTP/1.0 200") {
                 return Ok(());
             }
             if daemon.pid().is_none() {

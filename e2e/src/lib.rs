@@ -8,6 +8,7 @@
 mod cluster;
 mod error;
 pub mod fakeapi;
+mod kubelet;
 mod net;
 pub mod observe;
 mod pki;
@@ -17,4 +18,5 @@ pub use cluster::{
     AGENT_METRICS_PORT, Cluster, ClusterLock, Component, KUBEHA_NAMESPACE, LEASES, Process, UpTimes, kubeha_binary,
 };
 pub use error::{Error, Result};
-pub use net::{CLIENTS, Host, NODES, Node, SERVICE_CIDR, VIP_V4, VIP_V6};
+pub use kubelet::Pod;
+pub use net::{CLIENTS, Host, KUBERNETES_SERVICE, NODES, Node, SERVICE_CIDR, VIP_V4, VIP_V6};

@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use kubeha_e2e::{Cluster, Host};
 
 /// The kubeha test world: three masters (n1–n3, 198.51.100.11–13) each running etcd, kube-apiserver,
-/// kube-controller-manager and kube-scheduler in its own network namespace, plus a client (c1) on the same
-/// bridge. State lives in $KUBEHA_E2E_DIR (default /tmp/kubeha-e2e). Needs root.
+/// kube-controller-manager and kube-scheduler in its own network namespace, plus clients (c1, c2) on the
+/// same bridge. State lives in $KUBEHA_E2E_DIR (default /tmp/kubeha-e2e). Needs root.
 #[derive(Debug, Parser)]
 #[command(name = "e2e/cluster")]
 struct Cli {
@@ -45,6 +45,17 @@ enum Cmd {
     /// Install kubeha without a kubelet: CRDs, namespace, the operator (on c1) and an agent on every master,
     /// each started as the DaemonSet starts it.
     InstallKubeha,
+    /// Be the kubelets: run the pods of a Helm release (`helm install` it first, with `helm` from
+    /// e2e/kubetools.py and the kubeconfig of `kubeconfig`) as processes on the hosts, replace changed ones
+    /// one at a time, stop those the release no longer has (all, once uninstalled). Prints the pods.
+    KubeletSync {
+        /// The Helm release.
+        #[arg(long, default_value = "kubeha")]
+        release: String,
+        /// Its namespace.
+        #[arg(long, default_value = kubeha_e2e::KUBEHA_NAMESPACE)]
+        namespace: String,
+    },
     /// SIGKILL a master's kubeha-agent (a crash: no hand-over).
     KillAgent { node: String },
     /// Stop a master's kubeha-agent as Kubernetes stops a pod (SIGTERM: it hands the VIP over).
@@ -102,6 +113,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Isolate { host } => cluster.isolate(&Host::parse(&host)?)?,
         Cmd::Rejoin { host } => cluster.rejoin(&Host::parse(&host)?)?,
         Cmd::InstallKubeha => cluster.install_kubeha().await?,
+        Cmd::KubeletSync { release, namespace } => {
+            for pod in cluster.kubelet_sync(&release, &namespace).await? {
+                println!("{} on {}", pod.name, pod.host);
+            }
+        }
         Cmd::BlockVrrp => cluster.block_vrrp()?,
         Cmd::AllowVrrp => cluster.allow_vrrp()?,
         Cmd::KillAgent { node } => cluster.kill_agent(&Host::parse(&node)?)?,

@@ -40,8 +40,12 @@ pub type Node = Host;
 
 /// The three masters, at 198.51.100.11–13 and 2001:db8::11–13.
 pub const NODES: [Node; 3] = [Host::master(1), Host::master(2), Host::master(3)];
-/// Client hosts on the same bridge, at 198.51.100.21 and up.
-pub const CLIENTS: [Host; 1] = [Host::client(1)];
+/// Client hosts on the same bridge, at 198.51.100.21 and up: where pods that are not on a master run
+/// (the operator's two replicas) and where probes of the VIP come from.
+pub const CLIENTS: [Host; 2] = [Host::client(1), Host::client(2)];
+/// The `kubernetes` Service (the first address of [`SERVICE_CIDR`]), which pods find in
+/// KUBERNETES_SERVICE_HOST. The clients reach the API servers behind it as kube-proxy would let them.
+pub const KUBERNETES_SERVICE: (Ipv4Addr, u16) = (Ipv4Addr::new(203, 0, 113, 129), 443);
 
 impl Host {
     const fn master(index: u8) -> Self {
@@ -135,8 +139,30 @@ pub(crate) fn setup() -> Result<()> {
         ip(&["-n", &ns, "addr", "add", &format!("{}/24", host.ipv4()), "dev", "eth0"])?;
         ip(&["-n", &ns, "-6", "addr", "add", &format!("{}/64", host.ipv6()), "dev", "eth0", "nodad"])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        if !host.is_master() {
+            kube_proxy(host)?;
+        }
     }
     Ok(())
+}
+
+/// What kube-proxy does for a pod on a client host: connections to the `kubernetes` Service go to one of
+/// the three API servers, chosen at random per connection (nftables DNAT in the host's own namespace, so
+/// nothing changes outside the test world). As with kube-proxy, a stopped API server keeps its share until
+/// its endpoint is removed; client-go retries.
+fn kube_proxy(host: &Host) -> Result<()> {
+    let (service, port) = KUBERNETES_SERVICE;
+    ip(&["-n", &host.netns(), "route", "add", SERVICE_CIDR, "dev", "eth0"])?;
+    let backends: Vec<String> = NODES.iter().enumerate().map(|(i, n)| format!("{i} : {} . 6443", n.ipv4())).collect();
+    let rules = format!(
+        "table ip khsvc {{ chain out {{ type nat hook output priority -100; \
+         ip daddr {service} tcp dport {port} dnat to numgen random mod {} map {{ {} }} ; }} ; }}",
+        NODES.len(),
+        backends.join(", ")
+    );
+    let mut nft = Command::new("ip");
+    nft.args(["netns", "exec", &host.netns(), "nft", &rules]);
+    crate::process::run(&mut nft)
 }
 
 /// Removes every namespace, link and route [`setup`] creates, whichever of them exist. Processes must be

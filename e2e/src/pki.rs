@@ -17,7 +17,7 @@ use crate::error::{IoContext as _, Result};
 use crate::net::{NODES, VIP_V4, VIP_V6};
 
 /// The first address of the Service range: what in-cluster clients dial as `kubernetes.default`.
-const FIRST_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 129);
+const FIRST_SERVICE_IP: Ipv4Addr = crate::net::KUBERNETES_SERVICE.0;
 
 /// Paths of the generated files.
 #[derive(Debug, Clone)]

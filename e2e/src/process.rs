@@ -11,6 +11,9 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use std::ffi::{CStr, CString};
+
+use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, sethostname, setsid};
@@ -46,17 +49,54 @@ pub(crate) fn describe(cmd: &Command) -> String {
 /// host's name. With `new_session` it also leads a new session and process group, so that it and any
 /// children can be signalled together and outlive the caller.
 pub(crate) fn enter(cmd: &mut Command, host: &Host, new_session: bool) -> Result<()> {
+    enter_with(cmd, host, new_session, &[])
+}
+
+/// A directory a process sees at another path, as a pod sees its volumes: bound in a mount namespace of its
+/// own, so nobody else sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Bind {
+    /// The directory of the test world.
+    pub(crate) source: PathBuf,
+    /// Where the process finds it. Created (empty) on the machine if missing: a mount needs a mount point.
+    pub(crate) target: PathBuf,
+}
+
+/// [`enter`], plus a private mount namespace with `binds` in it when there are any.
+pub(crate) fn enter_with(cmd: &mut Command, host: &Host, new_session: bool, binds: &[Bind]) -> Result<()> {
     let path = Path::new("/run/netns").join(host.netns());
     let netns = File::open(&path).ctx(|| format!("opening {} (is the cluster up?)", path.display()))?;
     let hostname = host.name();
+    let mut mounts = Vec::with_capacity(binds.len());
+    for b in binds {
+        fs::create_dir_all(&b.target).ctx(|| format!("creating mount point {}", b.target.display()))?;
+        let c = |p: &Path| {
+            CString::new(p.as_os_str().as_encoded_bytes())
+                .map_err(|_| Error::Usage(format!("{} holds a NUL byte", p.display())))
+        };
+        mounts.push((c(&b.source)?, c(&b.target)?));
+    }
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe work is allowed.
-    // It makes four plain syscalls (setns, unshare, sethostname, setsid) on data moved in before the fork and
-    // neither allocates nor takes locks; errors become io::Error from a raw errno, which does not allocate.
+    // It makes plain syscalls (setns, unshare, sethostname, mount, setsid) on data moved in before the fork
+    // and neither allocates nor takes locks (the paths are C strings already); errors become io::Error from
+    // a raw errno, which does not allocate.
     unsafe {
         cmd.pre_exec(move || {
             setns(&netns, CloneFlags::CLONE_NEWNET)?;
-            unshare(CloneFlags::CLONE_NEWUTS)?;
+            let ns = if mounts.is_empty() {
+                CloneFlags::CLONE_NEWUTS
+            } else {
+                CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNS
+            };
+            unshare(ns)?;
             sethostname(&hostname)?;
+            if !mounts.is_empty() {
+                // Private first, so that the binds below never propagate back to the machine's namespace.
+                mount(None::<&CStr>, c"/", None::<&CStr>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&CStr>)?;
+                for (source, target) in &mounts {
+                    mount(Some(source.as_c_str()), target.as_c_str(), None::<&CStr>, MsFlags::MS_BIND, None::<&CStr>)?;
+                }
+            }
             if new_session {
                 setsid()?;
             }
@@ -78,6 +118,11 @@ impl Daemon {
     /// The caller does not wait for it: a reaper thread collects its exit status so that a test process that
     /// kills it is not left holding a zombie (a zombie still looks alive to a PID check).
     pub(crate) fn spawn(&self, host: &Host, argv: &[String]) -> Result<u32> {
+        self.spawn_with(host, argv, &[])
+    }
+
+    /// [`Daemon::spawn`] with directories bound into a mount namespace of the process's own.
+    pub(crate) fn spawn_with(&self, host: &Host, argv: &[String], binds: &[Bind]) -> Result<u32> {
         if let Some(dir) = self.log.parent() {
             fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
         }
@@ -92,7 +137,7 @@ impl Daemon {
         let log2 = log.try_clone().ctx(|| format!("duplicating {}", self.log.display()))?;
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(log).stderr(log2);
-        enter(&mut cmd, host, true)?;
+        enter_with(&mut cmd, host, true, binds)?;
         let mut child = cmd.spawn().ctx(|| format!("starting {} on {host}", argv[0]))?;
         let pid = child.id();
         let start = start_time(pid).ok_or_else(|| Error::Usage(format!("{} on {host} exited at once", argv[0])))?;

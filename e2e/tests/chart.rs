@@ -1,0 +1,408 @@
+//! The Helm chart: lint, template assertions (what each value renders to), and the user's path on the real
+//! control plane — `helm install`, `kubectl apply` an example, `kubectl get hac`, `helm upgrade`,
+//! `helm uninstall` — with the agents and the operator run exactly as the rendered pods say.
+
+mod common;
+
+use std::net::IpAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Up, wait_until};
+use kube::api::{Api, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kubeha_crds::HighAvailabilityMember;
+use kubeha_e2e::{CLIENTS, Cluster, KUBEHA_NAMESPACE, NODES, VIP_V4};
+use serde_json::{Value, json};
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/kubeha");
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+const TEST_WORLD_VALUES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/test-world-values.yaml");
+const VAP: &str = "--api-versions=admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy";
+
+fn helm() -> Command {
+    Cluster::open().expect("kubectl and helm").helm()
+}
+
+/// `helm template` of the chart with `args`: the documents, or helm's error.
+fn render(args: &[&str]) -> Result<Vec<Value>, String> {
+    let out = helm().args(["template", "kubeha", CHART, "-n", KUBEHA_NAMESPACE]).args(args).output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok(text.split("\n---").map(|doc| serde_norway::from_str::<Value>(doc).unwrap()).filter(|v| !v.is_null()).collect())
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    docs.iter().map(|d| d["kind"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().into_iter().flatten().map(|s| s.as_str().unwrap_or_default().to_string()).collect()
+}
+
+#[test]
+fn the_chart_lints_clean() {
+    let out = helm().args(["lint", "--strict", CHART]).output().unwrap();
+    assert!(out.status.success(), "helm lint:\n{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn the_operator_runs_two_locked_down_replicas() {
+    let docs = render(&[]).unwrap();
+    let d = find(&docs, "Deployment", "kubeha-operator");
+    assert_eq!(d["spec"]["replicas"], 2);
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(strings(&c["securityContext"]["capabilities"]["drop"]), ["ALL"]);
+    assert!(c["securityContext"]["capabilities"]["add"].is_null());
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(c["resources"]["requests"]["memory"].is_string() && c["resources"]["limits"]["memory"].is_string());
+    let env: Vec<_> =
+        c["env"].as_array().unwrap().iter().map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone()).collect();
+    assert!(env.contains(&json!("metadata.name")) && env.contains(&json!("metadata.namespace")));
+    let pdb = find(&docs, "PodDisruptionBudget", "kubeha-operator");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+
+    // One replica cannot keep a minAvailable of 1 through a drain: no PDB then.
+    let single = render(&["--set", "operator.replicas=1"]).unwrap();
+    assert!(!kinds(&single).contains(&"PodDisruptionBudget".to_string()));
+}
+
+#[test]
+fn the_agent_runs_on_every_master_with_two_capabilities() {
+    let docs = render(&[]).unwrap();
+    let ds = find(&docs, "DaemonSet", "kubeha-agent");
+    assert_eq!(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"], 1);
+    assert_eq!(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"], 0);
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["priorityClassName"], "system-node-critical");
+    assert!(pod["terminationGracePeriodSeconds"].as_i64().unwrap() >= 2);
+    assert_eq!(pod["nodeSelector"], json!({"node-role.kubernetes.io/control-plane": ""}));
+    assert!(
+        pod["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["key"] == "node-role.kubernetes.io/control-plane" && t["effect"] == "NoSchedule")
+    );
+    let c = &pod["containers"][0];
+    let caps = &c["securityContext"]["capabilities"];
+    assert_eq!(strings(&caps["drop"]), ["ALL"]);
+    assert_eq!(strings(&caps["add"]), ["NET_ADMIN", "NET_RAW"]);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    let node_name = c["env"].as_array().unwrap().iter().find(|e| e["name"] == "NODE_NAME").unwrap();
+    assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+    assert_eq!(pod["volumes"][0]["hostPath"]["path"], "/var/lib/kubeha");
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/var/lib/kubeha");
+    let args = strings(&c["args"]);
+    assert!(args.contains(&"run".to_string()) && args.contains(&"--state-dir=/var/lib/kubeha".to_string()));
+    assert!(args.contains(&"--api-server=https://127.0.0.1:6443".to_string()), "never the VIP: {args:?}");
+
+    // Values reach the command line.
+    let custom = render(&[
+        "--set",
+        "agent.apiServers={https://127.0.0.1:6443,https://127.0.0.1:16443}",
+        "--set",
+        "agent.controlPlane.etcdHealthURL=",
+        "--set",
+        "agent.extraArgs={--api-server-name=api.example}",
+    ])
+    .unwrap();
+    let args =
+        strings(&find(&custom, "DaemonSet", "kubeha-agent")["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert!(args.contains(&"--api-server=https://127.0.0.1:16443".to_string()));
+    assert!(args.contains(&"--etcd-health-url=".to_string()));
+    assert_eq!(args.last().unwrap(), "--api-server-name=api.example");
+}
+
+#[test]
+fn rbac_grants_only_what_the_binaries_call() {
+    let docs = render(&[]).unwrap();
+    for d in docs.iter().filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role") {
+        for rule in d["rules"].as_array().unwrap() {
+            let all = [strings(&rule["verbs"]), strings(&rule["resources"]), strings(&rule["apiGroups"])].concat();
+            assert!(!all.contains(&"*".to_string()), "wildcard in {}: {rule}", d["metadata"]["name"]);
+            assert!(
+                !strings(&rule["resources"]).contains(&"secrets".to_string()),
+                "secrets in {}",
+                d["metadata"]["name"]
+            );
+        }
+    }
+    let agent = find(&docs, "ClusterRole", "kubeha-agent");
+    let granted: Vec<(String, Vec<String>)> = agent["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| strings(&r["resources"]).into_iter().map(move |res| (res, strings(&r["verbs"]))))
+        .collect();
+    assert_eq!(
+        granted,
+        [
+            ("highavailabilitymembers".to_string(), vec!["list".to_string(), "watch".into(), "patch".into()]),
+            ("highavailabilitymembers/status".to_string(), vec!["patch".to_string()]),
+        ],
+        "the agent reads its members and writes their status (and their finalizer)"
+    );
+    let agent_leases = find(&docs, "Role", "kubeha-agent");
+    assert_eq!(agent_leases["metadata"]["namespace"], KUBEHA_NAMESPACE);
+    assert!(!strings(&agent_leases["rules"][0]["verbs"]).contains(&"delete".to_string()));
+    let slices = find(&docs, "Role", "kubeha-agent-apiserver-endpoints");
+    assert_eq!(slices["metadata"]["namespace"], "default");
+    assert_eq!(strings(&slices["rules"][0]["verbs"]), ["list"]);
+    let kube_system = find(&docs, "Role", "kubeha-operator-controller-leases");
+    assert_eq!(strings(&kube_system["rules"][0]["verbs"]), ["list", "watch"], "read-only in kube-system");
+}
+
+#[test]
+fn the_admission_policy_follows_the_api_server_and_the_value() {
+    let has = |docs: &[Value]| kinds(docs).contains(&"ValidatingAdmissionPolicy".to_string());
+    assert!(!has(&render(&[]).unwrap()), "an API server without the API gets no policy");
+    let docs = render(&[VAP]).unwrap();
+    assert!(has(&docs));
+    let policy = find(&docs, "ValidatingAdmissionPolicy", "kubeha-agent-own-node");
+    assert!(
+        policy["spec"]["matchConditions"][0]["expression"].as_str().unwrap().contains("kubeha-system:kubeha-agent")
+    );
+    find(&docs, "ValidatingAdmissionPolicyBinding", "kubeha-agent-own-node");
+    assert!(!has(&render(&[VAP, "--set", "validatingAdmissionPolicy.enabled=false"]).unwrap()));
+}
+
+#[test]
+fn crds_follow_enabled_and_keep() {
+    let docs = render(&[]).unwrap();
+    let crd = find(&docs, "CustomResourceDefinition", "highavailabilityclusters.kubeha.io");
+    assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+    let docs = render(&["--set", "crds.keep=false"]).unwrap();
+    let crd = find(&docs, "CustomResourceDefinition", "highavailabilitymembers.kubeha.io");
+    assert!(crd["metadata"]["annotations"]["helm.sh/resource-policy"].is_null());
+    let docs = render(&["--set", "crds.enabled=false"]).unwrap();
+    assert!(!kinds(&docs).contains(&"CustomResourceDefinition".to_string()));
+}
+
+#[test]
+fn metrics_and_the_install_time_cluster_are_opt_in() {
+    let docs = render(&[]).unwrap();
+    for kind in ["Service", "ServiceMonitor", "HighAvailabilityCluster"] {
+        assert!(!kinds(&docs).contains(&kind.to_string()), "{kind} rendered by default");
+    }
+    let docs =
+        render(&["--set", "metrics.service.enabled=true", "--set", "metrics.serviceMonitor.enabled=true"]).unwrap();
+    let svc = find(&docs, "Service", "kubeha-agent-metrics");
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 9641);
+    find(&docs, "ServiceMonitor", "kubeha-operator");
+
+    let docs = render(&[
+        "--set",
+        "cluster.create=true",
+        "--set",
+        "cluster.spec.vip=198.51.100.10/24",
+        "--set",
+        "cluster.spec.vrid=51",
+        "--set",
+        "cluster.spec.interface=eth0",
+    ])
+    .unwrap();
+    let hac = find(&docs, "HighAvailabilityCluster", "control-plane");
+    assert_eq!(hac["spec"], json!({"vip": "198.51.100.10/24", "vrid": 51, "interface": "eth0"}));
+    assert_eq!(hac["metadata"]["annotations"]["helm.sh/hook"], "post-install");
+}
+
+#[test]
+fn bad_values_are_refused_by_name() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--set", "operator.replicass=3"], "replicass"),
+        (&["--set", "logFormat=yaml"], "/logFormat"),
+        (&["--set", "agent.metricsPort=70000"], "/agent/metricsPort"),
+        (&["--set", "agent.stateDir=relative/dir"], "/agent/stateDir"),
+        (&["--set", "cluster.create=true"], "cluster.spec"),
+    ];
+    for (args, named) in cases {
+        let err = render(args).expect_err(&format!("{args:?} accepted"));
+        assert!(err.contains(named), "{args:?}: the error does not name {named}: {err}");
+    }
+}
+
+/// The VIP's holders, sampled every 20 ms in a thread until stopped: (how long the VIP was on no node at a
+/// stretch at most, whether it was ever on two).
+struct VipWatch {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(Duration, bool)>,
+}
+
+impl VipWatch {
+    fn start(cluster: &Cluster, vip: IpAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (cluster, flag) = (cluster.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let (mut longest, mut two, mut none_since) = (Duration::ZERO, false, None::<Instant>);
+            while !flag.load(Ordering::Relaxed) {
+                let holders = cluster.holders(vip).len();
+                two |= holders > 1;
+                match (holders, none_since) {
+                    (0, None) => none_since = Some(Instant::now()),
+                    (0, Some(_)) => {}
+                    (_, Some(t)) => {
+                        longest = longest.max(t.elapsed());
+                        none_since = None;
+                    }
+                    (_, None) => {}
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (longest.max(none_since.map_or(Duration::ZERO, |t| t.elapsed())), two)
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> (Duration, bool) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+fn get_hac(up: &Up, name: &str) -> Value {
+    serde_json::from_str(&up.kubectl(&["get", "hac", name, "-o", "json"])).unwrap()
+}
+
+fn ready(hac: &Value) -> bool {
+    hac["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+async fn wait_ready(up: &Up, name: &str) {
+    wait_until(&format!("{name} Ready with all three members"), Duration::from_secs(60), || async {
+        let hac = get_hac(up, name);
+        ready(&hac)
+            && hac["status"]["activeNode"].is_string()
+            && hac["status"]["members"].as_array().is_some_and(|m| m.len() == 3)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn helm_install_apply_upgrade_uninstall() {
+    let up = Up::new().await;
+    let cluster = &up.cluster;
+    let helm = |args: &[&str]| {
+        let out = cluster.helm().args(args).output().unwrap();
+        assert!(out.status.success(), "helm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // Everything the chart renders is accepted by the real API server (the install-time cluster needs its
+    // CRD first, so that one is checked after the install), in the namespace `--create-namespace` makes.
+    up.kubectl(&["create", "namespace", KUBEHA_NAMESPACE]);
+    let rendered = helm(&["template", "kubeha", CHART, "-n", KUBEHA_NAMESPACE, VAP, "-f", TEST_WORLD_VALUES]);
+    let mut apply = cluster.kubectl();
+    apply.args(["apply", "--dry-run=server", "-f", "-"]).stdin(std::process::Stdio::piped());
+    apply.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = apply.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), rendered.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "dry-run of the rendered chart: {}", String::from_utf8_lossy(&out.stderr));
+
+    // The user's path. A second cluster comes from the chart's `cluster:` section.
+    let notes = helm(&[
+        "install",
+        "kubeha",
+        CHART,
+        "-n",
+        KUBEHA_NAMESPACE,
+        "--create-namespace",
+        "-f",
+        TEST_WORLD_VALUES,
+        "--set",
+        "cluster.create=true",
+        "--set",
+        "cluster.name=from-values",
+        "--set",
+        "cluster.spec.vip=198.51.100.20/24",
+        "--set",
+        "cluster.spec.vrid=52",
+        "--set",
+        "cluster.spec.interface=eth0",
+    ]);
+    assert!(notes.contains("kubectl get hac from-values"), "NOTES tell how to read the cluster:\n{notes}");
+    let pods = cluster.kubelet_sync("kubeha", KUBEHA_NAMESPACE).await.unwrap();
+    assert_eq!(pods.len(), NODES.len() + CLIENTS.len(), "an agent per master and two operators: {pods:?}");
+    for node in NODES {
+        let agent = pods.iter().find(|p| p.name == format!("kubeha-agent-{node}")).expect("an agent on every master");
+        assert_eq!(agent.env("NODE_NAME"), Some(node.name().as_str()));
+        assert_eq!(agent.arg("metrics"), Some(format!("{}:9641", node.ipv4()).as_str()));
+    }
+    up.kubectl(&["apply", "--dry-run=server", "-f", EXAMPLES]);
+    up.kubectl(&["apply", "-f", &format!("{EXAMPLES}/ipv4-multicast.yaml")]);
+    wait_ready(&up, "control-plane").await;
+    wait_ready(&up, "from-values").await;
+    let table = up.kubectl(&["get", "hac"]);
+    println!("{table}");
+    assert!(table.lines().next().unwrap().split_whitespace().eq([
+        "NAME",
+        "VIP",
+        "VRID",
+        "ACTIVE",
+        "READY",
+        "MEMBERS",
+        "TOLERANCE",
+        "AGE"
+    ]));
+    assert_eq!(cluster.holders(IpAddr::V4(VIP_V4)).len(), 1);
+    assert_eq!(cluster.holders("198.51.100.20".parse().unwrap()).len(), 1);
+
+    // The admission policy: n1's agent, with its own token, may not write n2's member.
+    let token = std::fs::read_to_string(cluster.dir().join("pods/kubeha-agent-n1/serviceaccount/token")).unwrap();
+    let kubeconfig = Kubeconfig::read_from(cluster.kubeconfig()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &KubeConfigOptions { context: Some("n1".into()), ..Default::default() },
+    )
+    .await
+    .unwrap();
+    config.auth_info = kube::config::AuthInfo { token: Some(token.trim().to_string().into()), ..Default::default() };
+    let as_n1: Api<HighAvailabilityMember> = Api::all(kube::Client::try_from(config).unwrap());
+    let patch =
+        json!({"apiVersion": "kubeha.io/v1alpha1", "kind": "HighAvailabilityMember", "status": {"error": "forged"}});
+    let err = as_n1
+        .patch_status("control-plane-n2", &PatchParams::apply("forger").force(), &Patch::Apply(&patch))
+        .await
+        .expect_err("n1's agent wrote n2's member");
+    assert!(err.to_string().contains("may only write members of its own node"), "{err}");
+
+    // An upgrade that changes the agents' command line rolls them one node at a time; the VIP stays served.
+    let watch = VipWatch::start(cluster, IpAddr::V4(VIP_V4));
+    helm(&["upgrade", "kubeha", CHART, "-n", KUBEHA_NAMESPACE, "-f", TEST_WORLD_VALUES, "--set", "logFormat=json"]);
+    let pods = cluster.kubelet_sync("kubeha", KUBEHA_NAMESPACE).await.unwrap();
+    wait_ready(&up, "control-plane").await;
+    let (gap, two) = watch.finish();
+    println!("rolling upgrade of three agents: the VIP was on no node for {gap:?} at most; on two: {two}");
+    assert!(pods.iter().all(|p| p.arg("log-format") == Some("json")), "every pod runs the new values");
+    assert!(cluster.pod_log(&pods[0]).unwrap().lines().last().unwrap_or_default().starts_with('{'));
+    assert_eq!(cluster.holders(IpAddr::V4(VIP_V4)).len(), 1);
+
+    // Uninstall stops every agent; each hands the VIP over as it stops, the last one releases it.
+    helm(&["uninstall", "kubeha", "-n", KUBEHA_NAMESPACE]);
+    let pods = cluster.kubelet_sync("kubeha", KUBEHA_NAMESPACE).await.unwrap();
+    assert!(pods.is_empty() && cluster.pods_running().is_empty());
+    for vip in [IpAddr::V4(VIP_V4), "198.51.100.20".parse().unwrap()] {
+        assert!(cluster.holders(vip).is_empty(), "{vip} still held after helm uninstall");
+    }
+    let crds = up.kubectl(&["get", "crd", "-o", "name"]);
+    assert!(crds.contains("highavailabilityclusters.kubeha.io"), "crds.keep keeps the CRDs: {crds}");
+}

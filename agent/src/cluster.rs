@@ -356,7 +356,9 @@ impl Supervisor {
             cluster: cluster.to_string(),
             identity: self.opts.node.clone(),
         };
-        let mut i = Instance::start(spec.clone(), vrrp_metrics, proxy_metrics, Some(lease)).await?;
+        let mut i =
+            Instance::start(spec.clone(), vrrp_metrics, proxy_metrics, Some(lease), self.opts.state_dir.clone())
+                .await?;
         i.set_discovered(self.discovered.clone());
         tracing::info!(member = %name, "member started");
         Ok(i)

@@ -12,10 +12,14 @@ use tokio::time::Instant;
 
 use crate::announce::Announcer;
 use crate::config::{self, Vip};
+use crate::handover::Slot;
 use crate::health::{self, Checks, Verdict};
 use crate::metrics::{Reason, VrrpMetrics};
 use crate::socket::{SocketError, VrrpSocket};
 use crate::vip::{NetError, REFRESH, VipOnLink};
+
+/// How often a yielding agent looks for a request to step aside.
+const HANDOVER_POLL: Duration = Duration::from_millis(20);
 
 /// Why the driver cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -203,12 +207,28 @@ pub struct Driver {
     /// This node owns the address: it is never added or removed by the agent.
     owner: bool,
     faulted: bool,
+    /// This node's right to run the instance (see [`crate::handover`]).
+    slot: Option<Slot>,
+}
+
+/// How [`Driver::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Shut down: the VIP was handed over to another node by a priority-0 advertisement and removed.
+    Stopped,
+    /// Stepped aside for another agent of this node, which runs the instance now; the VIP stayed.
+    HandedOver,
 }
 
 impl Driver {
     /// Sets up the interface, socket and router for `spec`; removes a VIP left over from an earlier run
-    /// (this node is not master yet).
-    pub async fn new(spec: &HighAvailabilityMemberSpec, metrics: VrrpMetrics) -> Result<Self, DriverError> {
+    /// (this node is not master yet) — unless `slot` says another agent of this node just handed it over as
+    /// master. The driver keeps `slot` while it runs.
+    pub async fn new(
+        spec: &HighAvailabilityMemberSpec,
+        metrics: VrrpMetrics,
+        slot: Option<Slot>,
+    ) -> Result<Self, DriverError> {
         check_capabilities()?;
         let vip = config::vip(spec).ok_or_else(|| DriverError::Config("vip is required for VRRP".into()))?;
         let interface = spec.interface.as_deref().ok_or_else(|| DriverError::Config("interface is required".into()))?;
@@ -243,7 +263,8 @@ impl Driver {
                 ))
             })?
         };
-        if present && !owner {
+        let resume = slot.as_ref().is_some_and(|s| s.resume_master);
+        if present && !owner && !resume {
             tracing::warn!(vip = %address, "removing a VIP left over from an earlier run");
             link.remove().await?;
         }
@@ -281,6 +302,7 @@ impl Driver {
             last_transition: None,
             owner,
             faulted: false,
+            slot,
         })
     }
 
@@ -355,8 +377,9 @@ impl Driver {
         self.origin.elapsed()
     }
 
-    /// Runs until `shutdown` resolves, then hands over (priority-0 advert) and removes the VIP.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+    /// Runs until `shutdown` resolves, then hands over (priority-0 advert) and removes the VIP; or until an
+    /// agent of this node asks for the instance, when it yields one (see [`crate::handover`]).
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Ended {
         let mut shutdown = std::pin::pin!(shutdown);
         // Start from the first verdict of every check (bounded), not from a guess about its health.
         let first = async {
@@ -368,11 +391,14 @@ impl Driver {
             tracing::warn!("not every health check answered within 5 s; starting with what is known");
         }
         self.apply_health().await;
-        self.input(Input::Startup).await;
+        let resume = self.slot.as_ref().is_some_and(|s| s.resume_master);
+        self.input(if resume { Input::Resume } else { Input::Startup }).await;
         self.publish();
         let mut commands = self.commands.take();
         let mut refresh = tokio::time::interval(REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut asked = tokio::time::interval(HANDOVER_POLL);
+        asked.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline =
                 self.router.deadline().map_or_else(|| Instant::now() + Duration::from_secs(3600), |d| self.origin + d);
@@ -386,6 +412,7 @@ impl Driver {
                 () = changed(&mut self.checks.verdicts) => self.apply_health().await,
                 Some(c) = next_command(&mut commands) => self.command(c).await,
                 _ = refresh.tick(), if self.holds_vip && !self.owner => drop(self.vip.add().await),
+                _ = asked.tick(), if self.slot.as_ref().is_some_and(Slot::requested) => return self.step_aside().await,
             }
             // Once per turn, whatever happened: the status reporter sees only real changes (compared here).
             self.publish();
@@ -393,10 +420,24 @@ impl Driver {
         tracing::info!("shutting down: handing the VIP over");
         self.input(Input::Shutdown).await;
         self.publish();
-        if self.owner {
-            return;
+        if !self.owner {
+            self.vip.remove().await;
         }
-        self.vip.remove().await;
+        Ended::Stopped
+    }
+
+    /// Leaves the instance to the agent of this node that asked for it: a master advertises once more (the
+    /// other nodes' down timers restart, the taker needs milliseconds) and keeps the VIP on the interface.
+    async fn step_aside(mut self) -> Ended {
+        let master = self.router.state() == State::Master;
+        if master {
+            self.act(Action::Advertise { priority: self.router.effective_priority() }).await;
+        }
+        tracing::info!(master, "stepping aside for the cluster-mode agent of this node; the VIP stays");
+        if let Some(slot) = self.slot.take() {
+            slot.hand_off(master);
+        }
+        Ended::HandedOver
     }
 
     /// Feeds the router the priority and fault state the current verdicts give.

@@ -4,6 +4,7 @@
 //! (docs/cluster-mode.md has the list).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use kubeha_crds::{HighAvailabilityMemberSpec, MemberProxy};
 use kubeha_vrrp::router::Tuning;
@@ -12,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::config;
 use crate::driver::{self, Command, Control, Driver, Observed};
+use crate::handover::{Role, Slot};
 use crate::leasemode::{LeaseContext, LeaseHolder};
 use crate::metrics::{ProxyMetrics, VrrpMetrics};
 use crate::proxy::{self, BackendView, Proxy, ProxyHandle};
@@ -124,6 +126,9 @@ pub enum StartError {
          in a config file"
     )]
     LeaseMode,
+    /// Another agent of this node runs the VRRP instance and did not step aside.
+    #[error("{0}")]
+    Handover(#[from] crate::handover::HandoverError),
 }
 
 /// One member's running parts.
@@ -138,6 +143,8 @@ pub struct Instance {
     discovered: Vec<SocketAddr>,
     /// What Lease mode needs; `None` standalone, where Lease mode cannot run.
     lease: Option<LeaseContext>,
+    /// The state directory, where the VRRP instance is locked against other agents of this node.
+    state_dir: PathBuf,
 }
 
 impl Instance {
@@ -148,8 +155,18 @@ impl Instance {
         vrrp_metrics: VrrpMetrics,
         proxy_metrics: ProxyMetrics,
         lease: Option<LeaseContext>,
+        state_dir: PathBuf,
     ) -> Result<Self, StartError> {
-        let mut me = Self { spec, vrrp_metrics, proxy_metrics, vrrp: None, proxy: None, discovered: Vec::new(), lease };
+        let mut me = Self {
+            spec,
+            vrrp_metrics,
+            proxy_metrics,
+            vrrp: None,
+            proxy: None,
+            discovered: Vec::new(),
+            lease,
+            state_dir,
+        };
         me.proxy = me.start_proxy()?;
         match me.start_vrrp().await {
             Ok(v) => me.vrrp = v,
@@ -178,9 +195,19 @@ impl Instance {
             let (holder, control) = LeaseHolder::new(&self.spec, ctx, self.vrrp_metrics.clone()).await?;
             return Ok(Some((Task::spawn(|rx| holder.run(stopped(rx))), control)));
         }
-        let mut driver = Driver::new(&self.spec, self.vrrp_metrics.clone()).await?;
+        // A bootstrap agent (static pod) of this node may run the same instance: it steps aside, and if it
+        // held the VIP the driver resumes as master without dropping it.
+        let interface = self.spec.interface.as_deref().unwrap_or_default();
+        let vrid = self.spec.vrid.and_then(|v| u8::try_from(v).ok()).unwrap_or_default();
+        let slot = Slot::acquire(&self.state_dir, interface, vrid, Role::Takes, std::future::pending()).await?;
+        let mut driver = Driver::new(&self.spec, self.vrrp_metrics.clone(), slot).await?;
         let control = driver.control();
-        Ok(Some((Task::spawn(|rx| driver.run(stopped(rx))), control)))
+        Ok(Some((
+            Task::spawn(|rx| async move {
+                let _ = driver.run(stopped(rx)).await;
+            }),
+            control,
+        )))
     }
 
     /// The spec's backends plus the discovered ones.

@@ -6,9 +6,11 @@
 
 pub mod announce;
 pub mod api;
+pub mod bootstrap;
 pub mod cluster;
 pub mod config;
 pub mod driver;
+pub mod handover;
 pub mod health;
 pub mod instance;
 pub mod leasemode;

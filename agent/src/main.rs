@@ -1,13 +1,15 @@
 //! `kubeha-agent`: the node agent. `kubeha-agent run --config FILE` runs standalone from a config file.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use kubeha_agent::driver::Driver;
+use kubeha_agent::bootstrap::Bootstrap;
+use kubeha_agent::driver::{Driver, Ended};
+use kubeha_agent::handover::{Role, Slot};
 use kubeha_agent::metrics::{ProxyMetrics, VrrpMetrics};
 use kubeha_agent::proxy;
 use kubeha_agent::{api, cluster, config};
@@ -44,6 +46,59 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Write a standalone config and a static pod that holds the VIP before the API server exists (run on
+    /// every master before `kubeadm init --control-plane-endpoint VIP:6443` or `kubeadm join`). The
+    /// DaemonSet agent takes over in place once kubeha is installed (docs/bootstrap.md).
+    Bootstrap(Box<BootstrapArgs>),
+}
+
+/// `kubeha-agent bootstrap`.
+#[derive(Debug, clap::Args)]
+struct BootstrapArgs {
+    /// The VIP with its prefix (198.51.100.10/24, 2001:db8::10/64); the same on every master.
+    #[arg(long)]
+    vip: String,
+    /// The VRRP router id, 1-255, unique on the segment; the same on every master and in the
+    /// HighAvailabilityCluster you apply later.
+    #[arg(long)]
+    vrid: u8,
+    /// The interface on the VIP's subnet.
+    #[arg(long)]
+    interface: String,
+    /// The other masters' addresses for unicast VRRP (comma-separated); omit for multicast.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<IpAddr>,
+    /// This node's priority, 1-254. The default stays below the operator's (200 and down), so a DaemonSet
+    /// agent elsewhere is never preempted by a bootstrap agent.
+    #[arg(long, default_value_t = 100)]
+    priority: u8,
+    /// The advertisement interval (VRRPv3: 10ms-40950ms in steps of 10ms).
+    #[arg(long, default_value = "100ms")]
+    advert_interval: String,
+    /// This node's name (default: the host name, as the kubelet names the node).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// This node's kube-apiserver readiness: the VIP avoids a master whose API server is down ("" for none).
+    #[arg(long, default_value = "https://127.0.0.1:6443/readyz")]
+    apiserver_health_url: String,
+    /// Where the bootstrap agent serves /metrics (not the DaemonSet agent's port).
+    #[arg(long, default_value = "127.0.0.1:9642")]
+    metrics: String,
+    /// The state directory: must be the DaemonSet agent's (agent.stateDir), which locks the instance there.
+    #[arg(long, default_value = "/var/lib/kubeha")]
+    state_dir: PathBuf,
+    /// Where the config goes.
+    #[arg(long, default_value = "/etc/kubeha")]
+    config_dir: PathBuf,
+    /// The kubelet's static-pod directory.
+    #[arg(long, default_value = "/etc/kubernetes/manifests")]
+    manifest_dir: PathBuf,
+    /// The agent image of the static pod.
+    #[arg(long, default_value = concat!("ghcr.io/kubeha/kubeha:", env!("CARGO_PKG_VERSION")))]
+    image: String,
+    /// Print the files instead of writing them.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// Cluster mode.
@@ -107,6 +162,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let path = match command {
         Command::Run { config: Some(config), .. } | Command::Check { config } => config,
         Command::Run { config: None, cluster } => return run_cluster(cluster).await,
+        Command::Bootstrap(args) => return bootstrap(*args),
     };
     let spec = match config::load(&path) {
         Ok(spec) => spec,
@@ -139,10 +195,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Some(p) => Some(proxy::Proxy::bind(proxy::Settings::from_spec(p)?, proxy_metrics)?),
         None => None,
     };
-    let driver = match config::vip(&spec) {
-        Some(_) => Some(Driver::new(&spec, vrrp_metrics).await?),
-        None => None,
-    };
+    let has_vip = config::vip(&spec).is_some();
     ready_tx.send_replace(true);
     tracing::info!(node = %spec.node_name, vip = ?spec.vip, vrid = ?spec.vrid, priority = spec.priority,
         proxy = proxy.is_some(), "kubeha-agent running");
@@ -151,19 +204,80 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         terminated().await;
         term_tx.send_replace(true);
     });
+    // A standalone agent yields its VRRP instance to the cluster-mode agent of this node when that one asks
+    // (the bootstrap static pod and the DaemonSet, docs/adr/0005) and stands by to take it back.
     let vrrp = async {
-        if let Some(d) = driver {
-            d.run(stopped(term_rx.clone())).await;
+        let interface = spec.interface.clone().unwrap_or_default();
+        let vrid = spec.vrid.and_then(|v| u8::try_from(v).ok()).unwrap_or_default();
+        while has_vip {
+            let dir = std::path::Path::new(&spec.state_dir);
+            let Some(slot) = Slot::acquire(dir, &interface, vrid, Role::Yields, stopped(term_rx.clone())).await? else {
+                break;
+            };
+            let driver = Driver::new(&spec, vrrp_metrics.clone(), Some(slot)).await?;
+            if driver.run(stopped(term_rx.clone())).await == Ended::Stopped {
+                break;
+            }
         }
+        anyhow::Ok(())
     };
     let proxying = async {
         if let Some(p) = proxy {
             p.run(stopped(term_rx.clone())).await;
         }
     };
-    tokio::join!(vrrp, proxying);
+    let (vrrp, ()) = tokio::join!(vrrp, proxying);
     stop_tx.send_replace(true);
     let _ = probes.await;
+    vrrp?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
+    let node_name = match args.node_name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("reading the host name (or pass --node-name)")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let plan = Bootstrap {
+        node_name,
+        vip: args.vip,
+        vrid: args.vrid,
+        interface: args.interface,
+        peers: args.peers,
+        priority: args.priority,
+        advert_interval: args.advert_interval,
+        apiserver_health_url: args.apiserver_health_url,
+        metrics: args.metrics,
+        state_dir: args.state_dir,
+        config_dir: args.config_dir,
+        manifest_dir: args.manifest_dir,
+        image: args.image,
+    };
+    let files = match plan.render() {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("kubeha-agent bootstrap: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    for f in files {
+        if args.dry_run {
+            println!("--- {}\n{}", f.path.display(), f.contents);
+            continue;
+        }
+        if let Some(dir) = f.path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        // The static pod last and atomically: the kubelet must never read half a manifest or start the pod
+        // before its config exists.
+        let tmp = f.path.with_extension("tmp");
+        std::fs::write(&tmp, &f.contents).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &f.path).with_context(|| format!("renaming {} into place", tmp.display()))?;
+        println!("wrote {}", f.path.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -71,6 +71,8 @@ pub enum Reason {
     Startup,
     /// It owns the addresses (priority 255) and starts as master (RFC 9568 §6.4.1).
     AddressOwner,
+    /// Another process of this node held the addresses as master and handed them over in place.
+    HandedOver,
     /// No advertisement within Master_Down_Interval (RFC 9568 §6.4.2).
     MasterDown,
     /// The master sent priority 0: it is leaving, and this router's skew made it first (RFC 9568 §6.4.2).
@@ -118,6 +120,12 @@ pub enum Action {
 pub enum Input {
     /// Start taking part (RFC 9568 §6.4.1 Startup).
     Startup,
+    /// Start taking part as the master this node already is: another process on this node ran the same
+    /// virtual router, held the addresses and handed them over in place (the bootstrap agent stepping aside
+    /// for the DaemonSet agent). Not in the RFC; to the other routers it is a master that kept advertising,
+    /// as long as the gap is shorter than their Master_Down_Interval. A higher-priority master, if one
+    /// appears, wins as usual.
+    Resume,
     /// Stop: a master sends priority 0 so that a backup takes over after its Skew_Time.
     Shutdown,
     /// A valid advertisement for this VRID from `from` (the sender's primary address). Own packets must
@@ -269,6 +277,7 @@ impl Router {
     pub fn handle(&mut self, now: Duration, input: Input, out: &mut Vec<Action>) {
         match input {
             Input::Startup => self.startup(now, out),
+            Input::Resume => self.resume(now, out),
             Input::Shutdown => self.shutdown(out),
             Input::Timer => self.timer(now, out),
             Input::Advertisement { from, advertisement } => self.receive(now, from, &advertisement, out),
@@ -319,6 +328,18 @@ impl Router {
             self.become_master(now, Reason::AddressOwner, out);
         } else {
             self.become_backup(now, Reason::Startup, out);
+        }
+    }
+
+    fn resume(&mut self, now: Duration, out: &mut Vec<Action>) {
+        if self.state != State::Initialize {
+            return;
+        }
+        self.started = now;
+        if self.faulted {
+            self.go(State::Fault, Reason::FaultDetected, out);
+        } else {
+            self.become_master(now, Reason::HandedOver, out);
         }
     }
 

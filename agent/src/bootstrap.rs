@@ -68,7 +68,7 @@ impl Bootstrap {
         let mut contents = String::new();
         let _ = writeln!(
             contents,
-            "# Written by `kubeha-agent bootstrap` for node {}: the VIP before the API exists (docs/bootstrap.md).\n\
+            "# Written by `kubeha-agent bootstrap` for node {}: the VIP before the API exists (docs/guide.md).\n\
              # The DaemonSet agent takes this VRRP instance over once kubeha is installed; keep this file and the\n\
              # static pod: after a cold start of the whole cluster they hold the VIP until the DaemonSet runs.",
             spec.node_name
@@ -147,7 +147,7 @@ impl Bootstrap {
             },
         });
         format!(
-            "# Written by `kubeha-agent bootstrap` (docs/bootstrap.md): the kubelet runs the VIP's agent before the\n\
+            "# Written by `kubeha-agent bootstrap` (docs/guide.md): the kubelet runs the VIP's agent before the\n\
              # API server exists. Shares {} with the DaemonSet agent, which takes over in place.\n{}",
             spec.state_dir,
             serde_norway::to_string(&pod).unwrap_or_default()

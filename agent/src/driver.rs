@@ -209,6 +209,8 @@ pub struct Driver {
     faulted: bool,
     /// This node's right to run the instance (see [`crate::handover`]).
     slot: Option<Slot>,
+    /// The VIP was on the interface when the driver was set up, and not as this node's own address.
+    leftover: bool,
 }
 
 /// How [`Driver::run`] ended.
@@ -221,14 +223,9 @@ pub enum Ended {
 }
 
 impl Driver {
-    /// Sets up the interface, socket and router for `spec`; removes a VIP left over from an earlier run
-    /// (this node is not master yet) — unless `slot` says another agent of this node just handed it over as
-    /// master. The driver keeps `slot` while it runs.
-    pub async fn new(
-        spec: &HighAvailabilityMemberSpec,
-        metrics: VrrpMetrics,
-        slot: Option<Slot>,
-    ) -> Result<Self, DriverError> {
+    /// Sets up the interface, socket, health checks and router for `spec`. Nothing changes on the node until
+    /// [`Driver::take`]: another agent of this node may still run the instance.
+    pub async fn new(spec: &HighAvailabilityMemberSpec, metrics: VrrpMetrics) -> Result<Self, DriverError> {
         check_capabilities()?;
         let vip = config::vip(spec).ok_or_else(|| DriverError::Config("vip is required for VRRP".into()))?;
         let interface = spec.interface.as_deref().ok_or_else(|| DriverError::Config("interface is required".into()))?;
@@ -263,11 +260,7 @@ impl Driver {
                 ))
             })?
         };
-        let resume = slot.as_ref().is_some_and(|s| s.resume_master);
-        if present && !owner && !resume {
-            tracing::warn!(vip = %address, "removing a VIP left over from an earlier run");
-            link.remove().await?;
-        }
+
         let peers: Vec<IpAddr> = spec.vrrp.peers.iter().filter_map(|p| p.parse().ok()).collect();
         let socket = match primary {
             IpAddr::V4(p4) => VrrpSocket::open_v4(interface, link.ifindex(), p4, &peers)?,
@@ -302,8 +295,36 @@ impl Driver {
             last_transition: None,
             owner,
             faulted: false,
-            slot,
+            slot: None,
+            leftover: present && !owner,
         })
+    }
+
+    /// Waits (at most 5 s) for the first verdict of every health check, so that the router starts from
+    /// what is known rather than a guess. Before [`Driver::take`], so that a hand-over waits for nothing.
+    pub async fn prepare(&mut self) {
+        let first = async {
+            for rx in &mut self.checks.verdicts {
+                let _ = rx.wait_for(|v| v.healthy.is_some()).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), first).await.is_err() {
+            tracing::warn!("not every health check answered within 5 s; starting with what is known");
+        }
+    }
+
+    /// Takes the node's side of the instance: keeps `slot` while running, and removes a VIP left over from
+    /// an earlier run (this node is not master yet) unless the slot says another agent of this node just
+    /// handed it over as master.
+    pub async fn take(&mut self, slot: Option<Slot>) -> Result<(), DriverError> {
+        let resume = slot.as_ref().is_some_and(|s| s.resume_master);
+        self.slot = slot;
+        if self.leftover && !resume {
+            tracing::warn!(interface = %self.interface, "removing a VIP left over from an earlier run");
+            self.vip.link.remove().await?;
+        }
+        self.leftover = false;
+        Ok(())
     }
 
     /// Opens the command channel and the observation feed. Call before [`Driver::run`]; a driver without a
@@ -381,15 +402,6 @@ impl Driver {
     /// agent of this node asks for the instance, when it yields one (see [`crate::handover`]).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Ended {
         let mut shutdown = std::pin::pin!(shutdown);
-        // Start from the first verdict of every check (bounded), not from a guess about its health.
-        let first = async {
-            for rx in &mut self.checks.verdicts {
-                let _ = rx.wait_for(|v| v.healthy.is_some()).await;
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(5), first).await.is_err() {
-            tracing::warn!("not every health check answered within 5 s; starting with what is known");
-        }
         self.apply_health().await;
         let resume = self.slot.as_ref().is_some_and(|s| s.resume_master);
         self.input(if resume { Input::Resume } else { Input::Startup }).await;

@@ -23,6 +23,8 @@ use nix::fcntl::{Flock, FlockArg};
 pub const STEP_ASIDE_WITHIN: Duration = Duration::from_secs(5);
 /// A hand-off older than this is history, not a hand-over: the taker starts as a backup.
 const FRESH: Duration = Duration::from_secs(2);
+/// A request not renewed for this long is from a taker that is gone.
+const REQUEST_FRESH: Duration = Duration::from_secs(1);
 /// How often a waiting taker tries the lock: the gap in advertisements is at most this plus its start-up.
 const TAKE_POLL: Duration = Duration::from_millis(5);
 /// How often a standing-by agent tries the lock.
@@ -115,9 +117,11 @@ impl Slot {
             }
             let poll = match role {
                 Role::Takes => {
+                    // Rewritten on every try: a request older than REQUEST_FRESH is from a taker that died,
+                    // and the holder ignores it.
+                    let request = base.with_extension("request");
+                    fs::write(&request, std::process::id().to_string()).map_err(io(&request))?;
                     if !asked {
-                        let request = base.with_extension("request");
-                        fs::write(&request, std::process::id().to_string()).map_err(io(&request))?;
                         tracing::info!(
                             vrid,
                             interface,
@@ -146,9 +150,12 @@ impl Slot {
         }
     }
 
-    /// Whether a cluster-mode agent asks for the instance (always false for one that does not yield).
+    /// Whether a cluster-mode agent asks for the instance now (always false for one that does not yield).
     pub fn requested(&self) -> bool {
-        self.role == Role::Yields && self.base.with_extension("request").exists()
+        self.role == Role::Yields
+            && fs::metadata(self.base.with_extension("request"))
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < REQUEST_FRESH))
     }
 
     /// Steps aside: records whether this process held the VIP, then unlocks. The caller has left the VIP
@@ -241,6 +248,18 @@ mod tests {
         // Another VRID is another instance.
         tokio::time::resume();
         assert!(Slot::acquire(dir.path(), "eth0", 52, Role::Takes, never()).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_request_from_a_taker_that_died_is_ignored() {
+        let dir = Scratch::new("stale");
+        let held = Slot::acquire(dir.path(), "eth0", 51, Role::Yields, never()).await.unwrap().unwrap();
+        let request = held.base.with_extension("request");
+        fs::write(&request, "1").unwrap();
+        assert!(held.requested());
+        let old = SystemTime::now() - Duration::from_secs(5);
+        File::options().write(true).open(&request).unwrap().set_modified(old).unwrap();
+        assert!(!held.requested(), "a request nobody renews is not followed");
     }
 
     #[tokio::test]

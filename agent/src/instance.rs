@@ -195,12 +195,14 @@ impl Instance {
             let (holder, control) = LeaseHolder::new(&self.spec, ctx, self.vrrp_metrics.clone()).await?;
             return Ok(Some((Task::spawn(|rx| holder.run(stopped(rx))), control)));
         }
-        // A bootstrap agent (static pod) of this node may run the same instance: it steps aside, and if it
-        // held the VIP the driver resumes as master without dropping it.
+        // A bootstrap agent (static pod) of this node may run the same instance: everything is set up before
+        // it is asked to step aside, and if it held the VIP the driver resumes as master without dropping it.
+        let mut driver = Driver::new(&self.spec, self.vrrp_metrics.clone()).await?;
+        driver.prepare().await;
         let interface = self.spec.interface.as_deref().unwrap_or_default();
         let vrid = self.spec.vrid.and_then(|v| u8::try_from(v).ok()).unwrap_or_default();
         let slot = Slot::acquire(&self.state_dir, interface, vrid, Role::Takes, std::future::pending()).await?;
-        let mut driver = Driver::new(&self.spec, self.vrrp_metrics.clone(), slot).await?;
+        driver.take(slot).await?;
         let control = driver.control();
         Ok(Some((
             Task::spawn(|rx| async move {

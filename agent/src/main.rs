@@ -48,7 +48,7 @@ enum Command {
     },
     /// Write a standalone config and a static pod that holds the VIP before the API server exists (run on
     /// every master before `kubeadm init --control-plane-endpoint VIP:6443` or `kubeadm join`). The
-    /// DaemonSet agent takes over in place once kubeha is installed (docs/bootstrap.md).
+    /// DaemonSet agent takes over in place once kubeha is installed (docs/guide.md).
     Bootstrap(Box<BootstrapArgs>),
 }
 
@@ -207,19 +207,23 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     // A standalone agent yields its VRRP instance to the cluster-mode agent of this node when that one asks
     // (the bootstrap static pod and the DaemonSet, docs/adr/0005) and stands by to take it back.
     let vrrp = async {
+        if !has_vip {
+            return anyhow::Ok(());
+        }
         let interface = spec.interface.clone().unwrap_or_default();
         let vrid = spec.vrid.and_then(|v| u8::try_from(v).ok()).unwrap_or_default();
-        while has_vip {
+        loop {
             let dir = std::path::Path::new(&spec.state_dir);
             let Some(slot) = Slot::acquire(dir, &interface, vrid, Role::Yields, stopped(term_rx.clone())).await? else {
-                break;
+                return Ok(());
             };
-            let driver = Driver::new(&spec, vrrp_metrics.clone(), Some(slot)).await?;
+            let mut driver = Driver::new(&spec, vrrp_metrics.clone()).await?;
+            driver.prepare().await;
+            driver.take(Some(slot)).await?;
             if driver.run(stopped(term_rx.clone())).await == Ended::Stopped {
-                break;
+                return Ok(());
             }
         }
-        anyhow::Ok(())
     };
     let proxying = async {
         if let Some(p) = proxy {

@@ -30,6 +30,8 @@ use crate::process::{self, Bind, Daemon};
 
 /// Where a container finds its service account, as every kubelet mounts it.
 const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// Where a kubelet finds static pods (kubeadm's staticPodPath).
+const STATIC_POD_DIR: &str = "/etc/kubernetes/manifests";
 /// The environment a container image typically brings.
 const IMAGE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -46,6 +48,8 @@ pub struct Pod {
     binds: Vec<Bind>,
     /// The readiness probe's address and path, if it has one.
     pub ready: Option<(SocketAddr, String)>,
+    /// A static pod (from a node's manifest directory, not from a release).
+    r#static: bool,
     /// terminationGracePeriodSeconds.
     pub grace_seconds: u64,
 }
@@ -74,7 +78,12 @@ impl Cluster {
             Some(manifest) => self.pods_of(&manifest, namespace)?,
             None => Vec::new(),
         };
-        for running in self.pods_running() {
+        self.converge(desired, |p| !p.r#static).await
+    }
+
+    /// Starts, replaces (one at a time) and stops pods until those for which `mine` holds are `desired`.
+    async fn converge(&self, desired: Vec<Pod>, mine: impl Fn(&Pod) -> bool) -> Result<Vec<Pod>> {
+        for running in self.pods_running().into_iter().filter(|p| mine(p)) {
             if !desired.iter().any(|d| d.name == running.name) {
                 self.stop_pod(&running, true)?;
             }
@@ -93,6 +102,51 @@ impl Cluster {
             }
         }
         Ok(desired)
+    }
+
+    /// Runs the static pods of `node` (the manifests in its `/etc/kubernetes/manifests`) as its kubelet
+    /// would: starts those not running, replaces changed ones, stops those whose manifest is gone.
+    pub async fn kubelet_static_sync(&self, node: &Host) -> Result<Vec<Pod>> {
+        let dir = self.host_path(node, STATIC_POD_DIR)?;
+        let mut desired = Vec::new();
+        let mut entries: Vec<PathBuf> = fs::read_dir(&dir)
+            .ctx(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| Some(e.ok()?.path()))
+            .collect();
+        entries.sort();
+        for path in entries.iter().filter(|p| p.extension().is_some_and(|e| e == "yaml")) {
+            let text = fs::read_to_string(path).ctx(|| format!("reading {}", path.display()))?;
+            let pod: k8s_openapi::api::core::v1::Pod = serde_norway::from_str(&text)
+                .map_err(|e| Error::Usage(format!("static pod {}: {e}", path.display())))?;
+            let name = format!("{}-{node}", pod.metadata.name.unwrap_or_default());
+            let namespace = pod.metadata.namespace.unwrap_or_else(|| "default".into());
+            let id = PodIdentity { name, namespace: &namespace, host: *node, node: true, r#static: true };
+            desired.push(self.pod(&id, &pod.spec.unwrap_or_default())?);
+        }
+        let prefix = format!("-{node}");
+        let mine = |p: &Pod| p.host == node.name() && p.r#static && p.name.ends_with(&prefix);
+        self.converge(desired, mine).await
+    }
+
+    /// Runs `argv` on `host` with the host's files at `host_paths` (its own directories of the test world
+    /// bound there), as a person logged in on that node would; returns its stdout.
+    pub fn run_on_host(&self, host: &Host, argv: &[String], host_paths: &[&str]) -> Result<String> {
+        let mut binds = Vec::new();
+        for path in host_paths {
+            binds.push(Bind { source: self.host_path(host, path)?, target: PathBuf::from(path) });
+        }
+        let program = argv.first().ok_or_else(|| Error::Usage("run_on_host needs a command".into()))?;
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(&argv[1..]);
+        process::enter_with(&mut cmd, host, false, &binds)?;
+        process::output(&mut cmd)
+    }
+
+    /// The test world's directory that stands for `path` on `host` (created if missing).
+    pub fn host_path(&self, host: &Host, path: &str) -> Result<PathBuf> {
+        let dir = self.dir().join(host.name()).join("hostpath").join(path.trim_start_matches('/'));
+        fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
     }
 
     /// The pods this kubelet runs now.
@@ -146,8 +200,13 @@ impl Cluster {
                     let spec = ds.spec.template.spec.unwrap_or_default();
                     let selector = spec.node_selector.clone().unwrap_or_default();
                     for node in self.nodes_matching(&selector)? {
-                        let identity =
-                            PodIdentity { name: format!("{name}-{node}"), namespace, host: node, node: true };
+                        let identity = PodIdentity {
+                            name: format!("{name}-{node}"),
+                            namespace,
+                            host: node,
+                            node: true,
+                            r#static: false,
+                        };
                         pods.push(self.pod(&identity, &spec)?);
                     }
                 }
@@ -164,7 +223,13 @@ impl Cluster {
                     }
                     let template = spec.template.spec.unwrap_or_default();
                     for (i, host) in CLIENTS.iter().take(replicas).enumerate() {
-                        let identity = PodIdentity { name: format!("{name}-{i}"), namespace, host: *host, node: false };
+                        let identity = PodIdentity {
+                            name: format!("{name}-{i}"),
+                            namespace,
+                            host: *host,
+                            node: false,
+                            r#static: false,
+                        };
                         pods.push(self.pod(&identity, &template)?);
                     }
                 }
@@ -205,14 +270,16 @@ impl Cluster {
         argv.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
         argv.extend(words);
 
-        let mut binds = vec![Bind { source: self.service_account(id, spec)?, target: SERVICE_ACCOUNT_DIR.into() }];
+        let mut binds = Vec::new();
+        if !id.r#static {
+            binds.push(Bind { source: self.service_account(id, spec)?, target: SERVICE_ACCOUNT_DIR.into() });
+        }
         for mount in container.volume_mounts.iter().flatten() {
             let volume = spec.volumes.iter().flatten().find(|v| v.name == mount.name);
             let Some(host_path) = volume.and_then(|v| v.host_path.as_ref()) else {
                 return Err(Error::Usage(format!("pod {}: volume {} is not a hostPath", id.name, mount.name)));
             };
-            let source = self.dir().join(id.host.name()).join("hostpath").join(host_path.path.trim_start_matches('/'));
-            fs::create_dir_all(&source).ctx(|| format!("creating {}", source.display()))?;
+            let source = self.host_path(&id.host, &host_path.path)?;
             binds.push(Bind { source, target: mount.mount_path.clone().into() });
         }
 
@@ -230,7 +297,15 @@ impl Cluster {
             (SocketAddr::new(IpAddr::V4(id.host.ipv4()), port), get.path.clone().unwrap_or_else(|| "/".into()))
         });
         let grace_seconds = spec.termination_grace_period_seconds.and_then(|s| u64::try_from(s).ok()).unwrap_or(30);
-        Ok(Pod { name: id.name.clone(), host: id.host.name(), argv, binds, ready, grace_seconds })
+        Ok(Pod {
+            name: id.name.clone(),
+            host: id.host.name(),
+            argv,
+            binds,
+            ready,
+            grace_seconds,
+            r#static: id.r#static,
+        })
     }
 
     /// The container's environment: the image's PATH, the Service variables every kubelet adds, then the
@@ -291,7 +366,9 @@ impl Cluster {
 
     fn start_pod(&self, pod: &Pod) -> Result<()> {
         let host = Host::parse(&pod.host)?;
-        let record = self.pods_dir().join(&pod.name).join("pod.json");
+        let dir = self.pods_dir().join(&pod.name);
+        fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let record = dir.join("pod.json");
         let json = serde_json::to_string_pretty(pod).map_err(|e| Error::Usage(e.to_string()))?;
         fs::write(&record, json).ctx(|| format!("writing {}", record.display()))?;
         self.pod_daemon(pod)?.spawn_with(&host, &pod.argv, &pod.binds).map(drop)
@@ -324,8 +401,11 @@ struct PodIdentity<'a> {
     name: String,
     namespace: &'a str,
     host: Host,
-    /// A DaemonSet pod on a master (host network, token bound to the node), or a Deployment replica.
+    /// A DaemonSet or static pod on a master (host network, token bound to the node), or a Deployment
+    /// replica.
     node: bool,
+    /// A static pod: no service account (the kubelet gives static pods none).
+    r#static: bool,
 }
 
 /// `$(VAR)` → its value when VAR is defined earlier, `$$` → `$`, anything else as written: the kubelet's

@@ -1,0 +1,101 @@
+//! Bootstrap: `kubeha-agent bootstrap` on every master gives the VIP before kubeha is installed (a static
+//! pod, as kubeadm init needs it); `helm install` and the matching HighAvailabilityCluster adopt the nodes,
+//! the DaemonSet agents taking the VRRP instance over in place; `helm uninstall` gives it back to the
+//! static pods, which keep the control-plane endpoint up.
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::{Up, wait_until};
+use kubeha_e2e::{KUBEHA_NAMESPACE, NODES, VIP_V4, kubeha_binary};
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/kubeha");
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/ipv4-multicast.yaml");
+const TEST_WORLD_VALUES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/test-world-values.yaml");
+
+#[tokio::test]
+async fn the_daemonset_adopts_the_bootstrap_vip_without_a_failover() {
+    let up = Up::new().await;
+    let cluster = &up.cluster;
+    let vip = IpAddr::V4(VIP_V4);
+
+    // On every master, before anything of kubeha is in the API: the bootstrap static pod.
+    for node in NODES {
+        let argv: Vec<String> = [
+            kubeha_binary("kubeha-agent").unwrap().display().to_string(),
+            "bootstrap".into(),
+            "--vip=198.51.100.10/24".into(),
+            "--vrid=51".into(),
+            "--interface=eth0".into(),
+            format!("--node-name={node}"),
+        ]
+        .into();
+        let wrote = cluster.run_on_host(&node, &argv, &["/etc/kubeha", "/etc/kubernetes/manifests"]).unwrap();
+        assert!(wrote.contains("/etc/kubernetes/manifests/kubeha-bootstrap.yaml"), "{wrote}");
+        cluster.kubelet_static_sync(&node).await.unwrap();
+    }
+    wait_until("the bootstrap agents elect a VIP holder", Duration::from_secs(20), || async {
+        cluster.holders(vip).len() == 1
+    })
+    .await;
+    let bootstrap_holder = cluster.holders(vip)[0];
+
+    // kubeha installed as a user installs it, and the cluster that matches the bootstrap flags.
+    let helm = |args: &[&str]| {
+        let out = cluster.helm().args(args).output().unwrap();
+        assert!(out.status.success(), "helm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    helm(&["install", "kubeha", CHART, "-n", KUBEHA_NAMESPACE, "--create-namespace", "-f", TEST_WORLD_VALUES]);
+    let pods = cluster.kubelet_sync("kubeha", KUBEHA_NAMESPACE).await.unwrap();
+    up.kubectl(&["apply", "-f", EXAMPLE]);
+    wait_until("the cluster Ready on the DaemonSet agents", Duration::from_secs(60), || async {
+        let out = up.kubectl(&[
+            "get",
+            "hac",
+            "control-plane",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]);
+        out == "True"
+    })
+    .await;
+    assert_eq!(cluster.holders(vip).len(), 1);
+
+    // Every bootstrap agent stepped aside; the holder's own DaemonSet agent resumed as master in place; and
+    // no node ever saw the master go silent (a failover would log MasterDown).
+    for node in NODES {
+        let bootstrap =
+            cluster.pods_running().into_iter().find(|p| p.name == format!("kubeha-bootstrap-{node}")).unwrap();
+        let log = cluster.pod_log(&bootstrap).unwrap();
+        assert!(log.contains("stepping aside for the cluster-mode agent"), "{node}'s bootstrap agent:\n{log}");
+        let agent = pods.iter().find(|p| p.name == format!("kubeha-agent-{node}")).unwrap();
+        let log = cluster.pod_log(agent).unwrap();
+        assert!(!log.contains("reason=MasterDown"), "{node}'s agent took the VIP by a failover:\n{log}");
+        if node == bootstrap_holder {
+            assert!(log.contains("reason=HandedOver"), "{node} held the VIP and resumes as master:\n{log}");
+            let stepped = cluster.pod_log(&bootstrap).unwrap();
+            let aside = stepped.lines().find(|l| l.contains("stepping aside") && l.contains("\"master\":true"));
+            let resumed = log.lines().find(|l| l.contains("reason=HandedOver"));
+            if let (Some(a), Some(r)) =
+                (aside.and_then(|l| l.split('"').nth(3)), resumed.and_then(|l| l.split(' ').next()))
+            {
+                let t = |s: &str| s.parse::<k8s_openapi::jiff::Timestamp>().unwrap();
+                println!(
+                    "hand-over on {node}: the last bootstrap advert to the DaemonSet agent's first: {}",
+                    t(r) - t(a)
+                );
+            }
+        }
+    }
+
+    // Uninstalled, the DaemonSet agents stop and the static pods take the instance back: a bootstrapped
+    // cluster keeps its control-plane endpoint.
+    helm(&["uninstall", "kubeha", "-n", KUBEHA_NAMESPACE]);
+    cluster.kubelet_sync("kubeha", KUBEHA_NAMESPACE).await.unwrap();
+    wait_until("a bootstrap agent holds the VIP again", Duration::from_secs(20), || async {
+        cluster.holders(vip).len() == 1
+    })
+    .await;
+}

@@ -52,6 +52,25 @@ pub struct File {
     pub contents: String,
 }
 
+/// Flags that do not make a valid agent config, each named with what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("not a valid bootstrap:\n{}", .0.join("\n"))]
+pub struct BootstrapError(Vec<String>);
+
+/// The flag that sets a config key.
+fn flag(key: &str) -> String {
+    let name = match key.split('.').next().unwrap_or(key) {
+        "vrrp" if key.ends_with("peers") || key.contains("peers[") => "--peers",
+        "vrrp" => "--advert-interval",
+        "health" => "--apiserver-health-url",
+        "metrics" => "--metrics",
+        "stateDir" => "--state-dir",
+        "nodeName" => "--node-name",
+        other => return format!("--{other}"),
+    };
+    format!("{name} ({key})")
+}
+
 /// The config file's name in the config directory.
 pub const CONFIG_FILE: &str = "bootstrap.yaml";
 /// The static pod manifest's name in the manifest directory.
@@ -60,10 +79,15 @@ pub const MANIFEST_FILE: &str = "kubeha-bootstrap.yaml";
 impl Bootstrap {
     /// The standalone config and the static pod, checked as `kubeha-agent check` checks a config: a bad
     /// flag is refused here, not by a crash-looping static pod.
-    pub fn render(&self) -> Result<Vec<File>, config::ConfigError> {
+    pub fn render(&self) -> Result<Vec<File>, BootstrapError> {
         let config = self.config();
         let text = serde_norway::to_string(&config).unwrap_or_default();
-        let spec = config::parse(&text)?;
+        let spec = config::parse(&text).map_err(|e| match e {
+            config::ConfigError::Invalid { problems, .. } => {
+                BootstrapError(problems.iter().map(|p| format!("  - {}: {}", flag(&p.key), p.message)).collect())
+            }
+            other => BootstrapError(vec![format!("  - {other}")]),
+        })?;
         let config_path = self.config_dir.join(CONFIG_FILE);
         let mut contents = String::new();
         let _ = writeln!(
@@ -205,8 +229,9 @@ mod tests {
     fn a_bad_flag_is_refused_before_anything_is_written() {
         let b = Bootstrap { vip: "198.51.100.10".into(), ..flags() };
         let err = b.render().unwrap_err().to_string();
-        assert!(err.contains("vip"), "{err}");
+        assert!(err.contains("--vip: '198.51.100.10' is not an address with prefix length"), "{err}");
         let b = Bootstrap { advert_interval: "15ms".into(), ..flags() };
-        assert!(b.render().unwrap_err().to_string().contains("advertInterval"));
+        let err = b.render().unwrap_err().to_string();
+        assert!(err.contains("--advert-interval (vrrp.advertInterval)"), "{err}");
     }
 }

@@ -73,6 +73,9 @@ pub enum Reason {
     AddressOwner,
     /// Another process of this node held the addresses as master and handed them over in place.
     HandedOver,
+    /// Only advertisements of a lower priority within Master_Down_Interval, with preempt on: this router
+    /// takes over from a live master (RFC 9568 §6.4.2 discards them so that the down timer fires).
+    Preempted,
     /// No advertisement within Master_Down_Interval (RFC 9568 §6.4.2).
     MasterDown,
     /// The master sent priority 0: it is leaving, and this router's skew made it first (RFC 9568 §6.4.2).
@@ -185,6 +188,9 @@ pub struct Router {
     master_seen: Option<IpAddr>,
     /// The master we heard last sent priority 0: a takeover now is a hand-over, not a failure.
     released: bool,
+    /// A lower-priority master was heard (and ignored, to preempt it) since the down timer was last armed:
+    /// when it fires, this router takes over from a live master rather than replacing a silent one.
+    lower_seen: bool,
     started: Duration,
     down_at: Option<Duration>,
     advert_at: Option<Duration>,
@@ -205,6 +211,7 @@ impl Router {
             master_interval_cs,
             master_seen: None,
             released: false,
+            lower_seen: false,
             started: Duration::ZERO,
             down_at: None,
             advert_at: None,
@@ -360,8 +367,15 @@ impl Router {
             // RFC 9568 §6.4.2: Master_Down_Timer fired.
             self.down_at = None;
             if self.state == State::Backup {
-                let reason = if self.released { Reason::MasterReleased } else { Reason::MasterDown };
+                let reason = if self.released {
+                    Reason::MasterReleased
+                } else if self.lower_seen {
+                    Reason::Preempted
+                } else {
+                    Reason::MasterDown
+                };
                 self.released = false;
+                self.lower_seen = false;
                 self.become_master(now, reason, out);
             }
         }
@@ -398,13 +412,17 @@ impl Router {
                 if !may_preempt || adv.priority >= self.effective {
                     // RFC 9568 §6.4.2: accept this master, learn its interval, restart the down timer.
                     self.released = false;
+                    self.lower_seen = false;
                     self.master_seen = Some(from);
                     if self.cfg.version == Version::V3 {
                         self.master_interval_cs = adv.interval_cs;
                     }
                     self.down_at = Some(now + self.master_down_interval());
+                } else {
+                    // A lower-priority master: discard (its advert does not restart the down timer, which then
+                    // takes it over), and remember that the takeover is a preemption.
+                    self.lower_seen = true;
                 }
-                // Otherwise a lower-priority master: discard, and the down timer takes it over.
             }
             State::Master => {
                 if adv.priority == 0 {
@@ -493,6 +511,7 @@ impl Router {
 
     fn become_backup(&mut self, now: Duration, reason: Reason, out: &mut Vec<Action>) {
         self.stop_timers();
+        self.lower_seen = false;
         self.master_interval_cs = self.cfg.advert_interval_cs;
         self.down_at = Some(now + self.master_down_interval());
         self.go(State::Backup, reason, out);

@@ -414,3 +414,22 @@ fn a_tuned_backup_follows_the_new_preempt_mode() {
     assert_eq!(r.deadline(), Some(t(20) + r.master_down_interval()), "the lower master was accepted");
     assert_eq!(r.state(), State::Backup);
 }
+
+#[test]
+fn taking_over_from_a_lower_master_is_a_preemption_not_a_master_down() {
+    // §6.4.2: with preempt on, a backup discards adverts of a lower priority, so its down timer fires while
+    // that master is alive. The reason tells it apart from a master that went silent.
+    let mut r = in_state(200, State::Backup);
+    let mut out = Vec::new();
+    r.handle(t(100), adv(100), &mut out);
+    r.handle(r.deadline().unwrap(), Input::Timer, &mut out);
+    assert_eq!(transitions(&out), vec![(State::Backup, State::Master, Reason::Preempted)]);
+
+    // A higher master heard after a lower one: accepted, so a later silence is a MasterDown again.
+    let mut r = in_state(150, State::Backup);
+    let mut out = Vec::new();
+    r.handle(t(100), adv(100), &mut out);
+    r.handle(t(200), adv(200), &mut out);
+    r.handle(r.deadline().unwrap(), Input::Timer, &mut out);
+    assert_eq!(transitions(&out), vec![(State::Backup, State::Master, Reason::MasterDown)]);
+}

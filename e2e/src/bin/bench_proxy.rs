@@ -216,7 +216,33 @@ async fn bench(cluster: &Cluster, secs: Duration, conns: usize, rounds: usize) -
     println!("| --- | --- | --- |");
     println!("| RSS idle, after start | {} | {} |", mib(idle[0]), mib(idle[1]));
     println!("| RSS after the runs above | {} | {} |", mib(rss(world.kubeha.pid())), mib(rss(world.haproxy.pid())));
+    let mut per_conn = Vec::new();
+    for (t, pid) in [(Target::Kubeha, world.kubeha.pid()), (Target::Haproxy, world.haproxy.pid())] {
+        per_conn.push(idle_cost(t, pid, IDLE_CONNECTIONS).await?);
+    }
+    println!(
+        "| RSS per idle connection ({IDLE_CONNECTIONS} open, each relayed to a backend, nothing sent) | {:.1} KiB | {:.1} KiB |",
+        per_conn[0], per_conn[1]
+    );
     Ok(())
+}
+
+/// Idle connections the memory row opens: quiet watches, as far as a proxy can tell.
+const IDLE_CONNECTIONS: usize = 1000;
+
+/// RSS growth per connection while `n` connections to `t` sit idle (each already connected upstream).
+async fn idle_cost(t: Target, pid: u32, n: usize) -> Result<f64> {
+    let before = rss(pid);
+    let mut open = Vec::with_capacity(n);
+    for i in 0..n {
+        open.push(tokio::net::TcpStream::connect(t.addr(i)).await?);
+    }
+    // Both proxies connect upstream on accept; give them time to have done so for all.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = rss(pid);
+    drop(open);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(during.saturating_sub(before) as f64 / n as f64)
 }
 
 fn cores() -> usize {

@@ -406,3 +406,43 @@ async fn helm_install_apply_upgrade_uninstall() {
     let crds = up.kubectl(&["get", "crd", "-o", "name"]);
     assert!(crds.contains("highavailabilityclusters.kubeha.io"), "crds.keep keeps the CRDs: {crds}");
 }
+
+/// Every commented example in examples/ comes up Ready on the chart-installed kubeha, and deleting it
+/// releases its VIP everywhere.
+#[tokio::test]
+async fn every_example_comes_up_ready() {
+    let up = Up::new().await;
+    let cluster = &up.cluster;
+    let out = cluster
+        .helm()
+        .args(["install", "kubeha", CHART, "-n", KUBEHA_NAMESPACE, "--create-namespace", "-f", TEST_WORLD_VALUES])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "helm install: {}", String::from_utf8_lossy(&out.stderr));
+    cluster.kubelet_sync("kubeha", KUBEHA_NAMESPACE).await.unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(EXAMPLES)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "the examples the issue asks for: {files:?}");
+    for file in files {
+        let example: Value = serde_norway::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let name = example["metadata"]["name"].as_str().unwrap().to_string();
+        let vip: IpAddr = example["spec"]["vip"].as_str().unwrap().split('/').next().unwrap().parse().unwrap();
+        let path = file.display().to_string();
+        up.kubectl(&["apply", "-f", &path]);
+        wait_ready(&up, &name).await;
+        let active = get_hac(&up, &name)["status"]["activeNode"].as_str().unwrap_or_default().to_string();
+        let holders = cluster.holders(vip);
+        assert_eq!(holders.len(), 1, "{path}: {vip} on {holders:?}");
+        assert_eq!(holders[0].name(), active, "{path}: the status names the holder");
+        println!("{}: Ready, {vip} on {active}", file.file_name().unwrap().to_string_lossy());
+        up.kubectl(&["delete", "-f", &path, "--timeout=60s"]);
+        wait_until(&format!("{path}: {vip} released"), Duration::from_secs(30), || async {
+            cluster.holders(vip).is_empty()
+        })
+        .await;
+    }
+}

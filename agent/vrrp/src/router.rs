@@ -283,8 +283,8 @@ impl Router {
     /// Handles one input at `now` and appends what to do to `out`.
     pub fn handle(&mut self, now: Duration, input: Input, out: &mut Vec<Action>) {
         match input {
-            Input::Startup => self.startup(now, out),
-            Input::Resume => self.resume(now, out),
+            Input::Startup => self.startup(now, false, out),
+            Input::Resume => self.startup(now, true, out),
             Input::Shutdown => self.shutdown(out),
             Input::Timer => self.timer(now, out),
             Input::Advertisement { from, advertisement } => self.receive(now, from, &advertisement, out),
@@ -323,7 +323,8 @@ impl Router {
         }
     }
 
-    fn startup(&mut self, now: Duration, out: &mut Vec<Action>) {
+    /// `resumed`: this node's addresses were handed over in place by another process ([`Input::Resume`]).
+    fn startup(&mut self, now: Duration, resumed: bool, out: &mut Vec<Action>) {
         if self.state != State::Initialize {
             return;
         }
@@ -333,20 +334,10 @@ impl Router {
         } else if self.effective == 255 {
             // RFC 9568 §6.4.1: the address owner becomes master at once.
             self.become_master(now, Reason::AddressOwner, out);
+        } else if resumed {
+            self.become_master(now, Reason::HandedOver, out);
         } else {
             self.become_backup(now, Reason::Startup, out);
-        }
-    }
-
-    fn resume(&mut self, now: Duration, out: &mut Vec<Action>) {
-        if self.state != State::Initialize {
-            return;
-        }
-        self.started = now;
-        if self.faulted {
-            self.go(State::Fault, Reason::FaultDetected, out);
-        } else {
-            self.become_master(now, Reason::HandedOver, out);
         }
     }
 

@@ -5,18 +5,17 @@
 use std::path::Path;
 
 fn main() -> std::io::Result<()> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("yaml");
-    std::fs::create_dir_all(&dir)?;
-    for (file, yaml) in kubeha_crds::crd_yaml() {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let crds = kubeha_crds::crd_yaml().into_iter().map(|(f, y)| (f.to_string(), y)).collect();
+    write_all(&here.join("yaml"), crds)?;
+    write_all(&here.join("../charts/kubeha/templates"), kubeha_crds::chart_crd_templates())
+}
+
+fn write_all(dir: &Path, files: Vec<(String, String)>) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (file, text) in files {
         let path = dir.join(file);
-        std::fs::write(&path, yaml)?;
-        println!("wrote {}", path.display());
-    }
-    let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/kubeha/templates");
-    std::fs::create_dir_all(&templates)?;
-    for (file, template) in kubeha_crds::chart_crd_templates() {
-        let path = templates.join(file);
-        std::fs::write(&path, template)?;
+        std::fs::write(&path, text)?;
         println!("wrote {}", path.display());
     }
     Ok(())

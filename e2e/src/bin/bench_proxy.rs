@@ -149,11 +149,25 @@ async fn bench(cluster: &Cluster, secs: Duration, conns: usize, rounds: usize) -
     // Rounds interleave the targets, so that a slow moment of the shared machine does not land on one of them;
     // each cell is the round with the median rate.
     let (mut small, mut fresh, mut big) = (vec![Vec::new(); 4], vec![Vec::new(); 4], vec![Vec::new(); 4]);
+    // The proxy's own CPU time and the bytes it relayed in the 1 MiB runs: how much of the shared cores it takes.
+    let (mut cpu, mut gigabytes) = ([0.0f64; 4], [0.0f64; 4]);
+    let pid = |t: Target| match t {
+        Target::Direct => None,
+        Target::Kubeha => Some(world.kubeha.pid()),
+        Target::KubehaCopy => Some(world._kubeha_copy.pid()),
+        Target::Haproxy => Some(world.haproxy.pid()),
+    };
     for _ in 0..rounds {
         for (i, t) in targets.iter().enumerate() {
             small[i].push(keepalive(&world, *t, conns, secs, "/name").await?);
             fresh[i].push(new_connections(&world, *t, conns / 2, secs).await?);
-            big[i].push(keepalive(&world, *t, 4, secs, "/bytes/1048576").await?);
+            let before = pid(*t).and_then(observe::cpu_seconds);
+            let r = keepalive(&world, *t, 4, secs, "/bytes/1048576").await?;
+            if let (Some(b), Some(a)) = (before, pid(*t).and_then(observe::cpu_seconds)) {
+                cpu[i] += a - b;
+                gigabytes[i] += r.rate * secs.as_secs_f64() * 1_048_576.0 / 1e9;
+            }
+            big[i].push(r);
         }
     }
     let (small, fresh, big) = (median(small), median(fresh), median(big));
@@ -172,6 +186,12 @@ async fn bench(cluster: &Cluster, secs: Duration, conns: usize, rounds: usize) -
     rows.push((
         "MB/s, 1 MiB responses (4 connections)".into(),
         big.iter().map(|r| format!("{:.0}{}", r.rate * 1.048576, share(r.rate, big[0].rate))).collect(),
+    ));
+    rows.push((
+        "… the proxy's CPU time per GB relayed".into(),
+        (0..targets.len())
+            .map(|i| if gigabytes[i] > 0.0 { format!("{:.2} s", cpu[i] / gigabytes[i]) } else { "—".into() })
+            .collect(),
     ));
     rows.push((
         "failed requests (all of the above)".into(),

@@ -570,8 +570,17 @@ impl Fencing {
         Self { renew_deadline, started: now, last_renewal: None, peers: HashMap::new(), holding: Vec::new() }
     }
 
-    /// A renewal that started at `at` succeeded.
-    pub fn renewed(&mut self, at: Instant) {
+    /// A renewal that started at `at` succeeded; renewals are tried every `period`. After a gap in this
+    /// member's own renewals (its API server was down too), the other members get a full renew deadline from
+    /// now: what it saw before the gap says nothing about who renews after it. Without this, the first member
+    /// to renew after an outage of the whole control plane found every other Lease unchanged since before
+    /// the outage, judged them stale and took the VIP (seen once in a full test run).
+    pub fn renewed(&mut self, at: Instant, period: Duration) {
+        if self.last_renewal.is_some_and(|prev| at.saturating_duration_since(prev) > 2 * period) {
+            for (_, changed) in self.peers.values_mut() {
+                *changed = (*changed).max(at);
+            }
+        }
         self.last_renewal = Some(at);
     }
 
@@ -713,7 +722,7 @@ async fn heartbeat(opts: Arc<Options>, name: String, shared: watch::Receiver<Sha
         f.renew_deadline = election.renew_deadline.into();
         let started = Instant::now();
         match renew_heartbeat(&opts, &name, &s, election.lease_duration.into(), retry).await {
-            Ok(()) => f.renewed(started),
+            Ok(()) => f.renewed(started, retry),
             Err(e) => tracing::debug!(member = %name, error = %e, "heartbeat renewal failed"),
         }
         if let Ok(peers) = peer_heartbeats(&opts, &name, &s.cluster, retry).await {
@@ -962,7 +971,7 @@ mod tests {
         let mut f = Fencing::new(Duration::from_secs(10), s);
         assert!(!f.fenced(t(s, 9)), "grace of one deadline after start");
         assert!(f.fenced(t(s, 10)));
-        f.renewed(t(s, 8));
+        f.renewed(t(s, 8), Duration::from_secs(2));
         assert!(!f.fenced(t(s, 17)));
         assert!(f.fenced(t(s, 18)), "last renewal start + renewDeadline");
     }
@@ -978,13 +987,13 @@ mod tests {
             ]
         };
         for i in 0..6 {
-            f.renewed(t(s, i * 2));
+            f.renewed(t(s, i * 2), Duration::from_secs(2));
             f.observe(t(s, i * 2), &peers(&format!("{i}"), &format!("{i}")));
         }
         assert_eq!(f.boost(t(s, 11), 21), 0, "everyone renews");
         // n3's Lease stops changing at t=10.
         for i in 6..12 {
-            f.renewed(t(s, i * 2));
+            f.renewed(t(s, i * 2), Duration::from_secs(2));
             f.observe(t(s, i * 2), &peers(&format!("{i}"), "5"));
         }
         assert_eq!(f.stale(t(s, 19)), Vec::<String>::new(), "within n3's renew deadline");
@@ -994,6 +1003,26 @@ mod tests {
         // This member stops renewing too (the whole control plane is down): nobody is boosted.
         assert_eq!(f.boost(t(s, 32), 21), 0, "its own deadline passed at 22 + 10");
         assert_eq!(f.boost(t(s, 22), 0), 0, "no boost configured");
+    }
+
+    #[test]
+    fn after_an_outage_of_every_api_server_the_others_get_a_full_deadline_to_renew() {
+        let s = Instant::now();
+        let retry = Duration::from_secs(2);
+        let mut f = Fencing::new(Duration::from_secs(10), s);
+        let peer = |v: &str| vec![Peer { name: "c-n3".into(), lease_version: Some(v.into()), holds_vip: true }];
+        f.renewed(s, retry);
+        f.observe(s, &peer("1"));
+        // Nobody renews from t=1 to t=30. This member is back first, at t=30; n3's Lease is as it was.
+        f.renewed(t(s, 30), retry);
+        f.observe(t(s, 30), &peer("1"));
+        assert!(f.stale(t(s, 31)).is_empty(), "n3 has not had its chance to renew yet");
+        assert!(!f.take_over(t(s, 31)));
+        // n3 does not renew within a deadline of this member being back: now it is stale.
+        f.renewed(t(s, 32), retry);
+        f.observe(t(s, 40), &peer("1"));
+        assert_eq!(f.stale(t(s, 40)), vec!["c-n3".to_string()]);
+        assert!(f.take_over(t(s, 40)));
     }
 
     #[test]

@@ -115,6 +115,15 @@ async fn a_cluster_gets_its_vip_follows_changes_and_rides_out_an_api_outage() {
     for n in NODES {
         up.cluster.start_apiserver(&n).await.unwrap();
     }
+    // The API servers come back one after the other, and each member's health check takes `rise` passes to
+    // see its own: meanwhile the VIP may rightly follow a master whose API server answers. Settled means every
+    // member at its full priority again, n3 holding.
+    wait_until("every member at its full priority again", Duration::from_secs(30), || async {
+        get(&up, "ham", "{range .items[*]}{.spec.priority}={.status.effectivePriority} {end}")
+            .split_whitespace()
+            .all(|p| p.split_once('=').is_some_and(|(a, b)| a == b))
+    })
+    .await;
     status_shows(&up, "n3").await;
     holds_throughout(&up, &[N3], Duration::from_secs(2), "after the API returned").await;
 

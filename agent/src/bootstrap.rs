@@ -12,35 +12,55 @@ use serde_json::json;
 
 use crate::config;
 
-/// What `kubeha-agent bootstrap` is told.
-#[derive(Debug, Clone)]
+/// What `kubeha-agent bootstrap` is told: its command-line flags.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Bootstrap {
-    /// This node's name (the kubelet's node name).
-    pub node_name: String,
-    /// The VIP with its prefix.
+    /// The VIP with its prefix (198.51.100.10/24, 2001:db8::10/64); the same on every master.
+    #[arg(long)]
     pub vip: String,
-    /// The VRRP router id.
+    /// The VRRP router id, 1-255, unique on the segment; the same on every master and in the
+    /// HighAvailabilityCluster you apply later.
+    #[arg(long)]
     pub vrid: u8,
     /// The interface on the VIP's subnet.
+    #[arg(long)]
     pub interface: String,
-    /// The other masters' addresses, for unicast VRRP; empty for multicast.
+    /// The other masters' addresses for unicast VRRP (comma-separated); omit for multicast.
+    #[arg(long, value_delimiter = ',')]
     pub peers: Vec<IpAddr>,
-    /// This node's VRRP priority.
+    /// This node's priority, 1-254. The default stays below the operator's (200 and down), so a DaemonSet
+    /// agent elsewhere is never preempted by a bootstrap agent.
+    #[arg(long, default_value_t = 100)]
     pub priority: u8,
-    /// The advertisement interval (`100ms`, `1s`).
+    /// The advertisement interval (VRRPv3: 10ms-40950ms in steps of 10ms).
+    #[arg(long, default_value = "100ms")]
     pub advert_interval: String,
-    /// This node's kube-apiserver readiness ("" for no check).
+    /// This node's name (default: the host name, as the kubelet names the node).
+    #[arg(long, env = "NODE_NAME", default_value_t = host_name())]
+    pub node_name: String,
+    /// This node's kube-apiserver readiness: the VIP avoids a master whose API server is down ("" for none).
+    #[arg(long, default_value = "https://127.0.0.1:6443/readyz")]
     pub apiserver_health_url: String,
-    /// Where /metrics, /healthz and /readyz are served.
+    /// Where the bootstrap agent serves /metrics (not the DaemonSet agent's port).
+    #[arg(long, default_value = "127.0.0.1:9642")]
     pub metrics: String,
-    /// The state directory (shared with the DaemonSet agent: the hand-over lock lives there).
+    /// The state directory: must be the DaemonSet agent's (agent.stateDir), which locks the instance there.
+    #[arg(long, default_value = "/var/lib/kubeha")]
     pub state_dir: PathBuf,
     /// Where the config goes (mounted read-only into the static pod).
+    #[arg(long, default_value = "/etc/kubeha")]
     pub config_dir: PathBuf,
     /// The kubelet's static-pod directory.
+    #[arg(long, default_value = "/etc/kubernetes/manifests")]
     pub manifest_dir: PathBuf,
-    /// The agent image.
+    /// The agent image of the static pod.
+    #[arg(long, default_value = concat!("ghcr.io/kubeha/kubeha:", env!("CARGO_PKG_VERSION")))]
     pub image: String,
+}
+
+/// The host name, or "" when it cannot be read (the config check then names --node-name).
+fn host_name() -> String {
+    nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// A file to write.

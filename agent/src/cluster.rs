@@ -277,13 +277,14 @@ impl Supervisor {
         spec: HighAvailabilityMemberSpec,
     ) {
         if let Some(m) = self.members.get_mut(&name) {
-            let current = m.shared.borrow().clone();
-            let uid = uid.or_else(|| current.uid.clone());
-            if current.spec == spec
-                && current.generation == generation
-                && current.cluster == cluster
-                && current.uid == uid
-            {
+            // Compared in place: every status write of the agent comes back as a watch event.
+            let (uid, spec_changed, unchanged) = {
+                let c = m.shared.borrow();
+                let uid = uid.or_else(|| c.uid.clone());
+                let unchanged = c.spec == spec && c.generation == generation && c.cluster == cluster && c.uid == uid;
+                (uid, c.spec != spec, unchanged)
+            };
+            if unchanged {
                 return;
             }
             m.shared.send_modify(|s| {
@@ -293,9 +294,7 @@ impl Supervisor {
                 s.spec = spec.clone();
             });
             // A member that is not running starts with the new spec at the next retry.
-            if current.spec != spec
-                && let Some(i) = m.instance.as_mut()
-            {
+            if spec_changed && let Some(i) = m.instance.as_mut() {
                 match i.update(spec.clone()).await {
                     Ok(plan) => {
                         tracing::info!(member = %name, generation, restart_vrrp = plan.restart_vrrp,

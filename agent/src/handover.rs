@@ -64,6 +64,11 @@ pub enum HandoverError {
     },
 }
 
+/// The VRRP instance a member runs: its interface and VRID (validated before any driver starts).
+pub fn instance_of(spec: &kubeha_crds::HighAvailabilityMemberSpec) -> (&str, u8) {
+    (spec.interface.as_deref().unwrap_or_default(), spec.vrid.and_then(|v| u8::try_from(v).ok()).unwrap_or_default())
+}
+
 /// The right to run one VRRP instance on this node, held until dropped or handed off.
 #[derive(Debug)]
 pub struct Slot {
@@ -99,9 +104,10 @@ impl Slot {
         let deadline = tokio::time::Instant::now() + STEP_ASIDE_WITHIN;
         let mut asked = false;
         let mut told = false;
+        let mut requested_at: Option<tokio::time::Instant> = None;
+        let mut file =
+            File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
         loop {
-            let file =
-                File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => {
                     let resume_master = read_handoff(&base);
@@ -112,15 +118,18 @@ impl Slot {
                     }
                     return Ok(Some(Self { lock, base, role, resume_master }));
                 }
-                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {}
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) => file = f,
                 Err((_, errno)) => return Err(io(&lock_path)(errno.into())),
             }
             let poll = match role {
                 Role::Takes => {
-                    // Rewritten on every try: a request older than REQUEST_FRESH is from a taker that died,
+                    // Renewed while waiting: a request older than REQUEST_FRESH is from a taker that died,
                     // and the holder ignores it.
-                    let request = base.with_extension("request");
-                    fs::write(&request, std::process::id().to_string()).map_err(io(&request))?;
+                    if requested_at.is_none_or(|t| t.elapsed() >= REQUEST_FRESH / 4) {
+                        let request = base.with_extension("request");
+                        fs::write(&request, std::process::id().to_string()).map_err(io(&request))?;
+                        requested_at = Some(tokio::time::Instant::now());
+                    }
                     if !asked {
                         tracing::info!(
                             vrid,

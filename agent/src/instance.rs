@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::config;
 use crate::driver::{self, Command, Control, Driver, Observed};
-use crate::handover::{Role, Slot};
+use crate::handover::{self, Role, Slot};
 use crate::leasemode::{LeaseContext, LeaseHolder};
 use crate::metrics::{ProxyMetrics, VrrpMetrics};
 use crate::proxy::{self, BackendView, Proxy, ProxyHandle};
@@ -199,8 +199,7 @@ impl Instance {
         // it is asked to step aside, and if it held the VIP the driver resumes as master without dropping it.
         let mut driver = Driver::new(&self.spec, self.vrrp_metrics.clone()).await?;
         driver.prepare().await;
-        let interface = self.spec.interface.as_deref().unwrap_or_default();
-        let vrid = self.spec.vrid.and_then(|v| u8::try_from(v).ok()).unwrap_or_default();
+        let (interface, vrid) = handover::instance_of(&self.spec);
         let slot = Slot::acquire(&self.state_dir, interface, vrid, Role::Takes, std::future::pending()).await?;
         driver.take(slot).await?;
         let control = driver.control();

@@ -1,6 +1,6 @@
 //! `kubeha-agent`: the node agent. `kubeha-agent run --config FILE` runs standalone from a config file.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kubeha_agent::bootstrap::Bootstrap;
 use kubeha_agent::driver::{Driver, Ended};
-use kubeha_agent::handover::{Role, Slot};
+use kubeha_agent::handover::{self, Role, Slot};
 use kubeha_agent::metrics::{ProxyMetrics, VrrpMetrics};
 use kubeha_agent::proxy;
 use kubeha_agent::{api, cluster, config};
@@ -55,47 +55,8 @@ enum Command {
 /// `kubeha-agent bootstrap`.
 #[derive(Debug, clap::Args)]
 struct BootstrapArgs {
-    /// The VIP with its prefix (198.51.100.10/24, 2001:db8::10/64); the same on every master.
-    #[arg(long)]
-    vip: String,
-    /// The VRRP router id, 1-255, unique on the segment; the same on every master and in the
-    /// HighAvailabilityCluster you apply later.
-    #[arg(long)]
-    vrid: u8,
-    /// The interface on the VIP's subnet.
-    #[arg(long)]
-    interface: String,
-    /// The other masters' addresses for unicast VRRP (comma-separated); omit for multicast.
-    #[arg(long, value_delimiter = ',')]
-    peers: Vec<IpAddr>,
-    /// This node's priority, 1-254. The default stays below the operator's (200 and down), so a DaemonSet
-    /// agent elsewhere is never preempted by a bootstrap agent.
-    #[arg(long, default_value_t = 100)]
-    priority: u8,
-    /// The advertisement interval (VRRPv3: 10ms-40950ms in steps of 10ms).
-    #[arg(long, default_value = "100ms")]
-    advert_interval: String,
-    /// This node's name (default: the host name, as the kubelet names the node).
-    #[arg(long, env = "NODE_NAME")]
-    node_name: Option<String>,
-    /// This node's kube-apiserver readiness: the VIP avoids a master whose API server is down ("" for none).
-    #[arg(long, default_value = "https://127.0.0.1:6443/readyz")]
-    apiserver_health_url: String,
-    /// Where the bootstrap agent serves /metrics (not the DaemonSet agent's port).
-    #[arg(long, default_value = "127.0.0.1:9642")]
-    metrics: String,
-    /// The state directory: must be the DaemonSet agent's (agent.stateDir), which locks the instance there.
-    #[arg(long, default_value = "/var/lib/kubeha")]
-    state_dir: PathBuf,
-    /// Where the config goes.
-    #[arg(long, default_value = "/etc/kubeha")]
-    config_dir: PathBuf,
-    /// The kubelet's static-pod directory.
-    #[arg(long, default_value = "/etc/kubernetes/manifests")]
-    manifest_dir: PathBuf,
-    /// The agent image of the static pod.
-    #[arg(long, default_value = concat!("ghcr.io/kubeha/kubeha:", env!("CARGO_PKG_VERSION")))]
-    image: String,
+    #[command(flatten)]
+    plan: Bootstrap,
     /// Print the files instead of writing them.
     #[arg(long)]
     dry_run: bool,
@@ -210,11 +171,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         if !has_vip {
             return anyhow::Ok(());
         }
-        let interface = spec.interface.clone().unwrap_or_default();
-        let vrid = spec.vrid.and_then(|v| u8::try_from(v).ok()).unwrap_or_default();
+        let (interface, vrid) = handover::instance_of(&spec);
+        let dir = std::path::Path::new(&spec.state_dir);
         loop {
-            let dir = std::path::Path::new(&spec.state_dir);
-            let Some(slot) = Slot::acquire(dir, &interface, vrid, Role::Yields, stopped(term_rx.clone())).await? else {
+            let Some(slot) = Slot::acquire(dir, interface, vrid, Role::Yields, stopped(term_rx.clone())).await? else {
                 return Ok(());
             };
             let mut driver = Driver::new(&spec, vrrp_metrics.clone()).await?;
@@ -238,28 +198,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
-    let node_name = match args.node_name {
-        Some(n) => n,
-        None => nix::unistd::gethostname()
-            .context("reading the host name (or pass --node-name)")?
-            .to_string_lossy()
-            .into_owned(),
-    };
-    let plan = Bootstrap {
-        node_name,
-        vip: args.vip,
-        vrid: args.vrid,
-        interface: args.interface,
-        peers: args.peers,
-        priority: args.priority,
-        advert_interval: args.advert_interval,
-        apiserver_health_url: args.apiserver_health_url,
-        metrics: args.metrics,
-        state_dir: args.state_dir,
-        config_dir: args.config_dir,
-        manifest_dir: args.manifest_dir,
-        image: args.image,
-    };
+    let plan = args.plan;
     let files = match plan.render() {
         Ok(files) => files,
         Err(e) => {

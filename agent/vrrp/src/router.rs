@@ -64,6 +64,17 @@ pub enum State {
     Fault,
 }
 
+/// What a backup heard of the master since its down timer was last armed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Heard {
+    /// Nothing but adverts it accepted: when the timer fires, the master went silent.
+    Nothing,
+    /// The master sent priority 0: the takeover is a hand-over.
+    Release,
+    /// Only a lower-priority master, ignored so as to preempt it.
+    LowerMaster,
+}
+
 /// Why a transition happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -186,11 +197,8 @@ pub struct Router {
     /// Master_Adver_Interval (centiseconds): what the current master advertises, learned in Backup.
     master_interval_cs: u16,
     master_seen: Option<IpAddr>,
-    /// The master we heard last sent priority 0: a takeover now is a hand-over, not a failure.
-    released: bool,
-    /// A lower-priority master was heard (and ignored, to preempt it) since the down timer was last armed:
-    /// when it fires, this router takes over from a live master rather than replacing a silent one.
-    lower_seen: bool,
+    /// What this backup heard of the master since its down timer was last armed: it names the takeover.
+    heard: Heard,
     started: Duration,
     down_at: Option<Duration>,
     advert_at: Option<Duration>,
@@ -210,8 +218,7 @@ impl Router {
             faulted: false,
             master_interval_cs,
             master_seen: None,
-            released: false,
-            lower_seen: false,
+            heard: Heard::Nothing,
             started: Duration::ZERO,
             down_at: None,
             advert_at: None,
@@ -358,15 +365,11 @@ impl Router {
             // RFC 9568 §6.4.2: Master_Down_Timer fired.
             self.down_at = None;
             if self.state == State::Backup {
-                let reason = if self.released {
-                    Reason::MasterReleased
-                } else if self.lower_seen {
-                    Reason::Preempted
-                } else {
-                    Reason::MasterDown
+                let reason = match core::mem::replace(&mut self.heard, Heard::Nothing) {
+                    Heard::Release => Reason::MasterReleased,
+                    Heard::LowerMaster => Reason::Preempted,
+                    Heard::Nothing => Reason::MasterDown,
                 };
-                self.released = false;
-                self.lower_seen = false;
                 self.become_master(now, reason, out);
             }
         }
@@ -395,15 +398,14 @@ impl Router {
             State::Backup => {
                 if adv.priority == 0 {
                     // RFC 9568 §6.4.2: the master leaves; the backup with the least skew goes first.
-                    self.released = true;
+                    self.heard = Heard::Release;
                     self.down_at = Some(now + self.skew_time());
                     return;
                 }
                 let may_preempt = self.cfg.preempt && now >= self.started + self.cfg.preempt_delay;
                 if !may_preempt || adv.priority >= self.effective {
                     // RFC 9568 §6.4.2: accept this master, learn its interval, restart the down timer.
-                    self.released = false;
-                    self.lower_seen = false;
+                    self.heard = Heard::Nothing;
                     self.master_seen = Some(from);
                     if self.cfg.version == Version::V3 {
                         self.master_interval_cs = adv.interval_cs;
@@ -411,8 +413,11 @@ impl Router {
                     self.down_at = Some(now + self.master_down_interval());
                 } else {
                     // A lower-priority master: discard (its advert does not restart the down timer, which then
-                    // takes it over), and remember that the takeover is a preemption.
-                    self.lower_seen = true;
+                    // takes it over), and remember that the takeover is a preemption — unless the master
+                    // released the VIP first, which makes it a hand-over.
+                    if self.heard != Heard::Release {
+                        self.heard = Heard::LowerMaster;
+                    }
                 }
             }
             State::Master => {
@@ -502,7 +507,7 @@ impl Router {
 
     fn become_backup(&mut self, now: Duration, reason: Reason, out: &mut Vec<Action>) {
         self.stop_timers();
-        self.lower_seen = false;
+        self.heard = Heard::Nothing;
         self.master_interval_cs = self.cfg.advert_interval_cs;
         self.down_at = Some(now + self.master_down_interval());
         self.go(State::Backup, reason, out);

@@ -50,6 +50,8 @@ pub struct Pod {
     pub ready: Option<(SocketAddr, String)>,
     /// A static pod (from a node's manifest directory, not from a release).
     r#static: bool,
+    /// Its service account and namespace: a token is asked for when the pod starts (none for static pods).
+    service_account: Option<(String, String)>,
     /// terminationGracePeriodSeconds.
     pub grace_seconds: u64,
 }
@@ -83,16 +85,14 @@ impl Cluster {
 
     /// Starts, replaces (one at a time) and stops pods until those for which `mine` holds are `desired`.
     async fn converge(&self, desired: Vec<Pod>, mine: impl Fn(&Pod) -> bool) -> Result<Vec<Pod>> {
-        for running in self.pods_running().into_iter().filter(|p| mine(p)) {
-            if !desired.iter().any(|d| d.name == running.name) {
-                self.stop_pod(&running, true)?;
-            }
+        let running: Vec<Pod> = self.pods_running().into_iter().filter(|p| mine(p)).collect();
+        for r in running.iter().filter(|r| !desired.iter().any(|d| d.name == r.name)) {
+            self.stop_pod(r, true)?;
         }
         for pod in &desired {
-            let current = self.pods_running().into_iter().find(|r| r.name == pod.name);
-            match current {
-                Some(c) if c == *pod && self.pod_daemon(pod)?.pid().is_some() => continue,
-                Some(c) => self.stop_pod(&c, false)?,
+            match running.iter().find(|r| r.name == pod.name) {
+                Some(c) if c == pod && self.pod_daemon(pod)?.pid().is_some() => continue,
+                Some(c) => self.stop_pod(c, false)?,
                 None => {}
             }
             self.start_pod(pod)?;
@@ -123,9 +123,7 @@ impl Cluster {
             let id = PodIdentity { name, namespace: &namespace, host: *node, node: true, r#static: true };
             desired.push(self.pod(&id, &pod.spec.unwrap_or_default())?);
         }
-        let prefix = format!("-{node}");
-        let mine = |p: &Pod| p.host == node.name() && p.r#static && p.name.ends_with(&prefix);
-        self.converge(desired, mine).await
+        self.converge(desired, |p: &Pod| p.r#static && p.host == node.name()).await
     }
 
     /// Runs `argv` on `host` with the host's files at `host_paths` (its own directories of the test world
@@ -162,12 +160,6 @@ impl Cluster {
         pods
     }
 
-    /// SIGKILLs a pod's process, like a crash of its container; the pod stays (the next sync restarts it).
-    pub fn kill_pod(&self, pod: &Pod) -> Result<()> {
-        self.pod_daemon(pod)?.kill();
-        Ok(())
-    }
-
     /// The pod's log.
     pub fn pod_log(&self, pod: &Pod) -> Result<String> {
         Ok(fs::read_to_string(self.pod_daemon(pod)?.log).unwrap_or_default())
@@ -189,10 +181,8 @@ impl Cluster {
     /// The pods of every DaemonSet and Deployment in a rendered manifest.
     fn pods_of(&self, manifest: &str, namespace: &str) -> Result<Vec<Pod>> {
         let mut pods = Vec::new();
-        for doc in manifest.split("\n---") {
-            let value: serde_json::Value = serde_norway::from_str(doc)
-                .map_err(|e| Error::Usage(format!("the release manifest does not parse: {e}")))?;
-            let bad = |e: serde_json::Error| Error::Usage(format!("the release manifest does not parse: {e}"));
+        let bad = |e: serde_json::Error| Error::Usage(format!("the release manifest does not parse: {e}"));
+        for value in yaml_documents(manifest)? {
             match value.get("kind").and_then(|k| k.as_str()) {
                 Some("DaemonSet") => {
                     let ds: DaemonSet = serde_json::from_value(value).map_err(bad)?;
@@ -271,8 +261,12 @@ impl Cluster {
         argv.extend(words);
 
         let mut binds = Vec::new();
-        if !id.r#static {
-            binds.push(Bind { source: self.service_account(id, spec)?, target: SERVICE_ACCOUNT_DIR.into() });
+        let service_account = (!id.r#static).then(|| {
+            let account = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
+            (account, id.namespace.to_string())
+        });
+        if service_account.is_some() {
+            binds.push(Bind { source: self.service_account_dir(&id.name), target: SERVICE_ACCOUNT_DIR.into() });
         }
         for mount in container.volume_mounts.iter().flatten() {
             let volume = spec.volumes.iter().flatten().find(|v| v.name == mount.name);
@@ -305,6 +299,7 @@ impl Cluster {
             ready,
             grace_seconds,
             r#static: id.r#static,
+            service_account,
         })
     }
 
@@ -341,17 +336,20 @@ impl Cluster {
         Ok(env)
     }
 
-    /// A fresh token for the pod's service account (TokenRequest, as a kubelet asks for it), with the CA
-    /// and namespace, in the directory bound at the service-account mount point.
-    fn service_account(&self, id: &PodIdentity<'_>, spec: &PodSpec) -> Result<PathBuf> {
-        let account = spec.service_account_name.as_deref().unwrap_or("default");
-        let dir = self.pods_dir().join(&id.name).join("serviceaccount");
+    fn service_account_dir(&self, pod: &str) -> PathBuf {
+        self.pods_dir().join(pod).join("serviceaccount")
+    }
+
+    /// A fresh token for the pod's service account (TokenRequest, as a kubelet asks for it; bound to the Node
+    /// for a pod on a master, so it carries the node name), with the CA and namespace, where the pod's
+    /// service-account mount finds them.
+    fn write_service_account(&self, pod: &Pod, host: &Host, account: &str, namespace: &str) -> Result<()> {
+        let dir = self.service_account_dir(&pod.name);
         fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
-        let node = id.host.name();
         let mut create = self.kubectl();
-        create.args(["create", "token", account, "-n", id.namespace, "--duration=24h"]);
-        if id.node {
-            create.args(["--bound-object-kind=Node", &format!("--bound-object-name={node}")]);
+        create.args(["create", "token", account, "-n", namespace, "--duration=24h"]);
+        if host.is_master() {
+            create.args(["--bound-object-kind=Node", &format!("--bound-object-name={host}")]);
         }
         let token = process::output(&mut create)?;
         let write = |name: &str, data: &[u8]| {
@@ -360,14 +358,16 @@ impl Cluster {
         };
         write("token", token.trim().as_bytes())?;
         write("ca.crt", &fs::read(self.ca_path()).ctx(|| "reading the cluster CA".into())?)?;
-        write("namespace", id.namespace.as_bytes())?;
-        Ok(dir)
+        write("namespace", namespace.as_bytes())
     }
 
     fn start_pod(&self, pod: &Pod) -> Result<()> {
         let host = Host::parse(&pod.host)?;
         let dir = self.pods_dir().join(&pod.name);
         fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        if let Some((account, namespace)) = &pod.service_account {
+            self.write_service_account(pod, &host, account, namespace)?;
+        }
         let record = dir.join("pod.json");
         let json = serde_json::to_string_pretty(pod).map_err(|e| Error::Usage(e.to_string()))?;
         fs::write(&record, json).ctx(|| format!("writing {}", record.display()))?;
@@ -406,6 +406,19 @@ struct PodIdentity<'a> {
     node: bool,
     /// A static pod: no service account (the kubelet gives static pods none).
     r#static: bool,
+}
+
+/// The documents of a multi-document YAML stream (Helm's output), empty ones left out.
+pub fn yaml_documents(text: &str) -> Result<Vec<serde_json::Value>> {
+    let mut docs = Vec::new();
+    for doc in text.split("\n---") {
+        let value: serde_json::Value =
+            serde_norway::from_str(doc).map_err(|e| Error::Usage(format!("YAML that does not parse: {e}")))?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
 }
 
 /// `$(VAR)` → its value when VAR is defined earlier, `$$` → `$`, anything else as written: the kubelet's

@@ -11,9 +11,7 @@ use std::time::Duration;
 use common::{Up, wait_until};
 use kubeha_e2e::{KUBEHA_NAMESPACE, NODES, VIP_V4, kubeha_binary};
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/kubeha");
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/ipv4-multicast.yaml");
-const TEST_WORLD_VALUES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/test-world-values.yaml");
 
 #[tokio::test]
 async fn the_daemonset_adopts_the_bootstrap_vip_without_a_failover() {
@@ -46,12 +44,7 @@ async fn the_daemonset_adopts_the_bootstrap_vip_without_a_failover() {
     .await;
 
     // kubeha installed as a user installs it, and the cluster that matches the bootstrap flags.
-    let helm = |args: &[&str]| {
-        let out = cluster.helm().args(args).output().unwrap();
-        assert!(out.status.success(), "helm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    helm(&["install", "kubeha", CHART, "-n", KUBEHA_NAMESPACE, "--create-namespace", "-f", TEST_WORLD_VALUES]);
-    let pods = cluster.kubelet_sync("kubeha", KUBEHA_NAMESPACE).await.unwrap();
+    let (_, pods) = up.install_chart(&[]).await;
     up.kubectl(&["apply", "-f", EXAMPLE]);
     wait_until("the cluster Ready on the DaemonSet agents", Duration::from_secs(60), || async {
         let out = up.kubectl(&[
@@ -98,7 +91,7 @@ async fn the_daemonset_adopts_the_bootstrap_vip_without_a_failover() {
 
     // Uninstalled, the DaemonSet agents stop and the static pods take the instance back: a bootstrapped
     // cluster keeps its control-plane endpoint.
-    helm(&["uninstall", "kubeha", "-n", KUBEHA_NAMESPACE]);
+    up.helm(&["uninstall", "kubeha", "-n", KUBEHA_NAMESPACE]);
     cluster.kubelet_sync("kubeha", KUBEHA_NAMESPACE).await.unwrap();
     wait_until("a bootstrap agent holds the VIP again", Duration::from_secs(20), || async {
         cluster.holders(vip).len() == 1

@@ -10,16 +10,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Up, wait_until};
+use common::{CHART, TEST_WORLD_VALUES, Up, wait_until};
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kubeha_crds::HighAvailabilityMember;
 use kubeha_e2e::{CLIENTS, Cluster, KUBEHA_NAMESPACE, NODES, VIP_V4};
 use serde_json::{Value, json};
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/kubeha");
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
-const TEST_WORLD_VALUES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/test-world-values.yaml");
 const VAP: &str = "--api-versions=admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy";
 
 fn helm() -> Command {
@@ -32,8 +30,7 @@ fn render(args: &[&str]) -> Result<Vec<Value>, String> {
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    Ok(text.split("\n---").map(|doc| serde_norway::from_str::<Value>(doc).unwrap()).filter(|v| !v.is_null()).collect())
+    Ok(kubeha_e2e::yaml_documents(&String::from_utf8_lossy(&out.stdout)).unwrap())
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -300,11 +297,7 @@ async fn wait_ready(up: &Up, name: &str) {
 async fn helm_install_apply_upgrade_uninstall() {
     let up = Up::new().await;
     let cluster = &up.cluster;
-    let helm = |args: &[&str]| {
-        let out = cluster.helm().args(args).output().unwrap();
-        assert!(out.status.success(), "helm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let helm = |args: &[&str]| up.helm(args);
 
     // Everything the chart renders is accepted by the real API server (the install-time cluster needs its
     // CRD first, so that one is checked after the install), in the namespace `--create-namespace` makes.
@@ -319,28 +312,21 @@ async fn helm_install_apply_upgrade_uninstall() {
     assert!(out.status.success(), "dry-run of the rendered chart: {}", String::from_utf8_lossy(&out.stderr));
 
     // The user's path. A second cluster comes from the chart's `cluster:` section.
-    let notes = helm(&[
-        "install",
-        "kubeha",
-        CHART,
-        "-n",
-        KUBEHA_NAMESPACE,
-        "--create-namespace",
-        "-f",
-        TEST_WORLD_VALUES,
-        "--set",
-        "cluster.create=true",
-        "--set",
-        "cluster.name=from-values",
-        "--set",
-        "cluster.spec.vip=198.51.100.20/24",
-        "--set",
-        "cluster.spec.vrid=52",
-        "--set",
-        "cluster.spec.interface=eth0",
-    ]);
+    let (notes, pods) = up
+        .install_chart(&[
+            "--set",
+            "cluster.create=true",
+            "--set",
+            "cluster.name=from-values",
+            "--set",
+            "cluster.spec.vip=198.51.100.20/24",
+            "--set",
+            "cluster.spec.vrid=52",
+            "--set",
+            "cluster.spec.interface=eth0",
+        ])
+        .await;
     assert!(notes.contains("kubectl get hac from-values"), "NOTES tell how to read the cluster:\n{notes}");
-    let pods = cluster.kubelet_sync("kubeha", KUBEHA_NAMESPACE).await.unwrap();
     assert_eq!(pods.len(), NODES.len() + CLIENTS.len(), "an agent per master and two operators: {pods:?}");
     for node in NODES {
         let agent = pods.iter().find(|p| p.name == format!("kubeha-agent-{node}")).expect("an agent on every master");
@@ -413,13 +399,7 @@ async fn helm_install_apply_upgrade_uninstall() {
 async fn every_example_comes_up_ready() {
     let up = Up::new().await;
     let cluster = &up.cluster;
-    let out = cluster
-        .helm()
-        .args(["install", "kubeha", CHART, "-n", KUBEHA_NAMESPACE, "--create-namespace", "-f", TEST_WORLD_VALUES])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "helm install: {}", String::from_utf8_lossy(&out.stderr));
-    cluster.kubelet_sync("kubeha", KUBEHA_NAMESPACE).await.unwrap();
+    up.install_chart(&[]).await;
     let mut files: Vec<_> = std::fs::read_dir(EXAMPLES)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -9,6 +9,11 @@ use std::time::Instant;
 
 use kubeha_e2e::{Cluster, ClusterLock, Host, Process};
 
+/// The Helm chart.
+pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/kubeha");
+/// Helm values for the test world.
+pub const TEST_WORLD_VALUES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/test-world-values.yaml");
+
 /// The kubeha CRDs as crdgen writes them.
 pub const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/yaml");
 
@@ -39,6 +44,33 @@ impl Up {
             "crd/highavailabilitymembers.kubeha.io",
         ]);
         up
+    }
+
+    /// Runs helm and returns its stdout; panics with its stderr if it fails.
+    pub fn helm(&self, args: &[&str]) -> String {
+        let out = self.cluster.helm().args(args).output().expect("helm runs");
+        assert!(out.status.success(), "helm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `helm install kubeha` of the chart with the test world's values and `extra` arguments, and its pods
+    /// run as the kubelets would; returns helm's output (the NOTES) and the pods.
+    pub async fn install_chart(&self, extra: &[&str]) -> (String, Vec<kubeha_e2e::Pod>) {
+        let mut args = vec![
+            "install",
+            "kubeha",
+            CHART,
+            "-n",
+            kubeha_e2e::KUBEHA_NAMESPACE,
+            "--create-namespace",
+            "-f",
+            TEST_WORLD_VALUES,
+        ];
+        args.extend_from_slice(extra);
+        let notes = self.helm(&args);
+        let pods =
+            self.cluster.kubelet_sync("kubeha", kubeha_e2e::KUBEHA_NAMESPACE).await.expect("the release's pods run");
+        (notes, pods)
     }
 
     /// Runs kubectl and returns its stdout; panics with its stderr if it fails.

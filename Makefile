@@ -17,7 +17,8 @@ plane: deps ## build (or find cached) etcd + Kubernetes binaries, kubectl and he
 	e2e/controlplane/build.sh >/dev/null
 	e2e/kubetools.py >/dev/null
 
-demo: plane ## bring up the three-master control plane, show it, fail a master over, tear down
+demo: plane ## three masters, kubeha installed with helm, the active master powered off: the failover, timed and drawn
+	$(CARGO) build --workspace --bins
 	e2e/demo.sh
 
 test: plane ## run every test: unit, integration and the e2e tests on the real control plane

@@ -131,6 +131,18 @@ impl Cluster {
         self.pki.admin_kubeconfig()
     }
 
+    /// Writes the admin kubeconfig to `path` with every cluster's server set to `server` (the VIP, a
+    /// proxy): same credentials and CA, another way in.
+    pub fn write_kubeconfig_via(&self, server: &str, path: &Path) -> Result<()> {
+        let text = fs::read_to_string(self.kubeconfig()).ctx(|| "reading the admin kubeconfig".into())?;
+        let mut config: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::Usage(format!("the admin kubeconfig: {e}")))?;
+        for c in config["clusters"].as_array_mut().into_iter().flatten() {
+            c["cluster"]["server"] = server.into();
+        }
+        fs::write(path, config.to_string()).ctx(|| format!("writing {}", path.display()))
+    }
+
     /// Where logs, pidfiles, certificates and etcd data live.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -239,6 +251,36 @@ impl Cluster {
         Ok(Process { child, log })
     }
 
+    /// Starts `argv` on `host` as the system service `name` (what systemd would run there: keepalived,
+    /// HAProxy), in the host's namespaces, recorded so that it outlives the caller and is stopped with the
+    /// node. Does nothing if it runs already.
+    pub fn start_service(&self, host: &Host, name: &str, argv: &[String]) -> Result<()> {
+        let daemon = self.service(host, name);
+        if daemon.pid().is_none() {
+            daemon.spawn(host, argv)?;
+        }
+        Ok(())
+    }
+
+    /// Stops the service `name` on `host`: SIGTERM and up to 10 s to finish, or, if `crash`, SIGKILL to every
+    /// process of it at once.
+    pub fn stop_service(&self, host: &Host, name: &str, crash: bool) {
+        let daemon = self.service(host, name);
+        if crash { daemon.kill() } else { daemon.stop(Duration::from_secs(10)) }
+    }
+
+    /// Whether the service `name` runs on `host`.
+    pub fn service_running(&self, host: &Host, name: &str) -> bool {
+        self.service(host, name).pid().is_some()
+    }
+
+    fn service(&self, host: &Host, name: &str) -> Daemon {
+        Daemon {
+            pidfile: self.dir.join("run").join(host.name()).join(format!("svc-{name}.pid")),
+            log: self.dir.join("logs").join(host.name()).join(format!("svc-{name}.log")),
+        }
+    }
+
     /// Every live process on `host` (in its network namespace).
     pub fn processes_on(&self, host: &Host) -> Vec<u32> {
         process::pids_in(host)
@@ -299,6 +341,33 @@ impl Cluster {
             let _ = fs::remove_file(self.daemon(node, c).pidfile);
         }
         Ok(())
+    }
+
+    /// Powers the node off, as far as anyone else can tell: every process SIGKILLed, its link down, and the
+    /// addresses that software added to its interface (a VIP) gone, as they are from a machine without
+    /// power. [`Cluster::power_on`] boots it.
+    pub fn power_off(&self, node: &Node) -> Result<()> {
+        self.kill_node(node)?;
+        self.partition(node)?;
+        let ns = node.netns();
+        let shown = process::output(Command::new("ip").args(["-n", &ns, "-o", "addr", "show", "dev", "eth0"]))?;
+        let own = [node.ipv4().to_string(), node.ipv6().to_string()];
+        for line in shown.lines() {
+            let mut words = line.split_whitespace().skip_while(|w| *w != "inet" && *w != "inet6");
+            let (Some(_), Some(cidr)) = (words.next(), words.next()) else { continue };
+            let address = cidr.split('/').next().unwrap_or_default();
+            if !own.iter().any(|o| o == address) && !address.starts_with("fe80:") {
+                net::ip(&["-n", &ns, "addr", "del", cidr, "dev", "eth0"])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Boots a node that [`Cluster::power_off`] stopped: link up, its components started, its API server
+    /// ready. Its kubelet's pods are the caller's to start ([`Cluster::kubelet_sync`]).
+    pub async fn power_on(&self, node: &Node) -> Result<()> {
+        self.heal(node)?;
+        self.start_node(node).await
     }
 
     /// Cuts the host's link: it keeps its address and routes, but reaches nobody and nobody reaches it.

@@ -160,6 +160,44 @@ impl Cluster {
         pods
     }
 
+    /// SIGKILLs the pod's process, as a crash would: no SIGTERM, nothing cleaned up. The pod stays, so the
+    /// next [`Cluster::kubelet_sync`] starts it again as a kubelet restarts a crashed container.
+    pub fn kill_pod(&self, name: &str) -> Result<()> {
+        self.pod_daemon(&self.running_pod(name)?)?.kill();
+        Ok(())
+    }
+
+    /// Stops the pod's process with SIGTERM and its grace period, as a kubelet stops a pod; the pod stays,
+    /// so the next [`Cluster::kubelet_sync`] starts it again.
+    pub fn stop_pod_process(&self, name: &str) -> Result<()> {
+        self.stop_pod(&self.running_pod(name)?, false)
+    }
+
+    /// Restarts the pod as `kubectl rollout restart` would have it replaced: stop (SIGTERM, grace), start,
+    /// and wait until its readiness probe passes.
+    pub async fn restart_pod(&self, name: &str) -> Result<()> {
+        let pod = self.running_pod(name)?;
+        self.stop_pod(&pod, false)?;
+        self.start_pod(&pod)?;
+        if let Some((addr, path)) = &pod.ready {
+            let what = format!("pod {} on {}", pod.name, pod.host);
+            self.wait_served_path(&what, &self.pod_daemon(&pod)?, *addr, path).await?;
+        }
+        Ok(())
+    }
+
+    /// The PID of the pod's process, if it runs.
+    pub fn pod_pid(&self, name: &str) -> Option<u32> {
+        self.pod_daemon(&self.running_pod(name).ok()?).ok()?.pid()
+    }
+
+    fn running_pod(&self, name: &str) -> Result<Pod> {
+        self.pods_running()
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| Error::Usage(format!("no pod {name} (see `e2e/cluster status`)")))
+    }
+
     /// The pod's log.
     pub fn pod_log(&self, pod: &Pod) -> Result<String> {
         Ok(fs::read_to_string(self.pod_daemon(pod)?.log).unwrap_or_default())

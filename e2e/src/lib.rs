@@ -5,6 +5,7 @@
 //! Everything here treats the Kubernetes and kubeha binaries as black boxes: processes, addresses and the
 //! API are all it looks at.
 
+pub mod chaos;
 mod cluster;
 mod error;
 pub mod fakeapi;

@@ -6,6 +6,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kubeha_e2e::{Cluster, Host};
 
+mod demo;
+
 /// The kubeha test world: three masters (n1–n3, 198.51.100.11–13) each running etcd, kube-apiserver,
 /// kube-controller-manager and kube-scheduler in its own network namespace, plus clients (c1, c2) on the
 /// same bridge. State lives in $KUBEHA_E2E_DIR (default /tmp/kubeha-e2e). Needs root.
@@ -66,6 +68,10 @@ enum Cmd {
     BlockVrrp,
     /// Undo block-vrrp.
     AllowVrrp,
+    /// The demo (`make demo`): bring the cluster up, install kubeha with helm, apply the example cluster, show
+    /// `kubectl get hac,ham`, power the active master off while a client probes the VIP, print how long the VIP
+    /// was unreachable and who took over, and draw the timeline. Leaves the cluster up (`down` removes it).
+    Demo,
     /// Run a command on a host: `e2e/cluster exec n1 -- ip addr`.
     Exec {
         host: String,
@@ -125,6 +131,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::StartAgent { node } => cluster.start_agent(&Host::parse(&node)?).await?,
         Cmd::StopApiserver { node } => cluster.stop_apiserver(&Host::parse(&node)?)?,
         Cmd::StartApiserver { node } => cluster.start_apiserver(&Host::parse(&node)?).await?,
+        Cmd::Demo => {
+            let _lock = cluster.lock()?;
+            tokio::select! {
+                r = demo::run(&cluster) => r?,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+            }
+        }
         Cmd::Exec { host, command } => {
             let status = cluster.exec(&Host::parse(&host)?, &command)?;
             return Ok(ExitCode::from(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1)));

@@ -106,6 +106,38 @@ pub(crate) fn enter_with(cmd: &mut Command, host: &Host, new_session: bool, bind
     Ok(())
 }
 
+/// Runs `f` on a new thread whose network namespace is `host`'s, so that every socket it opens (and every
+/// process it starts) lives there; the rest of the process stays where it is. No process of the host's is
+/// left behind by it: [`pids_in`] looks at processes, not threads.
+pub(crate) fn thread_in<T: Send + 'static>(
+    host: &Host,
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<thread::JoinHandle<T>> {
+    let path = Path::new("/run/netns").join(host.netns());
+    let netns = File::open(&path).ctx(|| format!("opening {} (is the cluster up?)", path.display()))?;
+    let (entered, rx) = std::sync::mpsc::sync_channel(1);
+    let handle = thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            // Only this thread moves: setns on a thread of a multi-threaded process changes that thread's
+            // namespace alone.
+            let result = setns(&netns, CloneFlags::CLONE_NEWNET);
+            let ok = result.is_ok();
+            let _ = entered.send(result);
+            if !ok {
+                panic!("setns failed");
+            }
+            f()
+        })
+        .ctx(|| format!("starting thread {name}"))?;
+    match rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => Err(Error::Usage(format!("entering {host}'s network namespace: {e}"))),
+        Err(_) => Err(Error::Usage(format!("thread {name} ended before entering {host}"))),
+    }
+}
+
 /// A long-running process of the test world, recorded in a pidfile.
 #[derive(Debug, Clone)]
 pub(crate) struct Daemon {

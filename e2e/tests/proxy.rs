@@ -326,16 +326,6 @@ fn bad_proxy_settings_are_named_by_key() {
 
 // --- On the real control plane -------------------------------------------------------------------------
 
-/// The admin kubeconfig with every cluster's server set to `server`.
-fn kubeconfig_via(up: &Up, server: &str, path: &Path) {
-    let text = std::fs::read_to_string(up.cluster.kubeconfig()).unwrap();
-    let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
-    for c in config["clusters"].as_array_mut().unwrap() {
-        c["cluster"]["server"] = server.into();
-    }
-    std::fs::write(path, config.to_string()).unwrap();
-}
-
 fn kubectl_via(up: &Up, kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
     let out =
         up.cluster.kubectl().env("KUBECONFIG", kubeconfig).args(["--request-timeout=10s"]).args(args).output().unwrap();
@@ -365,7 +355,7 @@ async fn kubectl_through_the_proxy_keeps_working_while_api_servers_stop_and_star
     let dir = tempdir::Dir::new("plane");
     let agent = proxy_for(&up, &dir.0).await;
     let kubeconfig = dir.0.join("kubeconfig");
-    kubeconfig_via(&up, &format!("https://{}", agent.listen), &kubeconfig);
+    up.cluster.write_kubeconfig_via(&format!("https://{}", agent.listen), &kubeconfig).unwrap();
     let mut failed = Vec::new();
     for node in NODES {
         up.cluster.stop_apiserver(&node).unwrap();
@@ -430,7 +420,7 @@ async fn a_watch_through_the_proxy_survives_idle_and_a_new_one_lands_elsewhere_w
     let dir = tempdir::Dir::new("watch-plane");
     let agent = proxy_for(&up, &dir.0).await;
     let kubeconfig = dir.0.join("kubeconfig");
-    kubeconfig_via(&up, &format!("https://{}", agent.listen), &kubeconfig);
+    up.cluster.write_kubeconfig_via(&format!("https://{}", agent.listen), &kubeconfig).unwrap();
     let (mut first, rx) = watcher(&up, &kubeconfig);
     kubectl_via(&up, &kubeconfig, &["create", "configmap", "before-idle"]).unwrap();
     expect_line(&rx, "configmap/before-idle", Duration::from_secs(20));

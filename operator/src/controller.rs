@@ -270,9 +270,14 @@ async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, E
     }
 
     let members = owned(ctx, hac);
+    // Members left unchanged for a conflict are not coming: expect only those that exist then.
+    let blocked = found.iter().any(|c| c.newer);
+    let expected: Vec<String> =
+        if blocked { Vec::new() } else { want.members.iter().map(|m| m.spec.node_name.clone()).collect() };
     let out = aggregate(&Inputs {
         hac,
         members: &members,
+        expected: &expected,
         problems: &want.problems,
         conflicts: &found,
         now: Timestamp::now(),

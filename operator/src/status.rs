@@ -38,6 +38,9 @@ pub struct Inputs<'a> {
     pub hac: &'a HighAvailabilityCluster,
     /// Its members as they are in the API, with the agents' statuses.
     pub members: &'a [HighAvailabilityMember],
+    /// The nodes that should have a member now. The cache may not show a member just applied yet; such a
+    /// master counts as one whose agent has not reported, not as one fewer master.
+    pub expected: &'a [String],
     /// Selected masters that could not get a member.
     pub problems: &'a [Problem],
     /// Conflicts with other clusters.
@@ -116,7 +119,11 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     let holders: Vec<String> =
         views.iter().filter(|v| v.fresh && v.m.status.as_ref().is_some_and(|s| s.holds_vip)).map(node).collect();
     let active = (holders.len() == 1).then(|| holders[0].clone());
-    let masters = i.members.len() + i.problems.iter().filter(|p| matches!(p, Problem::NoAddress { .. })).count();
+    let not_cached: Vec<String> =
+        i.expected.iter().filter(|n| !i.members.iter().any(|m| m.spec.node_name == **n)).cloned().collect();
+    let masters = i.members.len()
+        + not_cached.len()
+        + i.problems.iter().filter(|p| matches!(p, Problem::NoAddress { .. })).count();
     let healthy = views.iter().filter(|v| v.healthy).count();
     let control_plane = control_plane(&views, masters, &i.leaders);
     // Quorum from etcd's own health once the agents probe it; from member health until then.
@@ -174,7 +181,8 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     conds.push(("Degraded", Some(degraded.0), degraded.1, degraded.2));
     // QuorumAtRisk: one more failure would lose the majority (or there is no margin at all).
     let quorum = masters / 2 + 1;
-    let waiting_for: Vec<String> = views.iter().filter(|v| v.pending).map(node).collect();
+    let mut waiting_for: Vec<String> = views.iter().filter(|v| v.pending).map(node).collect();
+    waiting_for.extend(not_cached);
     let risk = match masters {
         n if !waiting_for.is_empty() && n > 2 => {
             (None, "AwaitingAgents", format!("waiting for the agents on {} to report", waiting_for.join(", ")))
@@ -476,6 +484,7 @@ mod tests {
         Inputs {
             hac: h,
             members: ms,
+            expected: &[],
             problems: &[],
             conflicts: &[],
             now: now(),
@@ -519,6 +528,16 @@ mod tests {
         assert_eq!(cond(&s, "VIPAvailable"), ("False", "MultipleHolders"));
         assert_eq!(cond(&s, "Ready"), ("False", "MultipleHolders"));
         assert_eq!(s.active_node, None);
+    }
+
+    #[test]
+    fn members_applied_but_not_cached_yet_count_as_masters_awaiting_their_agents() {
+        // The operator applies three members and aggregates at once; its cache shows one so far.
+        let (h, ms) = cluster(json!({}), 3);
+        let expected: Vec<String> = ms.iter().map(|m| m.spec.node_name.clone()).collect();
+        let out = aggregate(&Inputs { expected: &expected, ..inputs(&h, &ms[..1]) });
+        assert_eq!(cond(&out.status, "QuorumAtRisk"), ("Unknown", "AwaitingAgents"), "not SingleMaster");
+        assert!(out.events.iter().all(|e| e.reason != "QuorumAtRisk"), "no alarm while members are being created");
     }
 
     #[test]

@@ -9,10 +9,7 @@ use std::time::Instant;
 
 use kubeha_e2e::{Cluster, ClusterLock, Host, Process};
 
-/// The Helm chart.
-pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/kubeha");
-/// Helm values for the test world.
-pub const TEST_WORLD_VALUES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/test-world-values.yaml");
+pub use kubeha_e2e::chaos::{CHART, TEST_WORLD_VALUES};
 
 /// The kubeha CRDs as crdgen writes them.
 pub const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/yaml");

@@ -1,0 +1,105 @@
+//! The soak: random faults from the chaos suite, one after another, against kubeha installed with Helm, while
+//! the client probes the VIP; then no leaked processes, file descriptors or memory growth in the agents and
+//! operators that lived through it, one VIP holder, and the status naming it.
+//!
+//! `KUBEHA_SOAK_SECONDS` (default 1800: 30 minutes) bounds it; `make test` runs it shorter (see Makefile).
+//! `KUBEHA_SOAK_SEED` repeats a run's fault sequence (the seed is printed).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::Up;
+use kubeha_e2e::chaos::{Chaos, Scenario, Stack, ready};
+use kubeha_e2e::{CLIENTS, NODES, observe};
+
+/// The faults the soak picks from: the suite's, less those that restart every agent or the operators (a
+/// process that is restarted cannot show a leak).
+const FAULTS: [Scenario; 7] = [
+    Scenario::KillAgent,
+    Scenario::KillNode,
+    Scenario::Partition,
+    Scenario::StopApiserver,
+    Scenario::EtcdQuorumLoss,
+    Scenario::ApiserversDown,
+    Scenario::DeleteCluster,
+];
+
+/// Each kubeha pod's process: pid, RSS (KiB) and open fds, by pod name.
+fn sample(up: &Up) -> BTreeMap<String, (u32, u64, usize)> {
+    up.cluster
+        .pods_running()
+        .into_iter()
+        .filter_map(|p| {
+            let pid = up.cluster.pod_pid(&p.name)?;
+            Some((p.name, (pid, observe::rss_kib(pid)?, observe::open_fds(pid)?)))
+        })
+        .collect()
+}
+
+fn processes(up: &Up) -> Vec<usize> {
+    NODES.iter().chain(CLIENTS.iter()).map(|h| up.cluster.processes_on(h).len()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn random_faults_leak_nothing_and_leave_one_holder() {
+    let seconds: u64 = std::env::var("KUBEHA_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1800);
+    let mut seed: u64 = std::env::var("KUBEHA_SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1
+    });
+    println!("soak: {seconds} s, KUBEHA_SOAK_SEED={seed}");
+    let up = Up::new().await;
+    let mut chaos = Chaos::start(&up.cluster).expect("probe and sampler");
+    chaos.use_stack(Stack::Kubeha { advert_ms: 100 }).await.expect("kubeha installed and steady");
+    // A first fault, so that every lazily grown pool and cache exists before the baseline is taken.
+    chaos.run(Scenario::Partition).await.expect("first fault");
+    let baseline = sample(&up);
+    let processes_before = processes(&up);
+
+    let start = Instant::now();
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    while start.elapsed() < Duration::from_secs(seconds) {
+        // xorshift64: a reproducible sequence from the seed.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let scenario = FAULTS[(seed % FAULTS.len() as u64) as usize];
+        let run = chaos.run(scenario).await.unwrap_or_else(|e| panic!("{scenario:?} after {:?}: {e}", start.elapsed()));
+        assert!(run.problems.is_empty(), "{scenario:?} after {:?}: {:?}", start.elapsed(), run.problems);
+        assert_eq!(run.figures.holders_at_end.len(), 1, "{scenario:?}: VIP on {:?}", run.figures.holders_at_end);
+        *count.entry(scenario.name()).or_default() += 1;
+        // A few seconds of calm between faults.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    println!("faults: {count:?}");
+
+    // One holder, and the status says so.
+    let holders = chaos.holders();
+    assert_eq!(holders.len(), 1, "VIP on {holders:?}");
+    let hac: serde_json::Value =
+        serde_json::from_str(&up.kubectl(&["get", "hac", "control-plane", "-o", "json"])).unwrap();
+    assert!(ready(&hac), "{}", hac["status"]);
+    assert_eq!(hac["status"]["activeNode"], holders[0].name());
+    assert_eq!(hac["status"]["membersReady"], "3/3");
+
+    // No process left behind on any host (a restarted pod replaces its process; a stray kubectl, health
+    // check or half-stopped agent would add one).
+    assert_eq!(processes(&up), processes_before, "processes per host (n1, n2, n3, c1, c2)");
+
+    // Leaks: the processes that lived through the whole soak.
+    let end = sample(&up);
+    let mut lived = 0;
+    for (pod, (pid, rss, fds)) in &baseline {
+        let Some((pid2, rss2, fds2)) = end.get(pod) else { continue };
+        if pid != pid2 {
+            continue;
+        }
+        lived += 1;
+        println!("{pod}: RSS {rss} → {rss2} KiB, fds {fds} → {fds2}");
+        assert!(*fds2 <= fds + 8, "{pod} holds {fds2} fds, {fds} after the first fault");
+        assert!(*rss2 <= rss + rss / 2 + 8 * 1024, "{pod} grew from {rss} KiB to {rss2} KiB");
+    }
+    assert!(lived >= 2, "at least the backups' agents and an operator live through the soak: {baseline:?} → {end:?}");
+    chaos.stop();
+}

@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help deps plane demo test lint fmt clean-cluster bench-vrrp bench-proxy
+.PHONY: help deps plane demo test chaos soak lint fmt clean-cluster bench-vrrp bench-proxy
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -21,9 +21,17 @@ demo: plane ## three masters, kubeha installed with helm, the active master powe
 	$(CARGO) build --workspace --bins
 	e2e/demo.sh
 
-test: plane ## run every test: unit, integration and the e2e tests on the real control plane
+test: plane ## run every test: unit, integration, e2e on the real control plane, the chaos suite, a 3-minute soak
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --all-targets
+	KUBEHA_SOAK_SECONDS=$${KUBEHA_SOAK_SECONDS:-180} $(CARGO) test --workspace --all-targets
+
+chaos: plane ## the failover chaos suite alone: report and timeline in target/chaos (about 15 minutes)
+	$(CARGO) build --workspace --bins
+	$(CARGO) test -p kubeha-e2e --test chaos -- --nocapture
+
+soak: plane ## the 30-minute soak: random faults, then no leaks and one VIP holder
+	$(CARGO) build --workspace --bins
+	KUBEHA_SOAK_SECONDS=$${KUBEHA_SOAK_SECONDS:-1800} $(CARGO) test -p kubeha-e2e --test soak -- --nocapture
 
 bench-vrrp: plane ## kubeha-agent vs keepalived failover benchmark (about 10 minutes); markdown on stdout
 	$(CARGO) build --release -p kubeha-e2e -p kubeha-agent --bins

@@ -24,7 +24,7 @@ pub(crate) async fn run(cluster: &Cluster) -> anyhow::Result<()> {
         Path::new(EXAMPLE).file_name().and_then(|n| n.to_str()).unwrap_or(EXAMPLE)
     ));
     chaos.use_stack(Stack::Kubeha { advert_ms: 100 }).await.context("installing kubeha")?;
-    show(cluster, &["get", "hac,ham", "-o", "wide"]);
+    show(cluster, &["get", "hac,ham"]);
     let active = chaos.holders().first().map(|h| h.name()).unwrap_or_default();
     say(&format!(
         "powering {active} off (every process killed, link down) while a client on c1 connects to the VIP every 10 ms; \
@@ -51,11 +51,12 @@ pub(crate) async fn run(cluster: &Cluster) -> anyhow::Result<()> {
     for p in &run.problems {
         println!("  problem: {p}");
     }
-    show(cluster, &["get", "hac,ham", "-o", "wide"]);
+    show(cluster, &["get", "hac,ham"]);
     chaos.stop();
     let out = Path::new(OUT);
     chaos.report(out, "make demo")?;
-    say(&format!("timeline: {}", out.join("timeline.png").display()));
+    let out = out.canonicalize().unwrap_or_else(|_| out.to_path_buf());
+    say(&format!("timeline: {}  (report: {})", out.join("timeline.png").display(), out.join("report.md").display()));
     Ok(())
 }
 

@@ -24,6 +24,8 @@ pub struct Window {
 pub struct Figures {
     /// Client-visible outages: each from a failed TCP connect to the next one that succeeded.
     pub outages: Vec<f64>,
+    /// From the first failed connect to the last recovery: the stretch in which the client saw trouble.
+    pub outage_span: f64,
     /// Whether the last outage lasted to the end of the window.
     pub outage_open: bool,
     /// TCP connects started in the window, and how many failed.
@@ -67,11 +69,16 @@ pub fn figures(log: &Log, w: &Window) -> Figures {
     connects.sort_by(|a, b| a.0.total_cmp(&b.0));
     f.connects = (connects.len(), connects.iter().filter(|(_, ok)| !ok).count());
     let mut failing_since = None;
+    let mut first_failure = None;
     for (t, ok) in connects {
         match (ok, failing_since) {
-            (false, None) => failing_since = Some(t),
+            (false, None) => {
+                failing_since = Some(t);
+                first_failure.get_or_insert(t);
+            }
             (true, Some(since)) => {
                 f.outages.push(t - since);
+                f.outage_span = t - first_failure.unwrap_or(since);
                 failing_since = None;
             }
             _ => {}
@@ -79,6 +86,7 @@ pub fn figures(log: &Log, w: &Window) -> Figures {
     }
     if let Some(since) = failing_since {
         f.outages.push(w.end - since);
+        f.outage_span = w.end - first_failure.unwrap_or(since);
         f.outage_open = true;
     }
 
@@ -154,6 +162,7 @@ mod tests {
         let log = Log { connects: vec![(2.0, false), (3.0, true), (7.0, false)], ..Log::default() };
         let f = figures(&log, &window());
         assert_eq!(f.outages, [1.0, 3.0]);
+        assert_eq!(f.outage_span, 8.0, "from the first failure at 2 to the end");
         assert!(f.outage_open, "still failing at the end");
         assert_eq!(f.worst_outage(), 3.0);
     }

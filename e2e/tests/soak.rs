@@ -38,8 +38,14 @@ fn sample(up: &Up) -> BTreeMap<String, (u32, u64, usize)> {
         .collect()
 }
 
+/// The processes on each host, less the probe's kubectl (one per request in flight, and the watch).
 fn processes(up: &Up) -> Vec<usize> {
-    NODES.iter().chain(CLIENTS.iter()).map(|h| up.cluster.processes_on(h).len()).collect()
+    let probe = |pid: &u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "kubectl");
+    NODES
+        .iter()
+        .chain(CLIENTS.iter())
+        .map(|h| up.cluster.processes_on(h).iter().filter(|p| !probe(p)).count())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -293,7 +293,7 @@ impl<'a> Chaos<'a> {
         let mut restore = None;
         match scenario {
             Scenario::KillAgent => {
-                self.crash_agent(stack, &active)?;
+                self.stop_agent(stack, &active, true)?;
                 self.hold(stack, Duration::from_secs(1), &mut said).await;
                 self.start_agent(stack, &active).await?;
             }
@@ -376,7 +376,7 @@ impl<'a> Chaos<'a> {
             }
             Scenario::Preemption => {
                 let joiner = NODES[2];
-                self.stop_agent(stack, &joiner)?;
+                self.stop_agent(stack, &joiner, false)?;
                 self.set_priority(stack, &joiner, Some(250))?;
                 // The fault is the join: the backup starts with a priority above everyone's.
                 fault = self.clock.now();
@@ -568,21 +568,13 @@ impl<'a> Chaos<'a> {
         format!("kubeha-agent-{node}")
     }
 
-    fn crash_agent(&self, stack: Stack, node: &Node) -> Result<()> {
-        match stack {
-            Stack::Kubeha { .. } => self.cluster.kill_pod(&Self::agent_pod(node)),
+    /// Stops the node's agent (keepalived): gracefully, or with SIGKILL if `crash`.
+    fn stop_agent(&self, stack: Stack, node: &Node, crash: bool) -> Result<()> {
+        match (stack, crash) {
+            (Stack::Kubeha { .. }, true) => self.cluster.kill_pod(&Self::agent_pod(node)),
+            (Stack::Kubeha { .. }, false) => self.cluster.stop_pod_process(&Self::agent_pod(node)),
             _ => {
-                self.cluster.stop_service(node, "keepalived", true);
-                Ok(())
-            }
-        }
-    }
-
-    fn stop_agent(&self, stack: Stack, node: &Node) -> Result<()> {
-        match stack {
-            Stack::Kubeha { .. } => self.cluster.stop_pod_process(&Self::agent_pod(node)),
-            _ => {
-                self.cluster.stop_service(node, "keepalived", false);
+                self.cluster.stop_service(node, "keepalived", crash);
                 Ok(())
             }
         }

@@ -1,7 +1,7 @@
 //! The failover chaos suite (e2e/src/chaos): every scenario against kubeha installed with Helm, at 100 ms
 //! and at 1 s adverts, then against keepalived + HAProxy at the kubeadm guide's settings and at matched
 //! settings, in one run on one cluster. Writes the report and the timeline picture (to
-//! `KUBEHA_CHAOS_REPORT`, default `target/chaos`), then asserts kubeha's behaviour in each scenario — one
+//! `KUBEHA_CHAOS_REPORT`, default `target/chaos`, relative to the workspace), then asserts kubeha's behaviour in each scenario — one
 //! VIP holder in the end, the watch resumed, the status telling the truth, and what the scenario is about.
 //! Timings are recorded, never asserted.
 //!
@@ -80,8 +80,10 @@ async fn failover_chaos_suite_against_keepalived_and_haproxy() {
             }
         }
     }
-    let dir = std::env::var_os("KUBEHA_CHAOS_REPORT")
-        .map_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/chaos")), PathBuf::from);
+    // A relative directory is the workspace's (cargo runs the test in e2e/).
+    let workspace = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let dir =
+        workspace.join(std::env::var_os("KUBEHA_CHAOS_REPORT").map_or_else(|| "target/chaos".into(), PathBuf::from));
     chaos.report(&dir, COMMAND).expect("the report is written");
     println!("{}", std::fs::read_to_string(dir.join("report.md")).unwrap());
     println!("timeline: {}", dir.join("timeline.png").display());

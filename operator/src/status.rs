@@ -132,6 +132,18 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
         Some(n) => (n, "etcd members"),
         None => (healthy, "masters"),
     };
+    // Members that report but have not probed their etcd yet (an agent that has just started): their etcd is
+    // unknown, not down. A member that stopped reporting altogether still counts as down.
+    let not_probed: Vec<String> = match etcd_healthy {
+        Some(_) => views
+            .iter()
+            .filter(|v| {
+                v.fresh && v.m.status.as_ref().and_then(|s| s.control_plane.as_ref()).is_none_or(|cp| cp.etcd.is_none())
+            })
+            .map(node)
+            .collect(),
+        None => Vec::new(),
+    };
     let mut events = Vec::new();
 
     // (type, status: None for Unknown, reason, message)
@@ -190,6 +202,15 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
         0 => (Some(true), "NoMasters", "no master is selected".to_string()),
         1 => (Some(true), "SingleMaster", "with one master there is no failover: select three or five".into()),
         2 => (Some(true), "TwoMasters", "two masters tolerate no failure (etcd needs both): use three".into()),
+        _ if !not_probed.is_empty() && quorum_basis <= quorum && quorum_basis + not_probed.len() >= quorum => (
+            None,
+            "EtcdHealthUnknown",
+            format!(
+                "{quorum_basis} of {masters} etcd members healthy; {} not probed yet ({})",
+                not_probed.len(),
+                not_probed.join(", ")
+            ),
+        ),
         _ if quorum_basis < quorum => (
             Some(true),
             "QuorumLost",
@@ -639,6 +660,25 @@ mod tests {
         let out = run(&h, &ms);
         assert_eq!(out.status.control_plane.as_ref().unwrap().etcd.as_ref().unwrap().fault_tolerance, -1);
         assert_eq!(cond(&out.status, "QuorumAtRisk"), ("True", "QuorumLost"));
+    }
+
+    #[test]
+    fn an_agent_that_has_not_probed_its_etcd_yet_is_no_quorum_alarm() {
+        let (h, mut ms) = healthy_three();
+        let ok = |healthy: bool| Some(kubeha_crds::ComponentHealth { healthy, message: None });
+        for (i, etcd) in [(0, None), (1, ok(true)), (2, ok(true))] {
+            ms[i].status.as_mut().unwrap().control_plane =
+                Some(kubeha_crds::ControlPlaneHealth { apiserver: ok(true), etcd, ..Default::default() });
+        }
+        // n1's agent has just restarted: it reports, but its etcd probe has not run.
+        let out = run(&h, &ms);
+        assert_eq!(cond(&out.status, "QuorumAtRisk"), ("Unknown", "EtcdHealthUnknown"));
+        assert!(out.events.iter().all(|e| e.reason != "QuorumAtRisk"), "no alarm for a probe not run yet");
+        // Known to be down is not unknown: with n2's etcd failing, one more failure loses quorum at most.
+        ms[1].status.as_mut().unwrap().control_plane.as_mut().unwrap().etcd = ok(false);
+        assert_eq!(cond(&run(&h, &ms).status, "QuorumAtRisk"), ("Unknown", "EtcdHealthUnknown"));
+        ms[2].status.as_mut().unwrap().control_plane.as_mut().unwrap().etcd = ok(false);
+        assert_eq!(cond(&run(&h, &ms).status, "QuorumAtRisk"), ("True", "QuorumLost"), "1 unknown cannot make 2");
     }
 
     #[test]

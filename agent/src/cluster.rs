@@ -1007,14 +1007,24 @@ mod tests {
         assert_eq!(f.boost(t(s, 22), 0), 0, "no boost configured");
     }
 
+    /// Fencing that renewed at `s` and saw n3, holding the VIP, with its Lease at version 1.
+    fn renewing_with_n3(renew_deadline: u64, retry: Duration) -> (Instant, Fencing) {
+        let s = Instant::now();
+        let mut f = Fencing::new(Duration::from_secs(renew_deadline), s);
+        f.renewed(s, retry);
+        f.observe(s, &n3_at("1"));
+        (s, f)
+    }
+
+    fn n3_at(version: &str) -> Vec<Peer> {
+        vec![Peer { name: "c-n3".into(), lease_version: Some(version.into()), holds_vip: true }]
+    }
+
     #[test]
     fn after_an_outage_of_every_api_server_the_others_get_a_full_deadline_to_renew() {
-        let s = Instant::now();
         let retry = Duration::from_secs(2);
-        let mut f = Fencing::new(Duration::from_secs(10), s);
-        let peer = |v: &str| vec![Peer { name: "c-n3".into(), lease_version: Some(v.into()), holds_vip: true }];
-        f.renewed(s, retry);
-        f.observe(s, &peer("1"));
+        let (s, mut f) = renewing_with_n3(10, retry);
+        let peer = n3_at;
         // Nobody renews from t=1 to t=30. This member is back first, at t=30; n3's Lease is as it was.
         f.renewed(t(s, 30), retry);
         f.observe(t(s, 30), &peer("1"));
@@ -1029,12 +1039,9 @@ mod tests {
 
     #[test]
     fn a_renewal_that_fails_now_and_then_postpones_fencing_only_by_the_time_lost() {
-        let s = Instant::now();
         let retry = Duration::from_secs(1);
-        let mut f = Fencing::new(Duration::from_secs(4), s);
-        let peer = |v: &str| vec![Peer { name: "c-n3".into(), lease_version: Some(v.into()), holds_vip: true }];
-        f.renewed(s, retry);
-        f.observe(s, &peer("1"));
+        let (s, mut f) = renewing_with_n3(4, retry);
+        let peer = n3_at;
         // n3 stops renewing at 0. This member renews at 1 and 2, fails once, and is back at 4 (2 s lost: 1 s
         // beyond a period): n3 gets until 0 + 1 + 4 = 5, not a new deadline from 4.
         f.renewed(t(s, 1), retry);

@@ -354,9 +354,11 @@ impl<'a> Chaos<'a> {
                 let all_down = self.clock.now();
                 self.hold(stack, Duration::from_secs(10), &mut said).await;
                 restore = Some(self.clock.now());
-                // VRRP carries on: with every API server down, every master is equally unhealthy and the VIP
+                // VRRP carries on: once every master's health check has seen its API server down (fall 3 at
+                // 1 s, and the VIP goes to the highest base priority among equally penalised masters), the VIP
                 // stays where it is.
-                problems.extend(self.moved(all_down, self.clock.now(), "while every API server was down"));
+                let settled = all_down + 5.0;
+                problems.extend(self.moved(settled, self.clock.now(), "while every API server was down"));
                 for n in NODES {
                     self.cluster.start_apiserver(&n).await?;
                 }
@@ -426,8 +428,11 @@ impl<'a> Chaos<'a> {
 
     async fn settle_saying(&self, since: f64, stack: Stack, said: &mut Said) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + SETTLE_WITHIN;
+        // The holder must stay put for a while after the last action too: a restarted keepalived that kept its
+        // VIP while it was dead drops it at start and elects again, and that outage belongs to this run.
+        let quiet_from = self.clock.now();
         loop {
-            let missing = self.unsteady(since, stack, said).await;
+            let missing = self.unsteady(since, quiet_from, stack, said).await;
             if missing.is_empty() || tokio::time::Instant::now() >= deadline {
                 return missing.into_iter().map(|m| format!("not steady within {SETTLE_WITHIN:?}: {m}")).collect();
             }
@@ -435,7 +440,7 @@ impl<'a> Chaos<'a> {
         }
     }
 
-    async fn unsteady(&self, since: f64, stack: Stack, said: &mut Said) -> Vec<String> {
+    async fn unsteady(&self, since: f64, quiet_from: f64, stack: Stack, said: &mut Said) -> Vec<String> {
         let now = self.clock.now();
         let mut missing = Vec::new();
         {
@@ -445,7 +450,7 @@ impl<'a> Chaos<'a> {
             // Longer than a backup's Master_Down_Interval (3 adverts and a skew): a holder whose VRRP daemon
             // died keeps the VIP until a backup takes over, and that is not steady.
             let needed = if stack.advert_ms() >= 1000 { 5.0 } else { 2.0 };
-            if holders.count_ones() != 1 || now - steady_since < needed {
+            if holders.count_ones() != 1 || now - steady_since.max(quiet_from) < needed {
                 missing.push(format!("one holder for {needed} s (holders {:?})", names(holders)));
             }
             let recent: Vec<bool> =

@@ -23,10 +23,15 @@ use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, KUBEHA_NAMESPACE};
 use crate::error::{Error, IoContext as _, Result};
 use crate::net::{CLIENTS, Host, KUBERNETES_SERVICE, NODES};
 use crate::process::{self, Bind, Daemon};
+
+/// The Helm chart.
+pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/kubeha");
+/// Helm values for the test world.
+pub const TEST_WORLD_VALUES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/test-world-values.yaml");
 
 /// Where a container finds its service account, as every kubelet mounts it.
 const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -81,6 +86,15 @@ impl Cluster {
             None => Vec::new(),
         };
         self.converge(desired, |p| !p.r#static).await
+    }
+
+    /// `helm install kubeha` of the chart into `kubeha-system` with the test world's values and `extra`
+    /// arguments, then its pods run as the kubelets would; returns helm's output (the NOTES) and the pods.
+    pub async fn install_chart(&self, extra: &[&str]) -> Result<(String, Vec<Pod>)> {
+        let mut helm = self.helm();
+        helm.args(["install", "kubeha", CHART, "-n", KUBEHA_NAMESPACE, "--create-namespace", "-f", TEST_WORLD_VALUES]);
+        let notes = process::output(helm.args(extra))?;
+        Ok((notes, self.kubelet_sync("kubeha", KUBEHA_NAMESPACE).await?))
     }
 
     /// Starts, replaces (one at a time) and stops pods until those for which `mine` holds are `desired`.

@@ -19,5 +19,5 @@ pub use cluster::{
     AGENT_METRICS_PORT, Cluster, ClusterLock, Component, KUBEHA_NAMESPACE, LEASES, Process, UpTimes, kubeha_binary,
 };
 pub use error::{Error, Result};
-pub use kubelet::{Pod, yaml_documents};
+pub use kubelet::{CHART, Pod, TEST_WORLD_VALUES, yaml_documents};
 pub use net::{CLIENTS, Host, KUBERNETES_SERVICE, NODES, Node, SERVICE_CIDR, VIP_V4, VIP_V6};

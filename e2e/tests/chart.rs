@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{CHART, TEST_WORLD_VALUES, Up, wait_until};
+use common::{Up, wait_until};
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kubeha_crds::HighAvailabilityMember;
-use kubeha_e2e::{CLIENTS, Cluster, KUBEHA_NAMESPACE, NODES, VIP_V4};
+use kubeha_e2e::{CHART, CLIENTS, Cluster, KUBEHA_NAMESPACE, NODES, TEST_WORLD_VALUES, VIP_V4};
 use serde_json::{Value, json};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");

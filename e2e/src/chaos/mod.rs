@@ -23,13 +23,9 @@ use self::measure::{Figures, Window, figures};
 use self::record::{Clock, ProbeTarget, Shared, Worker, hosts, lock};
 use crate::cluster::{Cluster, Component, KUBEHA_NAMESPACE};
 use crate::error::{Error, IoContext as _, Result};
-use crate::kubelet::Pod;
+pub use crate::kubelet::{CHART, TEST_WORLD_VALUES};
 use crate::net::{CLIENTS, Host, NODES, Node, VIP_V4};
 
-/// The Helm chart.
-pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/kubeha");
-/// Helm values for the test world.
-pub const TEST_WORLD_VALUES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/test-world-values.yaml");
 /// The example the suite applies (its advert interval set per run).
 pub const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/ipv4-multicast.yaml");
 /// The example's cluster.
@@ -250,15 +246,15 @@ impl<'a> Chaos<'a> {
             (current, _) => {
                 match current {
                     Some(Stack::Kubeha { .. }) => self.uninstall_kubeha().await?,
-                    Some(peer) => self.stop_peer(peer),
+                    Some(_) => self.stop_peer(),
                     None => {}
                 }
                 match stack {
                     Stack::Kubeha { advert_ms } => {
-                        self.install_kubeha().await?;
+                        self.cluster.install_chart(&[]).await?;
                         self.apply_cluster(advert_ms)?;
                     }
-                    peer => self.start_peer(peer, None)?,
+                    peer => self.start_peer(peer)?,
                 }
             }
         }
@@ -534,23 +530,6 @@ impl<'a> Chaos<'a> {
         Err(Error::Command { cmd: format!("kubectl {}", args.join(" ")), detail: last })
     }
 
-    async fn install_kubeha(&self) -> Result<Vec<Pod>> {
-        let out = self
-            .cluster
-            .helm()
-            .args(["upgrade", "--install", "kubeha", CHART, "-n", KUBEHA_NAMESPACE, "--create-namespace"])
-            .args(["-f", TEST_WORLD_VALUES, "--wait=false"])
-            .output()
-            .ctx(|| "running helm".into())?;
-        if !out.status.success() {
-            return Err(Error::Command {
-                cmd: "helm install kubeha".into(),
-                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
-        }
-        self.cluster.kubelet_sync("kubeha", KUBEHA_NAMESPACE).await
-    }
-
     /// Applies the example cluster (examples/ipv4-multicast.yaml) with the advert interval.
     fn apply_cluster(&self, advert_ms: u32) -> Result<()> {
         let text = std::fs::read_to_string(EXAMPLE).ctx(|| format!("reading {EXAMPLE}"))?;
@@ -620,15 +599,15 @@ impl<'a> Chaos<'a> {
         }
     }
 
-    fn start_peer(&self, peer: Stack, priority: Option<u8>) -> Result<()> {
+    fn start_peer(&self, peer: Stack) -> Result<()> {
         for n in NODES {
-            self.write_peer_config(peer, &n, priority)?;
+            self.write_peer_config(peer, &n, None)?;
             self.start_peer_on(&n)?;
         }
         Ok(())
     }
 
-    fn stop_peer(&self, _peer: Stack) {
+    fn stop_peer(&self) {
         for n in NODES {
             self.cluster.stop_service(&n, "keepalived", false);
             self.cluster.stop_service(&n, "haproxy", false);
@@ -778,14 +757,9 @@ impl Said {
         };
         let Ok(list) = serde_json::from_str::<Value>(&text) else { return };
         for e in list["items"].as_array().into_iter().flatten() {
-            let when = ["eventTime", "lastTimestamp", "firstTimestamp"]
-                .iter()
-                .chain(std::iter::once(&"series"))
-                .filter_map(|k| match *k {
-                    "series" => e["series"]["lastObservedTime"].as_str(),
-                    k => e[k].as_str(),
-                })
-                .filter_map(|s| s.parse::<Timestamp>().ok())
+            let when = [&e["eventTime"], &e["lastTimestamp"], &e["firstTimestamp"], &e["series"]["lastObservedTime"]]
+                .into_iter()
+                .filter_map(|v| v.as_str()?.parse::<Timestamp>().ok())
                 .max();
             if when.is_some_and(|w| w >= since) {
                 let line = format!(

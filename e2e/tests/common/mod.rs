@@ -9,8 +9,6 @@ use std::time::Instant;
 
 use kubeha_e2e::{Cluster, ClusterLock, Host, Process};
 
-pub use kubeha_e2e::chaos::{CHART, TEST_WORLD_VALUES};
-
 /// The kubeha CRDs as crdgen writes them.
 pub const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/yaml");
 
@@ -53,21 +51,7 @@ impl Up {
     /// `helm install kubeha` of the chart with the test world's values and `extra` arguments, and its pods
     /// run as the kubelets would; returns helm's output (the NOTES) and the pods.
     pub async fn install_chart(&self, extra: &[&str]) -> (String, Vec<kubeha_e2e::Pod>) {
-        let mut args = vec![
-            "install",
-            "kubeha",
-            CHART,
-            "-n",
-            kubeha_e2e::KUBEHA_NAMESPACE,
-            "--create-namespace",
-            "-f",
-            TEST_WORLD_VALUES,
-        ];
-        args.extend_from_slice(extra);
-        let notes = self.helm(&args);
-        let pods =
-            self.cluster.kubelet_sync("kubeha", kubeha_e2e::KUBEHA_NAMESPACE).await.expect("the release's pods run");
-        (notes, pods)
+        self.cluster.install_chart(extra).await.expect("helm install and the release's pods")
     }
 
     /// Runs kubectl and returns its stdout; panics with its stderr if it fails.

@@ -79,7 +79,7 @@ impl Credentials {
         config.cluster_url = url.parse::<http::Uri>().map_err(|e| bad(e.to_string()))?;
         config.tls_server_name = Some(self.server_name.clone());
         config.connect_timeout = Some(CONNECT_TIMEOUT);
-        Client::try_from(config).map_err(|e| bad(e.to_string()))
+        kubeha_common::client::client(config).map_err(|e| bad(e.to_string()))
     }
 }
 

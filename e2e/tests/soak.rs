@@ -26,6 +26,19 @@ const FAULTS: [Scenario; 7] = [
     Scenario::DeleteCluster,
 ];
 
+/// Long enough for the kernel to give up on a connection whose peer lost power: keepalive's idle time and
+/// unanswered probes, plus a margin.
+const STALE_CONNECTIONS_CLOSED: Duration = Duration::from_secs(
+    kubeha_common::client::KEEPALIVE_IDLE.as_secs()
+        + kubeha_common::client::KEEPALIVE_INTERVAL.as_secs() * kubeha_common::client::KEEPALIVE_RETRIES as u64
+        + 5,
+);
+
+/// `kubeha-agent` for `kubeha-agent-n2`: replicas of one kind.
+fn kind_of(pod: &str) -> &str {
+    pod.rsplit_once('-').map_or(pod, |(kind, _)| kind)
+}
+
 /// Each kubeha pod's process: pid, RSS (KiB) and open fds, by pod name.
 fn sample(up: &Up) -> BTreeMap<String, (u32, u64, usize)> {
     up.cluster
@@ -61,6 +74,8 @@ async fn random_faults_leak_nothing_and_leave_one_holder() {
     // A first fault, so that every lazily grown pool and cache exists before the baseline is taken.
     chaos.run(Scenario::Partition).await.expect("first fault");
     let baseline = sample(&up);
+    let fd_kinds_before: BTreeMap<&String, _> =
+        baseline.iter().map(|(pod, (pid, _, _))| (pod, observe::fd_kinds(*pid))).collect();
     let processes_before = processes(&up);
 
     let start = Instant::now();
@@ -93,18 +108,34 @@ async fn random_faults_leak_nothing_and_leave_one_holder() {
     // check or half-stopped agent would add one).
     assert_eq!(processes(&up), processes_before, "processes per host (n1, n2, n3, c1, c2)");
 
-    // Leaks: the processes that lived through the whole soak.
+    // Leaks: the processes that lived through the whole soak. A connection to a master that lost power
+    // closes once keepalive gives up on it (kubeha_common::client), so the last fault's are let go first.
+    tokio::time::sleep(STALE_CONNECTIONS_CLOSED).await;
     let end = sample(&up);
     let mut lived = 0;
-    for (pod, (pid, rss, fds)) in &baseline {
+    for (pod, (pid, _, _)) in &baseline {
         let Some((pid2, rss2, fds2)) = end.get(pod) else { continue };
         if pid != pid2 {
             continue;
         }
         lived += 1;
-        println!("{pod}: RSS {rss} → {rss2} KiB, fds {fds} → {fds2}");
-        assert!(*fds2 <= fds + 8, "{pod} holds {fds2} fds, {fds} after the first fault");
-        assert!(*rss2 <= rss + rss / 2 + 8 * 1024, "{pod} grew from {rss} KiB to {rss2} KiB");
+        // Replicas of one kind are compared with the largest of them: the operators swap roles during the
+        // soak, and a standby that takes the lead opens the leader's watches and grows its caches.
+        let kind = kind_of(pod);
+        let (rss, fds) = baseline
+            .iter()
+            .filter(|(other, _)| kind_of(other) == kind)
+            .fold((0, 0), |(r, f), (_, (_, rss, fds))| (r.max(*rss), f.max(*fds)));
+        let (rss, fds) = (&rss, &fds);
+        let (own_rss, own_fds) = (baseline[pod].1, baseline[pod].2);
+        println!("{pod}: RSS {own_rss} → {rss2} KiB, fds {own_fds} → {fds2}");
+        println!("  fds after the first fault: {:?}", fd_kinds_before[pod]);
+        println!("  fds at the end: {:?}", observe::fd_kinds(*pid2));
+        assert!(*fds2 <= fds + 8, "{pod} holds {fds2} fds; the most a {kind} held after the first fault: {fds}");
+        assert!(
+            *rss2 <= rss + rss / 2 + 8 * 1024,
+            "{pod} has {rss2} KiB; the most a {kind} had after the first fault: {rss} KiB"
+        );
     }
     assert!(lived >= 2, "at least the backups' agents and an operator live through the soak: {baseline:?} → {end:?}");
     chaos.stop();

@@ -63,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
     };
     election.validate().context("--lease-duration, --renew-deadline and --retry-period")?;
 
-    let client = kube::Client::try_default()
+    let client = kubeha_common::client::infer()
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or the in-cluster service account)")?;
     client.apiserver_version().await.context("asking the Kubernetes API for its version")?;

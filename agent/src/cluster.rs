@@ -611,13 +611,20 @@ impl Fencing {
         }
     }
 
-    /// The members whose heartbeat has not changed for renewDeadline: their own deadlines have passed, so
-    /// they have stopped counting themselves as renewing.
+    /// The members whose heartbeat had not changed for renewDeadline when this member last renewed: their
+    /// own deadlines have passed, so they have stopped counting themselves as renewing, and this member
+    /// still could after that. The second half matters when every API server goes down one after the other
+    /// within a deadline: the last member to lose its own would otherwise see the first ones go stale while
+    /// its own deadline is still running, rise for those few seconds and take the VIP, only to fall back
+    /// and hand it on (seen in a soak: n3 → n2 → n1 while every API server was down). Judging by the last
+    /// renewal instead of the clock costs fencing at most one retry period.
     pub fn stale(&self, now: Instant) -> Vec<String> {
+        let Some(renewed) = self.last_renewal else { return Vec::new() };
+        let proof = renewed.min(now);
         let mut out: Vec<String> = self
             .peers
             .iter()
-            .filter(|(_, (_, changed))| now >= *changed + self.renew_deadline)
+            .filter(|(_, (_, changed))| proof >= *changed + self.renew_deadline)
             .map(|(n, _)| n.clone())
             .collect();
         out.sort();
@@ -1030,11 +1037,17 @@ mod tests {
         f.observe(t(s, 30), &peer("1"));
         assert!(f.stale(t(s, 31)).is_empty(), "n3 has not had its chance to renew yet");
         assert!(!f.take_over(t(s, 31)));
-        // n3 does not renew within a deadline of this member being back: now it is stale.
-        f.renewed(t(s, 32), retry);
-        f.observe(t(s, 40), &peer("1"));
-        assert_eq!(f.stale(t(s, 40)), vec!["c-n3".to_string()]);
-        assert!(f.take_over(t(s, 40)));
+        // n3 does not renew within a deadline of this member being back (at 28, with the 28 s this member
+        // lost): stale once this member has renewed after 38.
+        for at in [32, 34, 36] {
+            f.renewed(t(s, at), retry);
+        }
+        f.observe(t(s, 38), &peer("1"));
+        assert!(f.stale(t(s, 38)).is_empty(), "this member has not renewed since n3's deadline");
+        f.renewed(t(s, 38), retry);
+        f.observe(t(s, 38), &peer("1"));
+        assert_eq!(f.stale(t(s, 38)), vec!["c-n3".to_string()]);
+        assert!(f.take_over(t(s, 38)));
     }
 
     #[test]
@@ -1055,10 +1068,39 @@ mod tests {
     }
 
     #[test]
+    fn members_that_lose_their_api_servers_one_after_the_other_within_a_deadline_do_not_rise() {
+        // Every API server stops, n3's (holding the VIP) first at 0, this member's at 4: this member's last
+        // renewal was at 4, so n3's deadline (0 + 10) passes when this member can no longer prove anything.
+        let retry = Duration::from_secs(2);
+        let (s, mut f) = renewing_with_n3(10, retry);
+        for at in [2, 4] {
+            f.renewed(t(s, at), retry);
+            f.observe(t(s, at), &n3_at("1"));
+        }
+        for at in 10..=15 {
+            assert!(f.stale(t(s, at)).is_empty(), "at {at} s");
+            assert_eq!(f.boost(t(s, at), 21), 0, "at {at} s");
+            assert!(!f.take_over(t(s, at)), "at {at} s");
+        }
+        assert!(f.fenced(t(s, 14)), "and from 14 on this member is fenced itself");
+        // Had this member kept renewing, n3 would be stale at its first renewal from 10 on.
+        let (s, mut f) = renewing_with_n3(10, retry);
+        for at in (2..=10).step_by(2) {
+            f.renewed(t(s, at), retry);
+            f.observe(t(s, at), &n3_at("1"));
+        }
+        assert_eq!(f.boost(t(s, 10), 21), 21);
+        assert!(f.take_over(t(s, 10)));
+    }
+
+    #[test]
     fn a_member_without_a_lease_turns_stale_after_the_grace_and_removed_members_are_forgotten() {
         let s = Instant::now();
         let mut f = Fencing::new(Duration::from_secs(10), s);
         f.observe(s, &[Peer { name: "c-n2".into(), lease_version: None, holds_vip: false }]);
+        for at in (0..=10).step_by(2) {
+            f.renewed(t(s, at), Duration::from_secs(2));
+        }
         assert!(f.stale(t(s, 9)).is_empty());
         assert_eq!(f.stale(t(s, 10)), vec!["c-n2".to_string()]);
         assert!(!f.take_over(t(s, 10)), "a stale member without the VIP is not preempted");

@@ -144,6 +144,10 @@ async fn copy_one(
     bytes: &Counter,
     act: &Activity,
 ) -> io::Result<()> {
+    // A socket tokio has just registered reports itself readable before anything arrived; a buffer taken
+    // on that word would wait, held, for the first byte — 64 KiB of address space and a resident page per
+    // quiet connection. Peeking waits until a byte or the end is really there (one extra call per connection).
+    from.as_ref().peek(&mut [0u8; 1]).await?;
     loop {
         from.as_ref().readable().await?;
         let mut buf = Spare::take();
@@ -178,14 +182,24 @@ thread_local! {
 /// it (also when the relay ends by an error).
 struct Spare(Vec<u8>);
 
+#[cfg(test)]
+thread_local! {
+    /// Buffers taken and not yet dropped on this thread (a test's current-thread runtime runs on one).
+    static HELD: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
 impl Spare {
     fn take() -> Self {
+        #[cfg(test)]
+        HELD.with(|h| h.set(h.get() + 1));
         Self(SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(CHUNK)))
     }
 }
 
 impl Drop for Spare {
     fn drop(&mut self) {
+        #[cfg(test)]
+        HELD.with(|h| h.set(h.get() - 1));
         let buf = std::mem::take(&mut self.0);
         let _ = SPARE.try_with(|s| {
             let mut s = s.borrow_mut();
@@ -255,6 +269,23 @@ mod tests {
             r.unwrap();
             assert_eq!((up, down), (18, 3_000_000));
         }
+    }
+
+    #[tokio::test]
+    async fn a_quiet_connection_holds_no_buffer() {
+        // A fresh socket claims to be readable before a byte came; a buffer taken then would be held until one
+        // does — for a quiet watch, for hours.
+        let (mut client, mut server, _task) = relayed(false).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(HELD.with(std::cell::Cell::get), 0, "buffers held by a connection nothing was sent on");
+        client.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        server.read_exact(&mut got).await.unwrap();
+        server.write_all(b"pong").await.unwrap();
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(HELD.with(std::cell::Cell::get), 0, "buffers held after the messages were relayed");
     }
 
     #[tokio::test]

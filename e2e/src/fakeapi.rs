@@ -256,7 +256,7 @@ impl Conn {
 
     /// GET `path` with keep-alive: the status code and the body.
     pub async fn get(&mut self, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
-        self.stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: kubeha\r\n\r\n").as_bytes()).await?;
+        self.send(path).await?;
         let (code, length) = self.head().await?;
         let length = length.ok_or_else(|| std::io::Error::other("no Content-Length"))?;
         self.buf.reserve(length.saturating_sub(self.buf.len()));
@@ -271,8 +271,16 @@ impl Conn {
 
     /// Starts a GET whose body has no length (/watch); read it with `line`.
     pub async fn start_stream(&mut self, path: &str) -> std::io::Result<u16> {
-        self.stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: kubeha\r\n\r\n").as_bytes()).await?;
+        self.send(path).await?;
         Ok(self.head().await?.0)
+    }
+
+    // The flush matters: when the socket is full, the TLS stream takes the request, keeps its records and
+    // reports it written; only a flush sends them. Without it both ends could wait for good, with the request
+    // stuck in this process and nothing queued in either socket.
+    async fn send(&mut self, path: &str) -> std::io::Result<()> {
+        self.stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: kubeha\r\n\r\n").as_bytes()).await?;
+        self.stream.flush().await
     }
 
     /// The next line of a streamed body; `None` when the connection ended (EOF or reset).

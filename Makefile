@@ -37,7 +37,7 @@ bench-vrrp: plane ## kubeha-agent vs keepalived failover benchmark (about 10 min
 	$(CARGO) build --release -p kubeha-e2e -p kubeha-agent --bins
 	target/release/bench-vrrp
 
-bench-proxy: deps ## kubeha API proxy vs HAProxy benchmark (about 8 minutes); markdown on stdout
+bench-proxy: deps ## kubeha API proxy vs HAProxy benchmark (about 10 minutes); markdown on stdout
 	$(CARGO) build --release -p kubeha-e2e -p kubeha-agent --bins
 	target/release/bench-proxy
 

@@ -14,7 +14,7 @@
 //! the proxy has it out of rotation (polled from its own status every 20 ms), failed and stalled requests
 //! of a client opening a new connection every 10 ms. Then idle RSS.
 //! BENCH_SECONDS (default 5) sets each throughput run's length; BENCH_CONNS (default 16) the concurrency;
-//! BENCH_ROUNDS (default 3) the rounds whose median is shown; BENCH_ONLY=throughput skips the failure runs.
+//! BENCH_ROUNDS (default 5) the rounds whose median is shown; BENCH_ONLY=throughput skips the failure runs.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -77,7 +77,7 @@ fn main() -> Result<()> {
     }
     let secs: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let conns: usize = std::env::var("BENCH_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
-    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let cluster = Cluster::open()?;
     let _lock = cluster.lock()?;
     cluster.down()?;
@@ -170,22 +170,39 @@ async fn bench(cluster: &Cluster, secs: Duration, conns: usize, rounds: usize) -
             big[i].push(r);
         }
     }
+    // Shares are paired: each round's rate over the same round's direct rate, then the median of those, so a
+    // slow minute of the machine weighs on both sides of a ratio instead of on one cell.
+    let paired = |runs: &[Vec<Rate>], i: usize, of: usize| {
+        let mut ratios: Vec<f64> =
+            runs[i].iter().zip(&runs[of]).filter(|(_, d)| d.rate > 0.0).map(|(r, d)| r.rate / d.rate).collect();
+        ratios.sort_by(f64::total_cmp);
+        let ahead = ratios.iter().filter(|r| **r >= 1.0).count();
+        (ratios.get(ratios.len() / 2).copied().unwrap_or(0.0), ahead, ratios.len())
+    };
+    // Their places in `targets`.
+    let (kubeha, haproxy) = (1, 3);
+    let versus: Vec<(&str, (f64, usize, usize))> = vec![
+        ("keep-alive requests/s, small responses", paired(&small, kubeha, haproxy)),
+        ("new TLS connections/s", paired(&fresh, kubeha, haproxy)),
+        ("MB/s, 1 MiB responses", paired(&big, kubeha, haproxy)),
+    ];
+    let shares: [Vec<f64>; 3] =
+        [&small, &fresh, &big].map(|runs| (0..targets.len()).map(|i| paired(runs, i, 0).0).collect());
     let (small, fresh, big) = (median(small), median(fresh), median(big));
-    let share =
-        |v: f64, direct: f64| if direct > 0.0 { format!(" ({:.0} %)", 100.0 * v / direct) } else { String::new() };
+    let share = |v: f64| format!(" ({:.0} %)", 100.0 * v);
     rows.push((
         "keep-alive requests/s, small responses".into(),
-        small.iter().map(|r| format!("{:.0}{}", r.rate, share(r.rate, small[0].rate))).collect(),
+        small.iter().zip(&shares[0]).map(|(r, s)| format!("{:.0}{}", r.rate, share(*s))).collect(),
     ));
     rows.push(("… p50 / p99 latency".into(), small.iter().map(|r| format!("{} / {}", ms(r.p50), ms(r.p99))).collect()));
     rows.push((
         "new TLS connections/s (one request each)".into(),
-        fresh.iter().map(|r| format!("{:.0}{}", r.rate, share(r.rate, fresh[0].rate))).collect(),
+        fresh.iter().zip(&shares[1]).map(|(r, s)| format!("{:.0}{}", r.rate, share(*s))).collect(),
     ));
     rows.push(("… p50 / p99 latency".into(), fresh.iter().map(|r| format!("{} / {}", ms(r.p50), ms(r.p99))).collect()));
     rows.push((
         "MB/s, 1 MiB responses (4 connections)".into(),
-        big.iter().map(|r| format!("{:.0}{}", r.rate * 1.048576, share(r.rate, big[0].rate))).collect(),
+        big.iter().zip(&shares[2]).map(|(r, s)| format!("{:.0}{}", r.rate * 1.048576, share(*s))).collect(),
     ));
     rows.push((
         "… the proxy's CPU time per GB relayed".into(),
@@ -199,6 +216,14 @@ async fn bench(cluster: &Cluster, secs: Duration, conns: usize, rounds: usize) -
     ));
     for (name, cells) in &rows {
         println!("| {name} | {} |", cells.join(" | "));
+    }
+    println!();
+    println!("Each cell: the round with the median rate. (%): the median over the rounds of the rate ÷ direct's rate");
+    println!("in the same round.\n");
+    println!("| kubeha ÷ HAProxy, same round | median | rounds kubeha ≥ HAProxy |");
+    println!("| --- | --- | --- |");
+    for (name, (ratio, ahead, n)) in &versus {
+        println!("| {name} | {ratio:.2} | {ahead} of {n} |");
     }
     println!();
 

@@ -140,11 +140,17 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn stop_controller(running: Option<(tokio::task::JoinHandle<()>, watch::Sender<bool>)>) {
-    if let Some((task, halt)) = running {
+    if let Some((mut task, halt)) = running {
         halt.send_replace(true);
         // The controller's own writes are guarded by the deadline; do not wait long for a graceful end.
-        if tokio::time::timeout(Duration::from_secs(2), &mut Box::pin(task)).await.is_err() {
-            tracing::warn!("controller did not stop within 2 s");
+        if tokio::time::timeout(Duration::from_secs(2), &mut task).await.is_err() {
+            // A reconcile waiting on an API server that is gone keeps a graceful shutdown waiting. Dropping the
+            // handle would only detach the task: it went on with its watches open (a soak saw the connections
+            // of every lost leadership pile up, 10 → 56) and, once leadership came back, acted beside its
+            // successor.
+            tracing::warn!("controller did not stop within 2 s; aborting it");
+            task.abort();
+            let _ = task.await;
         }
     }
 }
@@ -177,4 +183,46 @@ fn default_identity() -> String {
 
 fn nix_hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Sets its flag when dropped: the controller's watches and connections go with its future.
+    struct Dropped(Arc<AtomicBool>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_controller_that_ignores_the_halt_is_dropped_not_left_running() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let guard = Dropped(dropped.clone());
+        let (halt_tx, _halt_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            // A reconcile stuck on an API call that never answers.
+            std::future::pending::<()>().await;
+        });
+        stop_controller(Some((task, halt_tx))).await;
+        assert!(dropped.load(Ordering::SeqCst), "the stuck controller is still running after stop_controller");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_controller_that_heeds_the_halt_ends_on_its_own() {
+        let (halt_tx, halt_rx) = watch::channel(false);
+        let finished = Arc::new(AtomicBool::new(false));
+        let done = finished.clone();
+        let task = tokio::spawn(async move {
+            stopped(halt_rx).await;
+            done.store(true, Ordering::SeqCst);
+        });
+        stop_controller(Some((task, halt_tx))).await;
+        assert!(finished.load(Ordering::SeqCst), "the controller did not finish its graceful end");
+    }
 }

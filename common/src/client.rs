@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kube::client::ConfigExt as _;
 use kube::client::retry::RetryPolicy;
 use tower::retry::RetryLayer;
@@ -25,9 +25,15 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
 /// Unanswered probes after which the kernel closes the connection.
 pub const KEEPALIVE_RETRIES: u32 = 3;
 
+/// How long a pooled connection may sit unused before the client closes it.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Unused connections the client keeps per API server address; more are closed as they come back.
+pub const POOL_MAX_IDLE: usize = 4;
+
 /// A client for `config` built the way kube builds its default one (base URI, retries of 429/503/504 when
 /// `config.default_retry`, authentication, extra headers, TLS with rustls), except that its TCP connections
-/// carry keepalive probes (see the module docs) and disable Nagle's algorithm.
+/// carry keepalive probes (see the module docs) and disable Nagle's algorithm, and its pool keeps at most
+/// [`POOL_MAX_IDLE`] unused connections for at most [`POOL_IDLE_TIMEOUT`].
 pub fn client(config: kube::Config) -> Result<kube::Client, kube::Error> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -43,7 +49,17 @@ pub fn client(config: kube::Config) -> Result<kube::Client, kube::Error> {
         .option_layer(config.auth_layer()?)
         .layer(config.extra_headers_layer()?)
         .map_err(BoxError::from)
-        .service(hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https));
+        .service(
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                // Without a timer hyper never closes an idle pooled connection, and with no cap it keeps every
+                // one it ever opened: each request that waits on a stalled API server (etcd without quorum)
+                // opens another, and once they all return the pool held them for good (30-min soak: the
+                // operator's connections 14 → 29). client-go closes idle ones after 90 s.
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_max_idle_per_host(POOL_MAX_IDLE)
+                .build(https),
+        );
     Ok(kube::Client::new(service, config.default_namespace))
 }
 
@@ -96,6 +112,75 @@ mod tests {
         let when = u64::from_str_radix(when, 16).unwrap();
         assert!(when <= super::KEEPALIVE_IDLE.as_millis() as u64 / 10, "first probe within the idle time: {timer}");
         request.abort();
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn connections_opened_for_a_burst_are_not_all_kept() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        // An API server that holds each request 300 ms (a stalled etcd), answers /version, keeps the connection
+        // open as long as the client does, and counts the connections open at any time.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicUsize::new(0));
+        let counted = open.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let open = counted.clone();
+                open.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        let body = r#"{"major":"1","minor":"34","gitVersion":"v1.34.0","gitCommit":"","gitTreeState":"","buildDate":"","goVersion":"","compiler":"","platform":""}"#;
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        if socket.write_all(head.as_bytes()).await.is_err()
+                            || socket.write_all(body.as_bytes()).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
+        let client = super::client(config).unwrap();
+        let burst: Vec<_> = (0..12)
+            .map(|_| {
+                tokio::spawn({
+                    let client = client.clone();
+                    async move { client.apiserver_version().await }
+                })
+            })
+            .collect();
+        for r in burst {
+            r.await.unwrap().expect("/version through the pool");
+        }
+        assert_eq!(open.load(Ordering::SeqCst), 12, "the burst needed a connection per waiting request");
+        // Back in the pool, the connections beyond the cap are closed.
+        let mut kept = usize::MAX;
+        for _ in 0..100 {
+            kept = open.load(Ordering::SeqCst);
+            if kept <= super::POOL_MAX_IDLE {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(kept <= super::POOL_MAX_IDLE, "{kept} connections kept after the burst, cap {}", super::POOL_MAX_IDLE);
+        // And still usable.
+        client.apiserver_version().await.expect("/version after the burst");
         server.abort();
     }
 }

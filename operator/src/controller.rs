@@ -132,11 +132,13 @@ pub async fn run(
     let members_api: Api<HighAvailabilityMember> = Api::all(client.clone());
     let nodes_api: Api<Node> = Api::all(client.clone());
 
-    let nodes = cache(nodes_api.clone(), watcher::Config::default());
-    let members = cache(members_api.clone(), watcher::Config::default());
+    // The reflectors live as long as this future: they end with it, also when it is aborted.
+    let (nodes, _nodes) = cache(nodes_api.clone(), watcher::Config::default());
+    let (members, _members) = cache(members_api.clone(), watcher::Config::default());
     // Read on every reconcile; cached so that a reconcile costs no extra API calls for them.
-    let system_leases = cache(Api::namespaced(client.clone(), "kube-system"), watcher::Config::default());
-    let heartbeats = cache(
+    let (system_leases, _system_leases) =
+        cache(Api::namespaced(client.clone(), "kube-system"), watcher::Config::default());
+    let (heartbeats, _heartbeats) = cache(
         Api::namespaced(client.clone(), &settings.heartbeat_namespace),
         watcher::Config::default().labels(CLUSTER_LABEL),
     );
@@ -305,15 +307,26 @@ async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, E
     Ok(Action::requeue(Duration::from_secs(5)))
 }
 
-/// A cache of `api`, kept by a reflector task for the life of the controller.
-fn cache<K>(api: Api<K>, config: watcher::Config) -> Store<K>
+/// A cache of `api`, kept by a reflector task until the returned [`Reflector`] is dropped.
+fn cache<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, Reflector)
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, config)).default_backoff().touched_objects();
-    tokio::spawn(stream.for_each(|_| async {}));
-    store
+    (store, Reflector(tokio::spawn(stream.for_each(|_| async {}))))
+}
+
+/// The task that keeps a [`cache`]; dropping it stops the task and closes its watch. A spawned task outlives
+/// whoever spawned it: before this, every leadership the operator lost left four watches running (30-min
+/// soak: the operator's API connections 8 → 23 in ten minutes).
+#[derive(Debug)]
+struct Reflector(tokio::task::JoinHandle<()>);
+
+impl Drop for Reflector {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// When each member's heartbeat Lease was last renewed (member name → renewTime).
@@ -416,5 +429,52 @@ async fn publish(
     };
     if let Err(e) = ctx.recorder.publish(&event, &hac.object_ref(&())).await {
         tracing::warn!(cluster = %hac.name_any(), reason, error = %e, "could not publish an Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt as _;
+
+    #[tokio::test]
+    async fn a_dropped_cache_closes_its_watch() {
+        // An API server that takes the list request and never answers, and counts the connections still open.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicUsize::new(0));
+        let counted = open.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let open = counted.clone();
+                open.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        let client = Client::try_from(kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap())).unwrap();
+        let wait_for = |want: usize| {
+            let open = open.clone();
+            async move {
+                for _ in 0..250 {
+                    if open.load(Ordering::SeqCst) == want {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                false
+            }
+        };
+
+        let (_store, reflector) = cache(Api::<Node>::all(client), watcher::Config::default());
+        assert!(wait_for(1).await, "the cache's list request reached the server");
+        drop(reflector);
+        assert!(wait_for(0).await, "the cache's connection is still open after its reflector was dropped");
+        server.abort();
     }
 }

@@ -53,8 +53,8 @@ pub fn client(config: kube::Config) -> Result<kube::Client, kube::Error> {
             hyper_util::client::legacy::Client::builder(TokioExecutor::new())
                 // Without a timer hyper never closes an idle pooled connection, and with no cap it keeps every
                 // one it ever opened: each request that waits on a stalled API server (etcd without quorum)
-                // opens another, and once they all return the pool held them for good (30-min soak: the
-                // operator's connections 14 → 29). client-go closes idle ones after 90 s.
+                // opens another, and once they all return the pool holds them for good (the unit test below:
+                // 12 of 12). client-go closes idle ones after 90 s.
                 .pool_timer(TokioTimer::new())
                 .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                 .pool_max_idle_per_host(POOL_MAX_IDLE)

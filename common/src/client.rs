@@ -117,44 +117,23 @@ mod tests {
 
     #[tokio::test]
     async fn connections_opened_for_a_burst_are_not_all_kept() {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicUsize, Ordering};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        // An API server that holds each request 300 ms (a stalled etcd), answers /version, keeps the connection
-        // open as long as the client does, and counts the connections open at any time.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let open = Arc::new(AtomicUsize::new(0));
-        let counted = open.clone();
-        let server = tokio::spawn(async move {
-            loop {
-                let (mut socket, _) = listener.accept().await.unwrap();
-                let open = counted.clone();
-                open.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    loop {
-                        match socket.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(_) => {}
-                        }
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        let body = r#"{"major":"1","minor":"34","gitVersion":"v1.34.0","gitCommit":"","gitTreeState":"","buildDate":"","goVersion":"","compiler":"","platform":""}"#;
-                        let head = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                            body.len()
-                        );
-                        if socket.write_all(head.as_bytes()).await.is_err()
-                            || socket.write_all(body.as_bytes()).await.is_err()
-                        {
-                            break;
-                        }
-                    }
-                    open.fetch_sub(1, Ordering::SeqCst);
-                });
+        // An API server that holds each request 300 ms (a stalled etcd), answers /version and keeps the
+        // connection open as long as the client does.
+        let server = crate::testing::CountingServer::start(|mut socket| async move {
+            let mut buf = vec![0u8; 4096];
+            while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let body = r#"{"major":"1","minor":"34","gitVersion":"v1.34.0","gitCommit":"","gitTreeState":"","buildDate":"","goVersion":"","compiler":"","platform":""}"#;
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+                if socket.write_all(head.as_bytes()).await.is_err() || socket.write_all(body.as_bytes()).await.is_err() {
+                    break;
+                }
             }
-        });
+        })
+        .await;
+        let port = server.port;
         let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
         let client = super::client(config).unwrap();
         let burst: Vec<_> = (0..12)
@@ -168,19 +147,11 @@ mod tests {
         for r in burst {
             r.await.unwrap().expect("/version through the pool");
         }
-        assert_eq!(open.load(Ordering::SeqCst), 12, "the burst needed a connection per waiting request");
+        assert_eq!(server.open(), 12, "the burst needed a connection per waiting request");
         // Back in the pool, the connections beyond the cap are closed.
-        let mut kept = usize::MAX;
-        for _ in 0..100 {
-            kept = open.load(Ordering::SeqCst);
-            if kept <= super::POOL_MAX_IDLE {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(kept <= super::POOL_MAX_IDLE, "{kept} connections kept after the burst, cap {}", super::POOL_MAX_IDLE);
+        let kept = server.wait_for(|n| n <= super::POOL_MAX_IDLE).await;
+        assert!(kept, "{} connections kept after the burst, cap {}", server.open(), super::POOL_MAX_IDLE);
         // And still usable.
         client.apiserver_version().await.expect("/version after the burst");
-        server.abort();
     }
 }

@@ -5,3 +5,5 @@
 pub mod client;
 pub mod lease;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

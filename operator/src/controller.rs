@@ -435,46 +435,26 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use kubeha_common::testing::CountingServer;
     use tokio::io::AsyncReadExt as _;
 
     #[tokio::test]
     async fn a_dropped_cache_closes_its_watch() {
-        // An API server that takes the list request and never answers, and counts the connections still open.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let open = Arc::new(AtomicUsize::new(0));
-        let counted = open.clone();
-        let server = tokio::spawn(async move {
-            loop {
-                let (mut socket, _) = listener.accept().await.unwrap();
-                let open = counted.clone();
-                open.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
-                    open.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        });
-        let client = Client::try_from(kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap())).unwrap();
-        let wait_for = |want: usize| {
-            let open = open.clone();
-            async move {
-                for _ in 0..250 {
-                    if open.load(Ordering::SeqCst) == want {
-                        return true;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                false
-            }
-        };
+        // An API server that takes the list request and never answers.
+        let server = CountingServer::start(|mut socket| async move {
+            let mut buf = vec![0u8; 4096];
+            while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        let url = format!("http://127.0.0.1:{}", server.port);
+        let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
 
         let (_store, reflector) = cache(Api::<Node>::all(client), watcher::Config::default());
-        assert!(wait_for(1).await, "the cache's list request reached the server");
+        assert!(server.wait_for(|n| n == 1).await, "the cache's list request reached the server");
         drop(reflector);
-        assert!(wait_for(0).await, "the cache's connection is still open after its reflector was dropped");
-        server.abort();
+        assert!(
+            server.wait_for(|n| n == 0).await,
+            "the cache's connection is still open after its reflector was dropped"
+        );
     }
 }

@@ -27,6 +27,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::api::{self, ApiServers};
 use crate::driver::Observed;
@@ -666,7 +667,8 @@ async fn report(
     // The heartbeat runs on its own: a slow status write (an API server that does not answer) must never
     // delay a renewal, or the others would take this member for fenced.
     let (fenced_tx, mut fenced_rx) = watch::channel(false);
-    let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(opts.clone(), name.clone(), shared.clone(), fenced_tx)));
+    let _heartbeat =
+        AbortOnDropHandle::new(tokio::spawn(heartbeat(opts.clone(), name.clone(), shared.clone(), fenced_tx)));
     let mut last_written: Option<(HighAvailabilityMemberStatus, Instant)> = None;
     let mut observed: Option<watch::Receiver<Observed>> = None;
     loop {
@@ -708,15 +710,6 @@ async fn report(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    }
-}
-
-/// Aborts a task when dropped (its owner was aborted or finished).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

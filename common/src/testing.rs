@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -40,6 +41,16 @@ impl CountingServer {
             }
         });
         Self { port, open, task }
+    }
+
+    /// An API server that takes each request and never answers; a connection stays open until the client
+    /// closes it.
+    pub async fn silent() -> Self {
+        Self::start(|mut socket| async move {
+            let mut buf = vec![0u8; 4096];
+            while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+        .await
     }
 
     /// Connections open now.

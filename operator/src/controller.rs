@@ -427,16 +427,11 @@ async fn publish(
 mod tests {
     use super::*;
     use kubeha_common::testing::CountingServer;
-    use tokio::io::AsyncReadExt as _;
 
     #[tokio::test]
     async fn a_dropped_cache_closes_its_watch() {
         // An API server that takes the list request and never answers.
-        let server = CountingServer::start(|mut socket| async move {
-            let mut buf = vec![0u8; 4096];
-            while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
-        })
-        .await;
+        let server = CountingServer::silent().await;
         let url = format!("http://127.0.0.1:{}", server.port);
         let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
 

@@ -52,7 +52,7 @@ done
 "$tmp/etcd" --version | grep -q '^etcd Version: 3\.' || { echo "build.sh: etcd --version is not an etcd 3.x" >&2; exit 1; }
 for c in "${cmds[@]}"; do [ -x "$tmp/$c" ] || { echo "build.sh: $c missing after build" >&2; exit 1; }; done
 
-chmod -R u+w "$GOCACHE" && rm -rf "$GOCACHE"
+rm -rf "$GOCACHE"
 echo "$kv built in $((SECONDS - start)) s" >"$tmp/.complete"
 rm -rf "$out"
 chmod 755 "$tmp"

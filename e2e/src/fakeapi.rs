@@ -169,7 +169,7 @@ async fn serve(tcp: TcpStream, tls: TlsAcceptor, name: &str, ready: &AtomicBool)
     let mut s: server::TlsStream<TcpStream> = tls.accept(tcp).await?;
     let mut buf = Vec::with_capacity(4096);
     loop {
-        let Some(path) = read_request(&mut s, &mut buf).await? else { return Ok(()) };
+        let Some((path, close)) = read_request(&mut s, &mut buf).await? else { return Ok(()) };
         match path.as_str() {
             "/readyz" | "/healthz" => {
                 let (code, body) =
@@ -198,6 +198,11 @@ async fn serve(tcp: TcpStream, tls: TlsAcceptor, name: &str, ready: &AtomicBool)
             }
             _ => respond(&mut s, "404 Not Found", b"no such route").await?,
         }
+        if close {
+            // As Go's net/http does: the server closes first (close_notify, then FIN), so the TIME_WAIT
+            // lands here, not on the client or a proxy's backend side.
+            return s.shutdown().await;
+        }
     }
 }
 
@@ -208,10 +213,16 @@ async fn respond<S: AsyncWrite + Unpin>(s: &mut S, code: &str, body: &[u8]) -> s
     s.flush().await
 }
 
-/// Reads one request head; returns its path, or `None` at EOF before a request.
-async fn read_request<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<Option<String>> {
-    let head = read_until(s, buf, b"\r\n\r\n").await?;
-    Ok(head.and_then(|h| String::from_utf8_lossy(&h).split_whitespace().nth(1).map(str::to_string)))
+/// Reads one request head; returns its path and whether it asked for `Connection: close`, or `None` at EOF
+/// before a request.
+async fn read_request<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<Option<(String, bool)>> {
+    let Some(head) = read_until(s, buf, b"\r\n\r\n").await? else { return Ok(None) };
+    let head = String::from_utf8_lossy(&head);
+    let close = head.lines().skip(1).any(|l| {
+        l.split_once(':')
+            .is_some_and(|(k, v)| k.trim().eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close"))
+    });
+    Ok(head.split_whitespace().nth(1).map(|p| (p.to_string(), close)))
 }
 
 /// Reads until `buf` holds `delim`; takes what comes before it (and the delimiter) out of `buf`. `None` at
@@ -256,7 +267,24 @@ impl Conn {
 
     /// GET `path` with keep-alive: the status code and the body.
     pub async fn get(&mut self, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
-        self.send(path).await?;
+        self.send(path, false).await?;
+        self.body().await
+    }
+
+    /// GET `path` with `Connection: close`, then wait for the server to close: the status code and the body.
+    /// The server's FIN comes first, as when kube-apiserver ends a connection, so no TIME_WAIT is left on the
+    /// client's side or on a proxy's backend side, where thousands of them would make every connect() search
+    /// the port space (a cost of the kernel, the same for any proxy, that would swamp what is measured).
+    pub async fn get_once(mut self, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+        self.send(path, true).await?;
+        let answer = self.body().await?;
+        if self.stream.read_buf(&mut self.buf).await? != 0 {
+            return Err(std::io::Error::other("data after the answer to a Connection: close request"));
+        }
+        Ok(answer)
+    }
+
+    async fn body(&mut self) -> std::io::Result<(u16, Vec<u8>)> {
         let (code, length) = self.head().await?;
         let length = length.ok_or_else(|| std::io::Error::other("no Content-Length"))?;
         self.buf.reserve(length.saturating_sub(self.buf.len()));
@@ -271,15 +299,16 @@ impl Conn {
 
     /// Starts a GET whose body has no length (/watch); read it with `line`.
     pub async fn start_stream(&mut self, path: &str) -> std::io::Result<u16> {
-        self.send(path).await?;
+        self.send(path, false).await?;
         Ok(self.head().await?.0)
     }
 
     // The flush matters: when the socket is full, the TLS stream takes the request, keeps its records and
     // reports it written; only a flush sends them. Without it both ends could wait for good, with the request
     // stuck in this process and nothing queued in either socket.
-    async fn send(&mut self, path: &str) -> std::io::Result<()> {
-        self.stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: kubeha\r\n\r\n").as_bytes()).await?;
+    async fn send(&mut self, path: &str, close: bool) -> std::io::Result<()> {
+        let connection = if close { "Connection: close\r\n" } else { "" };
+        self.stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: kubeha\r\n{connection}\r\n").as_bytes()).await?;
         self.stream.flush().await
     }
 

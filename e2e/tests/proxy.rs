@@ -182,6 +182,11 @@ async fn tls_passes_through_and_new_connections_go_round_robin() {
     }
     let (code, big) = c.get("/bytes/1048576").await.unwrap();
     assert_eq!((code, big.len()), (200, 1 << 20));
+    // A server that closes after its answer (`Connection: close`, as kube-apiserver does): its close_notify and
+    // FIN reach the client through the proxy, which ends the connection instead of holding it open.
+    let once =
+        tokio::time::timeout(Duration::from_secs(5), async { b.conn(&agent).await.get_once("/name").await }).await;
+    assert!(matches!(&once, Ok(Ok((200, _)))), "{once:?}");
     let to_client: u64 = {
         let mut sum = 0;
         for a in &b.addrs {

@@ -149,7 +149,9 @@ async fn bench(cluster: &Cluster, secs: Duration, conns: usize, rounds: usize) -
     // Rounds interleave the targets, so that a slow moment of the shared machine does not land on one of them;
     // each cell is the round with the median rate.
     let (mut small, mut fresh, mut big) = (vec![Vec::new(); 4], vec![Vec::new(); 4], vec![Vec::new(); 4]);
-    // The proxy's own CPU time and the bytes it relayed in the 1 MiB runs: how much of the shared cores it takes.
+    // The proxy's own CPU time and what it relayed, in the small-request and the 1 MiB runs: how much of the shared
+    // cores it takes, a steadier figure than the rates, which move with whatever else the machine does.
+    let (mut cpu_small, mut requests) = ([0.0f64; 4], [0.0f64; 4]);
     let (mut cpu, mut gigabytes) = ([0.0f64; 4], [0.0f64; 4]);
     let pid = |t: Target| match t {
         Target::Direct => None,
@@ -159,7 +161,13 @@ async fn bench(cluster: &Cluster, secs: Duration, conns: usize, rounds: usize) -
     };
     for _ in 0..rounds {
         for (i, t) in targets.iter().enumerate() {
-            small[i].push(keepalive(&world, *t, conns, secs, "/name").await?);
+            let before = pid(*t).and_then(observe::cpu_seconds);
+            let r = keepalive(&world, *t, conns, secs, "/name").await?;
+            if let (Some(b), Some(a)) = (before, pid(*t).and_then(observe::cpu_seconds)) {
+                cpu_small[i] += a - b;
+                requests[i] += r.rate * secs.as_secs_f64();
+            }
+            small[i].push(r);
             fresh[i].push(new_connections(&world, *t, conns / 2, secs).await?);
             let before = pid(*t).and_then(observe::cpu_seconds);
             let r = keepalive(&world, *t, 4, secs, "/bytes/1048576").await?;
@@ -196,7 +204,13 @@ async fn bench(cluster: &Cluster, secs: Duration, conns: usize, rounds: usize) -
     ));
     rows.push(("… p50 / p99 latency".into(), small.iter().map(|r| format!("{} / {}", ms(r.p50), ms(r.p99))).collect()));
     rows.push((
-        "new TLS connections/s (one request each)".into(),
+        "… the proxy's CPU time per 1000 requests".into(),
+        (0..targets.len())
+            .map(|i| if requests[i] > 0.0 { format!("{:.1} ms", 1e6 * cpu_small[i] / requests[i]) } else { "—".into() })
+            .collect(),
+    ));
+    rows.push((
+        "new TLS connections/s (one request each, server closes)".into(),
         fresh.iter().zip(&shares[1]).map(|(r, s)| format!("{:.0}{}", r.rate, share(*s))).collect(),
     ));
     rows.push(("… p50 / p99 latency".into(), fresh.iter().map(|r| format!("{} / {}", ms(r.p50), ms(r.p99))).collect()));
@@ -498,7 +512,8 @@ async fn keepalive(world: &World, t: Target, conns: usize, secs: Duration, path:
 /// direct connection whose request and answer were both lost, with nothing queued on either side.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `conns` loops each opening a new TLS connection for one small request, for `secs`.
+/// `conns` loops each opening a new TLS connection for one small request with `Connection: close` (the server
+/// closes first, see [`Conn::get_once`]), for `secs`.
 async fn new_connections(world: &World, t: Target, conns: usize, secs: Duration) -> Result<Rate> {
     let tls = world.certs.client_config()?;
     let start = Instant::now();
@@ -509,10 +524,7 @@ async fn new_connections(world: &World, t: Target, conns: usize, secs: Duration)
             let (mut lat, mut failed, mut n) = (Vec::new(), 0, i);
             while start.elapsed() < secs {
                 let t0 = Instant::now();
-                let ok = async {
-                    let mut c = Conn::open(t.addr(n), LOCAL, tls.clone()).await?;
-                    c.get("/name").await
-                };
+                let ok = async { Conn::open(t.addr(n), LOCAL, tls.clone()).await?.get_once("/name").await };
                 let ok = tokio::time::timeout(REQUEST_TIMEOUT, ok).await;
                 n += 1;
                 match ok {

@@ -84,6 +84,8 @@ struct View<'a> {
     healthy: bool,
     /// Created moments ago and not reported yet: its agent is starting, not failing.
     pending: bool,
+    /// When its agent was last heard from: the later of its Lease renewal and its status write.
+    heard: Option<Timestamp>,
 }
 
 fn view<'a>(m: &'a HighAvailabilityMember, lease: Option<&Timestamp>, timeout: Duration, now: Timestamp) -> View<'a> {
@@ -101,7 +103,14 @@ fn view<'a>(m: &'a HighAvailabilityMember, lease: Option<&Timestamp>, timeout: D
         && st.is_some_and(|s| s.health.iter().all(|h| h.healthy) && s.penalties.is_empty());
     let young =
         m.metadata.creation_timestamp.as_ref().is_none_or(|c| now.duration_since(c.0).unsigned_abs() <= timeout);
-    View { m, state, fresh, healthy, pending: st.is_none() && young }
+    let heard = st.and_then(|s| s.heartbeat_time.as_ref()).map(|t| t.0).into_iter().chain(lease.copied()).max();
+    View { m, state, fresh, healthy, pending: st.is_none() && young, heard }
+}
+
+/// When the member became Master, if that is its latest transition.
+fn took_over(v: &View<'_>) -> Option<Timestamp> {
+    let t = v.m.status.as_ref()?.last_transition.as_ref()?;
+    (t.to == VrrpState::Master).then_some(t.at.0)
 }
 
 /// Computes the status and Events.
@@ -116,8 +125,21 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
         })
         .collect();
     let node = |v: &View<'_>| v.m.spec.node_name.clone();
-    let holders: Vec<String> =
-        views.iter().filter(|v| v.fresh && v.m.status.as_ref().is_some_and(|s| s.holds_vip)).map(node).collect();
+    let claims: Vec<&View<'_>> =
+        views.iter().filter(|v| v.fresh && v.m.status.as_ref().is_some_and(|s| s.holds_vip)).collect();
+    // A claim last heard before another holder took the VIP over is superseded: VRRP lets a backup take over
+    // only once it has stopped hearing the master, so the old master is gone (powered off, cut off) and its
+    // last word is stale, though still within the heartbeat timeout. Two agents that both go on reporting —
+    // a real split — are both counted again within one heartbeat (plus the nodes' clock skew).
+    let holders: Vec<String> = claims
+        .iter()
+        .filter(|a| {
+            !claims.iter().any(|b| {
+                b.m.metadata.name != a.m.metadata.name && took_over(b).zip(a.heard).is_some_and(|(t, h)| t > h)
+            })
+        })
+        .map(|v| node(v))
+        .collect();
     let active = (holders.len() == 1).then(|| holders[0].clone());
     let not_cached: Vec<String> =
         i.expected.iter().filter(|n| !i.members.iter().any(|m| m.spec.node_name == **n)).cloned().collect();
@@ -548,6 +570,25 @@ mod tests {
         let s = run(&h, &ms).status;
         assert_eq!(cond(&s, "VIPAvailable"), ("False", "MultipleHolders"));
         assert_eq!(cond(&s, "Ready"), ("False", "MultipleHolders"));
+        assert_eq!(s.active_node, None);
+    }
+
+    #[test]
+    fn a_holder_last_heard_before_another_took_over_is_superseded_not_a_second_holder() {
+        // n1 powered off while Master: its status and Lease stay fresh for the heartbeat timeout. n2 took over
+        // after n1 was last heard; n1's claim is stale, so n2 is the one holder.
+        let (h, mut ms) = healthy_three();
+        let at = |s: i64| Time(Timestamp::from_second(1_800_000_000 + s).unwrap());
+        ms[0].status.as_mut().unwrap().heartbeat_time = Some(at(-3));
+        report(&mut ms, 2, VrrpState::Master, true);
+        ms[1].status.as_mut().unwrap().last_transition.as_mut().unwrap().at = at(-1);
+        let s = run(&h, &ms).status;
+        assert_eq!(cond(&s, "VIPAvailable"), ("True", "Held"));
+        assert_eq!(s.active_node.as_deref(), Some("n2"));
+        // The same takeover, but n1's Lease was renewed after it: n1 is alive and still claims the VIP — a split.
+        let lease = BTreeMap::from([(ms[0].metadata.name.clone().unwrap(), at(0).0)]);
+        let s = aggregate(&Inputs { heartbeats: &lease, ..inputs(&h, &ms) }).status;
+        assert_eq!(cond(&s, "VIPAvailable"), ("False", "MultipleHolders"));
         assert_eq!(s.active_node, None);
     }
 

@@ -805,8 +805,10 @@ fn peer_files(peer: Stack, node: &Node, dir: &Path, priority: u8, first: bool) -
             (
                 "check_apiserver.sh",
                 format!(
+                    // The guide's script as it reads now: GET /healthz, which kube-apiserver serves to anonymous
+                    // clients. Its older form, GET /, is refused (403) and `-f` made every check fail on every node.
                     "#!/bin/sh\nerrorExit() {{\n    echo \"*** $*\" 1>&2\n    exit 1\n}}\n\n\
-                     curl -sfk --max-time 2 https://localhost:{PROXY_PORT}/ -o /dev/null || errorExit \"Error GET https://localhost:{PROXY_PORT}/\"\n"
+                     curl -sfk --max-time 2 https://localhost:{PROXY_PORT}/healthz -o /dev/null || errorExit \"Error GET https://localhost:{PROXY_PORT}/healthz\"\n"
                 ),
             ),
             (

@@ -218,11 +218,16 @@ async fn respond<S: AsyncWrite + Unpin>(s: &mut S, code: &str, body: &[u8]) -> s
 async fn read_request<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<Option<(String, bool)>> {
     let Some(head) = read_until(s, buf, b"\r\n\r\n").await? else { return Ok(None) };
     let head = String::from_utf8_lossy(&head);
-    let close = head.lines().skip(1).any(|l| {
-        l.split_once(':')
-            .is_some_and(|(k, v)| k.trim().eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close"))
-    });
+    let close = header(&head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
     Ok(head.split_whitespace().nth(1).map(|p| (p.to_string(), close)))
+}
+
+/// The value of the first header `name` (case-insensitive) in a request or response head, trimmed.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+    })
 }
 
 /// Reads until `buf` holds `delim`; takes what comes before it (and the delimiter) out of `buf`. `None` at
@@ -323,10 +328,7 @@ impl Conn {
             read_until(&mut self.stream, &mut self.buf, b"\r\n\r\n").await?.ok_or(std::io::ErrorKind::UnexpectedEof)?;
         let head = String::from_utf8_lossy(&head);
         let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let length = head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
-        });
+        let length = header(&head, "content-length").and_then(|v| v.parse().ok());
         Ok((code, length))
     }
 }

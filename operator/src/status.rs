@@ -131,15 +131,10 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     // only once it has stopped hearing the master, so the old master is gone (powered off, cut off) and its
     // last word is stale, though still within the heartbeat timeout. Two agents that both go on reporting —
     // a real split — are both counted again within one heartbeat (plus the nodes' clock skew).
-    let holders: Vec<String> = claims
-        .iter()
-        .filter(|a| {
-            !claims.iter().any(|b| {
-                b.m.metadata.name != a.m.metadata.name && took_over(b).zip(a.heard).is_some_and(|(t, h)| t > h)
-            })
-        })
-        .map(|v| node(v))
-        .collect();
+    let superseded = |a: &View<'_>| {
+        claims.iter().any(|b| !std::ptr::eq(*b, a) && took_over(b).zip(a.heard).is_some_and(|(t, h)| t > h))
+    };
+    let holders: Vec<String> = claims.iter().filter(|a| !superseded(a)).map(|v| node(v)).collect();
     let active = (holders.len() == 1).then(|| holders[0].clone());
     let not_cached: Vec<String> =
         i.expected.iter().filter(|n| !i.members.iter().any(|m| m.spec.node_name == **n)).cloned().collect();

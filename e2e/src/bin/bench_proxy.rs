@@ -161,18 +161,16 @@ async fn bench(cluster: &Cluster, secs: Duration, conns: usize, rounds: usize) -
     };
     for _ in 0..rounds {
         for (i, t) in targets.iter().enumerate() {
-            let before = pid(*t).and_then(observe::cpu_seconds);
-            let r = keepalive(&world, *t, conns, secs, "/name").await?;
-            if let (Some(b), Some(a)) = (before, pid(*t).and_then(observe::cpu_seconds)) {
-                cpu_small[i] += a - b;
+            let (r, spent) = with_cpu(pid(*t), keepalive(&world, *t, conns, secs, "/name")).await?;
+            if let Some(spent) = spent {
+                cpu_small[i] += spent;
                 requests[i] += r.rate * secs.as_secs_f64();
             }
             small[i].push(r);
             fresh[i].push(new_connections(&world, *t, conns / 2, secs).await?);
-            let before = pid(*t).and_then(observe::cpu_seconds);
-            let r = keepalive(&world, *t, 4, secs, "/bytes/1048576").await?;
-            if let (Some(b), Some(a)) = (before, pid(*t).and_then(observe::cpu_seconds)) {
-                cpu[i] += a - b;
+            let (r, spent) = with_cpu(pid(*t), keepalive(&world, *t, 4, secs, "/bytes/1048576")).await?;
+            if let Some(spent) = spent {
+                cpu[i] += spent;
                 gigabytes[i] += r.rate * secs.as_secs_f64() * 1_048_576.0 / 1e9;
             }
             big[i].push(r);
@@ -434,6 +432,14 @@ async fn request(world: &World, addr: SocketAddr, path: &str) -> Result<usize> {
         bail!("HTTP {code}");
     }
     Ok(body.len())
+}
+
+/// Runs `run`; with it, the CPU seconds process `pid` spent meanwhile, when there is a process (not for direct).
+async fn with_cpu(pid: Option<u32>, run: impl Future<Output = Result<Rate>>) -> Result<(Rate, Option<f64>)> {
+    let before = pid.and_then(observe::cpu_seconds);
+    let r = run.await?;
+    let after = pid.and_then(observe::cpu_seconds);
+    Ok((r, before.zip(after).map(|(b, a)| a - b)))
 }
 
 fn median(runs: Vec<Vec<Rate>>) -> Vec<Rate> {

@@ -80,6 +80,55 @@ pub async fn relay(client: &mut TcpStream, backend: &mut TcpStream, zero_copy: b
     Ok(())
 }
 
+/// Relays in the kernel through `kernel` (see [`super::sockmap`]) until both directions have ended, or
+/// either failed. The agent only watches for each direction's end.
+pub(super) async fn relay_in_kernel(
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    kernel: &super::sockmap::KernelRelay,
+    m: Meters<'_>,
+) -> io::Result<()> {
+    let link = match kernel.link(client, backend) {
+        Ok(link) => link,
+        // A socket that has seen its peer's FIN already cannot join a sockmap; relay this one here.
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return relay(client, backend, true, m).await,
+        Err(e) => return Err(e),
+    };
+    let (mut up, mut down) = (0, 0);
+    let ended = tokio::try_join!(
+        watch_end(&*client, &*backend, || link.to_backend()),
+        watch_end(&*backend, &*client, || link.to_client()),
+    );
+    let (u, d) = (link.to_backend(), link.to_client());
+    m.to_backend.inc_by(u - std::mem::replace(&mut up, u));
+    m.to_client.inc_by(d - std::mem::replace(&mut down, d));
+    m.activity.touch();
+    drop(link);
+    ended.map(drop)
+}
+
+/// Waits for `from`'s end, then half-closes `to` once it has taken every byte the kernel moved to it.
+async fn watch_end(from: &TcpStream, to: &TcpStream, moved: impl Fn() -> u64) -> io::Result<()> {
+    let mut buf = [0u8; 512];
+    loop {
+        from.readable().await?;
+        match from.try_read(&mut buf) {
+            Ok(0) => break,
+            // The program passes a segment up only when the peer has left the map: the link is going.
+            Ok(_) => return Err(io::Error::other("the kernel relay passed bytes up: its peer left the map")),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let want = moved();
+    let mut pause = std::time::Duration::from_millis(1);
+    while super::sockmap::taken(to)? < want {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(100));
+    }
+    half_close(to)
+}
+
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
@@ -269,6 +318,89 @@ mod tests {
             r.unwrap();
             assert_eq!((up, down), (18, 3_000_000));
         }
+    }
+
+    async fn relayed_in_kernel(
+        k: std::sync::Arc<super::super::sockmap::KernelRelay>,
+        early: &[u8],
+    ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<(io::Result<()>, u64, u64)>) {
+        let (mut client, c_in) = pair().await;
+        // Bytes the client sent before the link exists must go through too.
+        client.write_all(early).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let (b_out, server) = pair().await;
+        let task = tokio::spawn(async move {
+            let (up, down, act) = (Counter::default(), Counter::default(), Activity::new());
+            let (mut c_in, mut b_out) = (c_in, b_out);
+            let r = relay_in_kernel(
+                &mut c_in,
+                &mut b_out,
+                &k,
+                Meters { to_backend: &up, to_client: &down, activity: &act },
+            )
+            .await;
+            (r, up.get(), down.get())
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        (client, server, task)
+    }
+
+    #[tokio::test]
+    async fn kernel_relay_moves_everything_both_ways_with_half_close() {
+        let k = std::sync::Arc::new(super::super::sockmap::KernelRelay::new(64).unwrap());
+        for _ in 0..20 {
+            let (mut client, mut server, task) = relayed_in_kernel(k.clone(), b"GET / ").await;
+            client.write_all(b"HTTP/1.0\r\n\r\n").await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut request = Vec::new();
+            server.read_to_end(&mut request).await.unwrap();
+            assert_eq!(request, b"GET / HTTP/1.0\r\n\r\n");
+            let answer: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+            server.write_all(&answer).await.unwrap();
+            server.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            assert!(got == answer, "{} of {} bytes", got.len(), answer.len());
+            let (r, up, down) = task.await.unwrap();
+            r.unwrap();
+            assert_eq!((up, down), (18, 3_000_000));
+        }
+    }
+
+    #[tokio::test]
+    async fn kernel_relay_ping_pong() {
+        let k = std::sync::Arc::new(super::super::sockmap::KernelRelay::new(64).unwrap());
+        let (mut client, mut server, _task) = relayed_in_kernel(k, b"").await;
+        for i in 0..1000u32 {
+            client.write_all(&i.to_be_bytes()).await.unwrap();
+            let mut got = [0u8; 4];
+            server.read_exact(&mut got).await.unwrap();
+            server.write_all(&got).await.unwrap();
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, i.to_be_bytes());
+        }
+    }
+
+    /// Why the kernel relay was not kept (docs/adr/0006-no-kernel-relay.md): a redirect takes the segment off
+    /// the source socket's receive queue and its memory off the socket's account, so the window stays open
+    /// and the kernel queues for a reader that does not read without bound. Fails once a kernel holds back.
+    #[tokio::test]
+    async fn kernel_relay_queues_without_bound_for_a_slow_reader() {
+        let k = std::sync::Arc::new(super::super::sockmap::KernelRelay::new(64).unwrap());
+        let (client, mut server, _task) = relayed_in_kernel(k, b"").await;
+        let chunk = vec![7u8; 1 << 20];
+        let mut sent = 0usize;
+        while sent < 256 << 20 {
+            match tokio::time::timeout(std::time::Duration::from_millis(300), server.write_all(&chunk)).await {
+                Ok(r) => {
+                    r.unwrap();
+                    sent += chunk.len();
+                }
+                Err(_) => break,
+            }
+        }
+        assert!(sent >= 256 << 20, "this kernel holds back a redirect for a slow reader: {sent} bytes accepted");
+        drop(client);
     }
 
     #[tokio::test]

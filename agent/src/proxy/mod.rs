@@ -7,7 +7,6 @@
 
 mod pool;
 mod relay;
-mod sockmap;
 
 use std::future::Future;
 use std::io;
@@ -312,12 +311,7 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, pool: &Pool, s: &Setting
     let meters =
         Meters { to_backend: &backend.bytes_to_backend, to_client: &backend.bytes_to_client, activity: &activity };
     tokio::select! {
-        r = async {
-            match kernel_relay() {
-                Some(k) => relay::relay_in_kernel(&mut client, &mut upstream, k, meters).await,
-                None => relay(&mut client, &mut upstream, s.zero_copy, meters).await,
-            }
-        } => {
+        r = relay(&mut client, &mut upstream, s.zero_copy, meters) => {
             if let Err(e) = r {
                 tracing::debug!(client = %peer, backend = %backend.addr, error = %e, "connection ended with an error");
             }
@@ -330,25 +324,6 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, pool: &Pool, s: &Setting
             tracing::debug!(client = %peer, backend = %backend.addr, "closing an idle connection");
         }
     }
-}
-
-/// The experimental kernel relay, when KUBEHA_PROXY_KERNEL_RELAY=1 and the kernel allows it.
-fn kernel_relay() -> Option<&'static sockmap::KernelRelay> {
-    static K: std::sync::OnceLock<Option<sockmap::KernelRelay>> = std::sync::OnceLock::new();
-    K.get_or_init(|| {
-        if std::env::var("KUBEHA_PROXY_KERNEL_RELAY").is_ok_and(|v| v == "1") {
-            match sockmap::KernelRelay::new(65536) {
-                Ok(k) => Some(k),
-                Err(e) => {
-                    tracing::warn!(error = %e, "no kernel relay");
-                    None
-                }
-            }
-        } else {
-            None
-        }
-    })
-    .as_ref()
 }
 
 async fn idle(activity: &Activity, timeout: Option<Duration>) {

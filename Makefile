@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help deps plane demo test chaos soak lint fmt clean-cluster bench-vrrp bench-proxy
+.PHONY: help deps plane image demo test chaos soak lint fmt clean-cluster bench-vrrp bench-proxy
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -13,23 +13,28 @@ help: ## list the targets
 deps: ## install the Debian packages and toolchain components the tests need
 	scripts/install-deps.sh
 
-plane: deps ## build (or find cached) etcd + Kubernetes binaries, kubectl and helm
+plane: deps ## build (or find cached) etcd, the Kubernetes binaries and kubelet, containerd, runc, CNI, pause, kubectl and helm
 	e2e/controlplane/build.sh >/dev/null
+	e2e/noderuntime/build.sh >/dev/null
 	e2e/kubetools.py >/dev/null
 
-demo: plane ## three masters, kubeha installed with helm, the active master powered off: the failover, timed and drawn
+image: deps ## the kubeha image as an OCI archive in target/image (no Docker, no registry); prints its reference and digest
+	scripts/build-image.sh
+
+demo: plane image ## three masters, kubeha installed with helm, the active master powered off: the failover, timed and drawn
 	$(CARGO) build --workspace --bins
 	e2e/demo.sh
 
-test: plane ## run every test: unit, integration, e2e on the real control plane, the chaos suite, a 3-minute soak
+test: plane ## run every test: unit, integration, e2e on the real control plane and nodes, the chaos suite, a 3-minute soak
+	scripts/build-image.sh --check-reproducible
 	$(CARGO) build --workspace --bins
 	KUBEHA_SOAK_SECONDS=$${KUBEHA_SOAK_SECONDS:-180} $(CARGO) test --workspace --all-targets
 
-chaos: plane ## the failover chaos suite alone: report and timeline in target/chaos (about 15 minutes)
+chaos: plane image ## the failover chaos suite alone: report and timeline in target/chaos (about 15 minutes)
 	$(CARGO) build --workspace --bins
 	$(CARGO) test -p kubeha-e2e --test chaos -- --nocapture
 
-soak: plane ## the 30-minute soak: random faults, then no leaks and one VIP holder
+soak: plane image ## the 30-minute soak: random faults, then no leaks and one VIP holder
 	$(CARGO) build --workspace --bins
 	KUBEHA_SOAK_SECONDS=$${KUBEHA_SOAK_SECONDS:-1800} $(CARGO) test -p kubeha-e2e --test soak -- --nocapture
 

@@ -7,8 +7,11 @@ set -euo pipefail
 # interop peer and benchmark baseline (its service is not enabled by the tests); procps/psmisc:
 # process inspection for people; util-linux: flock; haproxy: the proxy benchmark's baseline (its service is
 # not used: the benchmark runs its own instance); nftables: drops VRRP in the Lease-mode test, as a network
-# that blocks protocol 112 would; curl: the kubeadm guide's keepalived check script in the chaos suite.
-packages=(iproute2 iputils-ping keepalived haproxy curl nftables procps psmisc util-linux ca-certificates)
+# that blocks protocol 112 would; curl: the kubeadm guide's keepalived check script in the chaos suite;
+# libseccomp-dev, pkg-config, gcc, libc6-dev: runc with seccomp, the static pause binary and the static kubeha
+# binaries of the image (e2e/noderuntime/build.sh, make image); binutils: readelf checks they are static.
+packages=(iproute2 iputils-ping keepalived haproxy curl nftables procps psmisc util-linux ca-certificates
+  libseccomp-dev pkg-config gcc libc6-dev binutils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager and kube-scheduler for the pinned Kubernetes release
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the kubelet for the pinned Kubernetes release
 # (go.mod, see pin.sh) and prints the directory that holds them. Binaries live outside the repo, in
 #   ${KUBEHA_CACHE:-~/.cache/kubeha}/controlplane/<version>-<sha256(go.sum)>/
 # so a warm run costs a hash and a stat, and a go.sum change can never reuse stale binaries.
@@ -14,7 +14,7 @@ minor=${BASH_REMATCH[1]}
 sum=$(sha256sum go.sum | cut -c1-16)
 cache=${KUBEHA_CACHE:-$HOME/.cache/kubeha}/controlplane
 out=$cache/$kv-$sum
-cmds=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+cmds=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet)
 
 complete() { [ -f "$out/.complete" ]; }
 if complete; then echo "$out"; exit 0; fi
@@ -43,9 +43,9 @@ export GOCACHE=$tmp/.gocache
 start=$SECONDS
 go build -trimpath -tags=selinux,notest,grpcnotrace -ldflags="$ldflags" -o "$tmp/" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kube-scheduler ./cmd/etcd
+  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet ./cmd/etcd
 
-for c in kube-apiserver kube-controller-manager kube-scheduler; do
+for c in kube-apiserver kube-controller-manager kube-scheduler kubelet; do
   got=$("$tmp/$c" --version)
   [ "$got" = "Kubernetes $kv" ] || { echo "build.sh: $c --version says '$got', want 'Kubernetes $kv'" >&2; exit 1; }
 done

@@ -9,14 +9,14 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use nix::fcntl::{Flock, FlockArg};
-use serde_json::json;
 
 use crate::error::{Error, IoContext as _, Result};
 use crate::net::{self, CLIENTS, Host, NODES, Node, SERVICE_CIDR};
+use crate::node::{self, Runtime};
 use crate::pki::Pki;
 use crate::process::{self, Daemon};
 
@@ -78,6 +78,8 @@ pub struct UpTimes {
     pub etcd_healthy: Duration,
     /// All three API servers answer /readyz with 200.
     pub apiservers_ready: Duration,
+    /// Every host's kubelet has registered its Node and it is Ready.
+    pub nodes_ready: Duration,
     /// Both controller Leases are held: the cluster is fully up.
     pub leases_held: Duration,
 }
@@ -95,6 +97,8 @@ pub struct Cluster {
     bins: PathBuf,
     tools: PathBuf,
     pki: Pki,
+    /// The nodes' runtime and images, found on first use (the network-only tests need neither).
+    runtime: std::sync::OnceLock<Runtime>,
 }
 
 impl Cluster {
@@ -109,7 +113,25 @@ impl Cluster {
             PathBuf::from(last_line(process::output(Command::new(e2e.join("kubetools.py")).stderr(Stdio::inherit()))?));
         let dir = std::env::var_os("KUBEHA_E2E_DIR").map_or_else(|| PathBuf::from("/tmp/kubeha-e2e"), PathBuf::from);
         let pki = Pki::new(dir.join("pki"));
-        Ok(Self { dir, bins, tools, pki })
+        Ok(Self { dir, bins, tools, pki, runtime: std::sync::OnceLock::new() })
+    }
+
+    /// The nodes' containerd, runc, CNI plugins and images (built or found on first call).
+    pub(crate) fn runtime(&self) -> Result<&Runtime> {
+        if let Some(r) = self.runtime.get() {
+            return Ok(r);
+        }
+        let found = Runtime::find()?;
+        Ok(self.runtime.get_or_init(|| found))
+    }
+
+    pub(crate) fn pki(&self) -> &Pki {
+        &self.pki
+    }
+
+    /// Where the Kubernetes binaries (etcd, the control plane, the kubelet) are.
+    pub(crate) fn bins(&self) -> &Path {
+        &self.bins
     }
 
     /// Waits for exclusive use of the cluster (tests run one at a time against it).
@@ -176,6 +198,8 @@ impl Cluster {
     /// controllers, and returns once all three API servers are ready and both controller Leases are held.
     pub async fn up(&self) -> Result<UpTimes> {
         let start = tokio::time::Instant::now();
+        // Before anything starts: a missing image or runtime is named now, not found by a timeout.
+        self.runtime()?;
         self.down()?;
         if self.dir.exists() {
             fs::remove_dir_all(&self.dir).ctx(|| format!("removing {}", self.dir.display()))?;
@@ -197,18 +221,19 @@ impl Cluster {
             self.wait_ready(&node).await?;
         }
         let apiservers_ready = start.elapsed();
-        self.register_nodes().await?;
         for node in NODES {
             self.start(&node, Component::KubeControllerManager)?;
             self.start(&node, Component::KubeScheduler)?;
         }
+        self.start_nodes().await?;
+        let nodes_ready = start.elapsed();
         for lease in LEASES {
             self.wait_for(&format!("Lease kube-system/{lease} held"), || async move {
                 self.lease_holder(lease).await.ok().flatten().is_some()
             })
             .await?;
         }
-        Ok(UpTimes { etcd_healthy, apiservers_ready, leases_held: start.elapsed() })
+        Ok(UpTimes { etcd_healthy, apiservers_ready, nodes_ready, leases_held: start.elapsed() })
     }
 
     /// Only the network of the test world — bridge, hosts, addresses, no control plane — after removing
@@ -302,6 +327,10 @@ impl Cluster {
     /// Stops every process in the test world's namespaces (SIGTERM, then SIGKILL) and removes its namespaces,
     /// bridge, links and route. Safe to call when nothing is up.
     pub fn down(&self) -> Result<()> {
+        for host in node::hosts() {
+            self.kill_runtime(&host)?;
+        }
+        node::remove_cgroup_root();
         for host in NODES.iter().chain(CLIENTS.iter()) {
             process::kill_all_in(host, false, Duration::from_secs(5))?;
         }
@@ -315,7 +344,11 @@ impl Cluster {
     /// binaries anywhere on the machine. Empty after [`Cluster::down`].
     pub fn leftovers(&self) -> Vec<String> {
         let mut left = net::leftovers();
-        for pid in process::running_from(&self.bins) {
+        left.extend(node::leftovers(&self.dir));
+        let runtime = self.runtime.get().map(|r| r.dir.clone());
+        for pid in
+            process::running_from(&self.bins).into_iter().chain(runtime.iter().flat_map(|d| process::running_from(d)))
+        {
             left.push(format!("process {pid}"));
         }
         left
@@ -330,12 +363,15 @@ impl Cluster {
                 self.start(node, c)?;
             }
         }
-        self.wait_ready(node).await
+        self.wait_ready(node).await?;
+        self.start_runtime(node)?;
+        self.wait_node_ready(node).await
     }
 
     /// SIGKILLs every process of the node (everything in its network namespace), like a power loss.
     pub fn kill_node(&self, node: &Node) -> Result<()> {
         master(node)?;
+        self.kill_runtime(node)?;
         process::kill_all_in(node, true, Duration::ZERO)?;
         for c in Component::ALL {
             let _ = fs::remove_file(self.daemon(node, c).pidfile);
@@ -364,7 +400,7 @@ impl Cluster {
     }
 
     /// Boots a node that [`Cluster::power_off`] stopped: link up, its components started, its API server
-    /// ready. Its kubelet's pods are the caller's to start ([`Cluster::kubelet_sync`]).
+    /// ready, its kubelet and containerd booted and the node Ready (its kubelet then starts its pods).
     pub async fn power_on(&self, node: &Node) -> Result<()> {
         self.heal(node)?;
         self.start_node(node).await
@@ -405,141 +441,56 @@ impl Cluster {
         self.wait_ready(node).await
     }
 
-    /// Installs kubeha as the chart would, without a kubelet: the CRDs, the `kubeha-system` namespace, the
-    /// operator (in the client namespace c1, where a pod would run) and one agent per master, started exactly
-    /// as the DaemonSet starts it (cluster mode, NODE_NAME and POD_NAMESPACE from the environment, host
-    /// network). Waits until the CRDs are established and every agent serves /readyz. Idempotent: what runs
-    /// already is left alone.
+    /// Installs kubeha as a user does: `helm install` of the chart with the test world's values; returns once
+    /// the agents (one per master) and the operators are rolled out and Ready.
     pub async fn install_kubeha(&self) -> Result<()> {
-        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/yaml");
-        process::run(self.kubectl().arg("apply").arg("--server-side").arg("-f").arg(&crds))?;
-        process::run(self.kubectl().args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/highavailabilityclusters.kubeha.io",
-            "crd/highavailabilitymembers.kubeha.io",
-        ]))?;
-        let ns = self.kubectl().args(["create", "namespace", KUBEHA_NAMESPACE]).output();
-        if let Ok(out) = &ns
-            && !out.status.success()
-            && !String::from_utf8_lossy(&out.stderr).contains("AlreadyExists")
-        {
-            return Err(Error::Usage(format!(
-                "creating namespace {KUBEHA_NAMESPACE}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        let operator = self.kubeha_daemon(&CLIENTS[0], "kubeha-operator");
-        if operator.pid().is_none() {
-            let mut argv = self.env_argv(&[
-                ("POD_NAMESPACE", KUBEHA_NAMESPACE.into()),
-                ("POD_NAME", "kubeha-operator-0".into()),
-                ("KUBECONFIG", self.kubeconfig().display().to_string()),
-            ]);
-            argv.push(crate::kubeha_binary("kubeha-operator")?.display().to_string());
-            argv.extend(["--log-format".into(), "text".into(), format!("--metrics-addr={}", operator_metrics())]);
-            operator.spawn(&CLIENTS[0], &argv)?;
-        }
-        self.wait_served("kubeha-operator", &operator, operator_metrics()).await?;
-        for node in NODES {
-            self.start_agent(&node).await?;
-        }
-        Ok(())
+        self.install_chart(&[]).await.map(drop)
     }
 
-    /// The kubeha-agent command line of `node`, as the DaemonSet runs it plus what replaces the pod:
-    /// `--kubeconfig` for the service account, `--cluster-ca` for its CA, a state directory per node.
-    pub fn agent_argv(&self, node: &Node) -> Result<Vec<String>> {
-        let mut argv = self.env_argv(&[("NODE_NAME", node.name()), ("POD_NAMESPACE", KUBEHA_NAMESPACE.into())]);
-        argv.push(crate::kubeha_binary("kubeha-agent")?.display().to_string());
-        argv.extend([
-            "--log-format".into(),
-            "text".into(),
-            "run".into(),
-            format!("--kubeconfig={}", self.kubeconfig().display()),
-            format!("--cluster-ca={}", self.pki.path("ca.crt").display()),
-            format!("--state-dir={}", self.dir.join(node.name()).join("kubeha").display()),
-            format!("--metrics={}:{AGENT_METRICS_PORT}", node.ipv4()),
-            // The test etcd has no separate metrics listener; its client port serves /health over HTTP.
-            "--etcd-health-url=http://127.0.0.1:2379/health".into(),
-        ]);
-        Ok(argv)
-    }
-
-    fn env_argv(&self, vars: &[(&str, String)]) -> Vec<String> {
-        let mut argv = vec!["/usr/bin/env".to_string()];
-        argv.extend(vars.iter().map(|(k, v)| format!("{k}={v}")));
-        argv
-    }
-
-    fn kubeha_daemon(&self, host: &Host, name: &str) -> Daemon {
-        Daemon {
-            pidfile: self.dir.join("run").join(host.name()).join(format!("{name}.pid")),
-            log: self.dir.join("logs").join(host.name()).join(format!("{name}.log")),
-        }
-    }
-
-    /// Starts the node's agent unless it runs, and waits until it serves /readyz (at most 20 s).
+    /// Waits until the node's agent (its kubelet restarts a stopped or killed one) runs and answers /readyz
+    /// on the node's address. Asks the node, not the API, so that it works while every API server is down.
     pub async fn start_agent(&self, node: &Node) -> Result<()> {
         master(node)?;
-        let agent = self.kubeha_daemon(node, "kubeha-agent");
-        if agent.pid().is_none() {
-            agent.spawn(node, &self.agent_argv(node)?)?;
-        }
-        self.wait_served(
-            &format!("kubeha-agent on {node}"),
-            &agent,
-            SocketAddr::from((node.ipv4(), AGENT_METRICS_PORT)),
-        )
-        .await
-    }
-
-    /// Waits (at most 20 s) until a kubeha daemon answers /healthz; fails with its log if it exits first.
-    async fn wait_served(&self, what: &str, daemon: &Daemon, addr: SocketAddr) -> Result<()> {
-        self.wait_served_path(what, daemon, addr, "/healthz").await
-    }
-
-    /// Waits (at most 20 s) until a daemon answers `path` with 200; fails with its log if it exits first.
-    pub(crate) async fn wait_served_path(
-        &self,
-        what: &str,
-        daemon: &Daemon,
-        addr: SocketAddr,
-        path: &str,
-    ) -> Result<()> {
-        let within = Duration::from_secs(20);
+        let within = Duration::from_secs(120);
         let deadline = tokio::time::Instant::now() + within;
         while tokio::time::Instant::now() < deadline {
-            if http_get(addr, path).starts_with("HTTP/1.0 200") {
+            if node::agent_pid(node).is_some()
+                && http_get(SocketAddr::from((node.ipv4(), AGENT_METRICS_PORT)), "/readyz").starts_with("HTTP/1.0 200")
+            {
                 return Ok(());
             }
-            if daemon.pid().is_none() {
-                let log = fs::read_to_string(&daemon.log).unwrap_or_default();
-                return Err(Error::Usage(format!("{what} exited:\n{}", last_lines(&log, 20))));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(Error::Timeout { what: format!("{what} serving"), after: within, logs: self.dir.join("logs") })
+        Err(Error::Timeout {
+            what: format!("kubeha-agent on {node} ready"),
+            after: within,
+            logs: self.dir.join("logs"),
+        })
     }
 
-    /// SIGKILLs the node's agent, like a crash: it cannot hand the VIP over.
+    /// SIGKILLs the process of the node's agent container, like a crash: it cannot hand the VIP over; its
+    /// kubelet restarts it. Found through the node's cgroups, so it works while the API is down.
     pub fn kill_agent(&self, node: &Node) -> Result<()> {
         master(node)?;
-        self.kubeha_daemon(node, "kubeha-agent").kill();
-        Ok(())
+        self.signal_agent(node, nix::sys::signal::Signal::SIGKILL)
     }
 
-    /// Stops the node's agent as Kubernetes stops a pod (SIGTERM; SIGKILL after 30 s): it hands the VIP over.
+    /// SIGTERMs the process of the node's agent container, as a kubelet stops one: it hands the VIP over and
+    /// exits; its kubelet starts it again.
     pub fn stop_agent(&self, node: &Node) -> Result<()> {
         master(node)?;
-        self.kubeha_daemon(node, "kubeha-agent").stop(Duration::from_secs(30));
-        Ok(())
+        self.signal_agent(node, nix::sys::signal::Signal::SIGTERM)
     }
 
-    /// The node's agent log.
-    pub fn agent_log(&self, node: &Node) -> String {
-        fs::read_to_string(self.kubeha_daemon(node, "kubeha-agent").log).unwrap_or_default()
+    fn signal_agent(&self, node: &Node, signal: nix::sys::signal::Signal) -> Result<()> {
+        let pid = node::agent_pid(node).ok_or_else(|| Error::Usage(format!("no kubeha agent runs on {node}")))?;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+        // Gone before the caller goes on: a start_agent right after must not find the old process.
+        let deadline = std::time::Instant::now() + Duration::from_secs(40);
+        while node::agent_pid(node) == Some(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
     }
 
     /// Drops every VRRP packet (IP protocol 112) to and from every master, as a network that blocks VRRP
@@ -696,31 +647,6 @@ impl Cluster {
         Err(Error::Timeout { what: what.into(), after: START_TIMEOUT, logs: self.dir.join("logs") })
     }
 
-    /// Registers n1–n3 as Nodes with their InternalIP and the control-plane role label, as kubelets
-    /// would; no kubelet exists here.
-    async fn register_nodes(&self) -> Result<()> {
-        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client(&NODES[0]).await?);
-        let apply = PatchParams::apply("kubeha-e2e").force();
-        for node in NODES {
-            let name = node.name();
-            let object = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {
-                "node-role.kubernetes.io/control-plane": "",
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-            }}});
-            nodes.patch(&name, &apply, &Patch::Apply(object)).await?;
-            let status = json!({"apiVersion": "v1", "kind": "Node", "status": {"addresses": [
-                {"type": "InternalIP", "address": node.ipv4().to_string()},
-                {"type": "InternalIP", "address": node.ipv6().to_string()},
-                {"type": "Hostname", "address": name},
-            ]}});
-            // A merge patch, as the kubelet's: server-side apply keys addresses by type and refuses a
-            // dual-stack node's two InternalIPs.
-            nodes.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await?;
-        }
-        Ok(())
-    }
-
     fn daemon(&self, node: &Node, c: Component) -> Daemon {
         Daemon {
             pidfile: self.dir.join("run").join(node.name()).join(format!("{}.pid", c.name())),
@@ -785,6 +711,11 @@ impl Cluster {
                     "--enable-aggregator-routing=true".into(),
                     format!("--cert-dir={}", state.join("apiserver").display()),
                     "--profiling=false".into(),
+                    // logs, exec: to the kubelets by address (the machine's resolver knows no node names),
+                    // as the kubelet-client identity the kubelets' webhook authorization admits.
+                    "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
+                    format!("--kubelet-client-certificate={}", p("apiserver-kubelet-client.crt")),
+                    format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
                 ]
             }
             Component::KubeControllerManager | Component::KubeScheduler => {
@@ -918,11 +849,7 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     body
 }
 
-fn operator_metrics() -> SocketAddr {
-    SocketAddr::from((CLIENTS[0].ipv4(), 8080))
-}
-
-fn last_lines(s: &str, n: usize) -> String {
+pub(crate) fn last_lines(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

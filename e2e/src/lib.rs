@@ -9,15 +9,17 @@ pub mod chaos;
 mod cluster;
 mod error;
 pub mod fakeapi;
-mod kubelet;
 mod net;
+mod node;
 pub mod observe;
 mod pki;
+mod pods;
 mod process;
 
 pub use cluster::{
     AGENT_METRICS_PORT, Cluster, ClusterLock, Component, KUBEHA_NAMESPACE, LEASES, Process, UpTimes, kubeha_binary,
 };
 pub use error::{Error, Result};
-pub use kubelet::{CHART, Pod, TEST_WORLD_VALUES, yaml_documents};
-pub use net::{CLIENTS, Host, KUBERNETES_SERVICE, NODES, Node, SERVICE_CIDR, VIP_V4, VIP_V6};
+pub use net::{CLIENTS, Host, KUBERNETES_SERVICE, NODES, Node, POD_CIDR, SERVICE_CIDR, VIP_V4, VIP_V6};
+pub use node::{kubeha_image, kubeha_image_ref};
+pub use pods::{CHART, ContainerProcess, Pod, TEST_WORLD_VALUES, yaml_documents};

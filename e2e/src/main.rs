@@ -10,7 +10,8 @@ mod demo;
 
 /// The kubeha test world: three masters (n1–n3, 198.51.100.11–13) each running etcd, kube-apiserver,
 /// kube-controller-manager and kube-scheduler in its own network namespace, plus clients (c1, c2) on the
-/// same bridge. State lives in $KUBEHA_E2E_DIR (default /tmp/kubeha-e2e). Needs root.
+/// same bridge; every host a real node (kubelet and containerd). State lives in $KUBEHA_E2E_DIR (default
+/// /tmp/kubeha-e2e). Needs root, and the image of `make image`.
 #[derive(Debug, Parser)]
 #[command(name = "e2e/cluster")]
 struct Cli {
@@ -28,9 +29,9 @@ enum Cmd {
     Status,
     /// Print the admin kubeconfig path (contexts n1, n2, n3).
     Kubeconfig,
-    /// SIGKILL every process of a master, like a power loss.
+    /// SIGKILL every process of a master (its kubelet, containerd and containers too), like a power loss.
     KillNode { node: String },
-    /// Start a master's stopped processes and wait until its API server is ready.
+    /// Start a master's stopped processes and wait until its API server is ready and its node Ready.
     StartNode { node: String },
     /// Cut a host's link to the bridge.
     Partition { host: String },
@@ -44,13 +45,11 @@ enum Cmd {
     StopApiserver { node: String },
     /// Start a master's kube-apiserver and wait until it is ready.
     StartApiserver { node: String },
-    /// Install kubeha without a kubelet: CRDs, namespace, the operator (on c1) and an agent on every master,
-    /// each started as the DaemonSet starts it.
+    /// `helm install` kubeha's chart with the test world's values and wait until it is rolled out.
     InstallKubeha,
-    /// Be the kubelets: run the pods of a Helm release (`helm install` it first, with `helm` from
-    /// e2e/kubetools.py and the kubeconfig of `kubeconfig`) as processes on the hosts, replace changed ones
-    /// one at a time, stop those the release no longer has (all, once uninstalled). Prints the pods.
-    KubeletSync {
+    /// Wait until a Helm release's DaemonSets and Deployments are rolled out (or, once it is uninstalled,
+    /// its pods gone) and print its pods.
+    WaitRelease {
         /// The Helm release.
         #[arg(long, default_value = "kubeha")]
         release: String,
@@ -58,11 +57,11 @@ enum Cmd {
         #[arg(long, default_value = kubeha_e2e::KUBEHA_NAMESPACE)]
         namespace: String,
     },
-    /// SIGKILL a master's kubeha-agent (a crash: no hand-over).
+    /// SIGKILL a master's kubeha-agent container (a crash: no hand-over); its kubelet restarts it.
     KillAgent { node: String },
-    /// Stop a master's kubeha-agent as Kubernetes stops a pod (SIGTERM: it hands the VIP over).
+    /// SIGTERM a master's kubeha-agent container (it hands the VIP over); its kubelet restarts it.
     StopAgent { node: String },
-    /// Start a master's kubeha-agent and wait until it is ready.
+    /// Wait until a master's kubeha-agent pod is Ready.
     StartAgent { node: String },
     /// Drop VRRP (IP protocol 112) to and from every master, as a network that blocks it.
     BlockVrrp,
@@ -99,9 +98,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let t = cluster.up().await?;
             eprintln!(
                 "e2e/cluster: etcd 3/3 healthy at {:.1} s, kube-apiserver 3/3 ready at {:.1} s, \
-                 controller leases held at {:.1} s",
+                 5 nodes Ready at {:.1} s, controller leases held at {:.1} s",
                 t.etcd_healthy.as_secs_f64(),
                 t.apiservers_ready.as_secs_f64(),
+                t.nodes_ready.as_secs_f64(),
                 t.leases_held.as_secs_f64()
             );
             println!("{}", cluster.kubeconfig().display());
@@ -119,9 +119,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Isolate { host } => cluster.isolate(&Host::parse(&host)?)?,
         Cmd::Rejoin { host } => cluster.rejoin(&Host::parse(&host)?)?,
         Cmd::InstallKubeha => cluster.install_kubeha().await?,
-        Cmd::KubeletSync { release, namespace } => {
-            for pod in cluster.kubelet_sync(&release, &namespace).await? {
-                println!("{} on {}", pod.name, pod.host);
+        Cmd::WaitRelease { release, namespace } => {
+            for pod in cluster.wait_release(&release, &namespace).await? {
+                println!("{} on {}", pod.name, pod.node);
             }
         }
         Cmd::BlockVrrp => cluster.block_vrrp()?,

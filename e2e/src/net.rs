@@ -17,6 +17,11 @@ pub(crate) const GATEWAY_V6: &str = "2001:db8::1/64";
 /// The Service ClusterIP range. Blackholed in the root namespace: no kube-proxy exists, and a packet to a
 /// ClusterIP must die on this machine instead of following the default route out of it.
 pub const SERVICE_CIDR: &str = "203.0.113.128/25";
+/// The pods' addresses: a /28 per host (see [`pod_range`]), blackholed in the root namespace like the
+/// Service range, so that nothing addressed to a pod ever leaves the machine.
+pub const POD_CIDR: &str = "203.0.113.0/25";
+/// The CNI bridge inside each host, between its pods and its eth0.
+pub(crate) const POD_BRIDGE: &str = "khpod0";
 /// The VIP the test world reserves for kubeha (in every API server certificate).
 pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 /// The IPv6 VIP the test world reserves for kubeha (in every API server certificate).
@@ -101,6 +106,14 @@ impl Host {
         Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from_str_radix(&digits, 16).unwrap_or(0))
     }
 
+    /// The host's position among all hosts (n1…n3, then c1…): it picks the host's pod range.
+    fn ordinal(&self) -> u8 {
+        match self.kind {
+            HostKind::Master => self.index,
+            HostKind::Client => NODES.len() as u8 + self.index,
+        }
+    }
+
     fn last_octet(&self) -> u8 {
         match self.kind {
             HostKind::Master => 10 + self.index,
@@ -113,6 +126,13 @@ impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name())
     }
+}
+
+/// The host's pod subnet and its gateway on the host's CNI bridge: n1 203.0.113.16/28, n2 .32/28, … c2
+/// .80/28, all inside [`POD_CIDR`].
+pub(crate) fn pod_range(host: &Host) -> (String, Ipv4Addr) {
+    let base = 16 * host.ordinal();
+    (format!("203.0.113.{base}/28"), Ipv4Addr::new(203, 0, 113, base + 1))
 }
 
 /// Runs `ip` with the given arguments.
@@ -130,6 +150,7 @@ pub(crate) fn setup() -> Result<()> {
     ip(&["-6", "addr", "add", GATEWAY_V6, "dev", BRIDGE, "nodad"])?;
     ip(&["link", "set", BRIDGE, "up"])?;
     ip(&["route", "add", "blackhole", SERVICE_CIDR])?;
+    ip(&["route", "add", "blackhole", POD_CIDR])?;
     for host in NODES.iter().chain(CLIENTS.iter()) {
         let (ns, port) = (host.netns(), host.bridge_port());
         ip(&["netns", "add", &ns])?;
@@ -139,26 +160,38 @@ pub(crate) fn setup() -> Result<()> {
         ip(&["-n", &ns, "addr", "add", &format!("{}/24", host.ipv4()), "dev", "eth0"])?;
         ip(&["-n", &ns, "-6", "addr", "add", &format!("{}/64", host.ipv6()), "dev", "eth0", "nodad"])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        if !host.is_master() {
-            kube_proxy(host)?;
-        }
+        kube_proxy(host)?;
     }
     Ok(())
 }
 
-/// What kube-proxy does for a pod on a client host: connections to the `kubernetes` Service go to one of
-/// the three API servers, chosen at random per connection (nftables DNAT in the host's own namespace, so
-/// nothing changes outside the test world). As with kube-proxy, a stopped API server keeps its share until
-/// its endpoint is removed; client-go retries.
+/// What kube-proxy does on a host, for the one Service pods here use: connections to the `kubernetes`
+/// Service, from the host or from its pods, go to one of the three API servers, chosen at random per
+/// connection (nftables DNAT in the host's own namespace, so nothing changes outside the test world); the
+/// pods' traffic leaves through eth0 masqueraded behind the host's address, as the pod network of a cloud
+/// provider or an overlay would carry it. As with kube-proxy, a stopped API server keeps its share until its
+/// endpoint is removed; client-go retries. (kube-proxy itself is not run: its only Service here is this one.)
 fn kube_proxy(host: &Host) -> Result<()> {
     let (service, port) = KUBERNETES_SERVICE;
     ip(&["-n", &host.netns(), "route", "add", SERVICE_CIDR, "dev", "eth0"])?;
+    crate::process::run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &host.netns(),
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]))?;
     let backends: Vec<String> = NODES.iter().enumerate().map(|(i, n)| format!("{i} : {} . 6443", n.ipv4())).collect();
-    let rules = format!(
-        "table ip khsvc {{ chain out {{ type nat hook output priority -100; \
-         ip daddr {service} tcp dport {port} dnat to numgen random mod {} map {{ {} }} ; }} ; }}",
+    let dnat = format!(
+        "ip daddr {service} tcp dport {port} dnat to numgen random mod {} map {{ {} }}",
         NODES.len(),
         backends.join(", ")
+    );
+    let rules = format!(
+        "table ip khsvc {{ chain out {{ type nat hook output priority -100; {dnat} ; }} ; \
+         chain pre {{ type nat hook prerouting priority -100; {dnat} ; }} ; \
+         chain post {{ type nat hook postrouting priority 100; ip saddr {POD_CIDR} oifname eth0 masquerade ; }} ; }}"
     );
     let mut nft = Command::new("ip");
     nft.args(["netns", "exec", &host.netns(), "nft", &rules]);
@@ -175,6 +208,7 @@ pub(crate) fn teardown() {
     }
     let _ = ip(&["link", "delete", BRIDGE]);
     let _ = ip(&["route", "delete", "blackhole", SERVICE_CIDR]);
+    let _ = ip(&["route", "delete", "blackhole", POD_CIDR]);
 }
 
 /// Which of the test world's namespaces and links exist right now (for `status` and leak checks).

@@ -14,7 +14,7 @@ use rcgen::{
 use serde_json::json;
 
 use crate::error::{IoContext as _, Result};
-use crate::net::{NODES, VIP_V4, VIP_V6};
+use crate::net::{CLIENTS as CLIENT_HOSTS, Host, NODES, VIP_V4, VIP_V6};
 
 /// The first address of the Service range: what in-cluster clients dial as `kubernetes.default`.
 const FIRST_SERVICE_IP: Ipv4Addr = crate::net::KUBERNETES_SERVICE.0;
@@ -31,6 +31,10 @@ const CLIENTS: [(&str, &str, Option<&str>); 3] = [
     ("kube-controller-manager", "system:kube-controller-manager", None),
     ("kube-scheduler", "system:kube-scheduler", None),
 ];
+/// How the API servers authenticate to the kubelets (logs, exec, port-forward), as kubeadm's
+/// apiserver-kubelet-client certificate does.
+const APISERVER_KUBELET_CLIENT: (&str, &str, Option<&str>) =
+    ("apiserver-kubelet-client", "kube-apiserver-kubelet-client", Some("system:masters"));
 
 impl Pki {
     pub(crate) fn new(dir: PathBuf) -> Self {
@@ -91,7 +95,7 @@ impl Pki {
         serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.issue("apiserver", serving, &ca)?;
 
-        for (file, cn, org) in CLIENTS {
+        for (file, cn, org) in CLIENTS.into_iter().chain([APISERVER_KUBELET_CLIENT]) {
             let mut client = CertificateParams::default();
             client.distinguished_name = name(cn, org);
             client.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
@@ -104,7 +108,21 @@ impl Pki {
         self.write("sa.key", &sa.serialize_pem())?;
         self.write("sa.pub", &sa.public_key_pem())?;
 
+        // Every host's kubelet with its own identity, as the Node authorizer and NodeRestriction want it.
+        for host in NODES.iter().chain(CLIENT_HOSTS.iter()) {
+            let mut client = CertificateParams::default();
+            client.distinguished_name = name(&format!("system:node:{host}"), Some("system:nodes"));
+            client.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            self.issue(&format!("kubelet-{host}"), client, &ca)?;
+        }
+
         self.write_kubeconfigs()
+    }
+
+    /// The kubeconfig of `host`'s kubelet (`system:node:<host>`).
+    pub(crate) fn kubelet_kubeconfig(&self, host: &Host) -> PathBuf {
+        self.path(&format!("kubelet-{host}.kubeconfig"))
     }
 
     fn issue(&self, stem: &str, params: CertificateParams, ca: &CertifiedIssuer<'_, KeyPair>) -> Result<()> {
@@ -132,6 +150,17 @@ impl Pki {
                 kubeconfig(vec![local], vec![context_entry("local", "local", identity)], "local", self.user(identity)?);
             self.write(&format!("{identity}.kubeconfig"), &config)?;
         }
+        for host in NODES.iter().chain(CLIENT_HOSTS.iter()) {
+            let server = format!("https://{}:6443", kubelet_apiserver(host).ipv4());
+            let identity = format!("kubelet-{host}");
+            let config = kubeconfig(
+                vec![cluster_entry("default", &server, &ca)],
+                vec![context_entry("default", "default", &identity)],
+                "default",
+                self.user(&identity)?,
+            );
+            self.write(&format!("{identity}.kubeconfig"), &config)?;
+        }
         Ok(())
     }
 
@@ -146,6 +175,17 @@ impl Pki {
         let path = self.path(file);
         let bytes = fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
         Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+}
+
+/// The API server a host's kubelet talks to: a master's own (as kubeadm's ControlPlaneKubeletLocalMode
+/// does), and for a client host one master each, so that one master's power loss leaves a client Ready.
+fn kubelet_apiserver(host: &Host) -> Host {
+    if host.is_master() {
+        *host
+    } else {
+        let i = CLIENT_HOSTS.iter().position(|h| h == host).unwrap_or(0);
+        NODES[(i + 1) % NODES.len()]
     }
 }
 

@@ -36,8 +36,13 @@ async fn the_daemonset_adopts_the_bootstrap_vip_without_a_failover() {
         .into();
         let wrote = cluster.run_on_host(&node, &argv, &["/etc/kubeha", "/etc/kubernetes/manifests"]).unwrap();
         assert!(wrote.contains("/etc/kubernetes/manifests/kubeha-bootstrap.yaml"), "{wrote}");
-        cluster.kubelet_static_sync(&node).await.unwrap();
     }
+    // The kubelets find the manifests in their static pod path and run them; their mirror pods appear.
+    wait_until("the kubelets run the bootstrap static pods", Duration::from_secs(60), || async {
+        let pods = cluster.pods("kube-system", "app.kubernetes.io/component=bootstrap").unwrap_or_default();
+        pods.len() == NODES.len() && pods.iter().all(|p| p.ready)
+    })
+    .await;
     wait_until("the bootstrap agents elect a VIP holder", Duration::from_secs(20), || async {
         cluster.holders(vip).len() == 1
     })
@@ -64,12 +69,12 @@ async fn the_daemonset_adopts_the_bootstrap_vip_without_a_failover() {
     // over from a live master of lower priority logs Preempted).
     let mut handed_over = 0;
     for node in NODES {
-        let bootstrap =
-            cluster.pods_running().into_iter().find(|p| p.name == format!("kubeha-bootstrap-{node}")).unwrap();
-        let stepped = cluster.pod_log(&bootstrap).unwrap();
+        let bootstrap = cluster.pods("kube-system", "app.kubernetes.io/component=bootstrap").unwrap();
+        let bootstrap = bootstrap.iter().find(|p| p.name == format!("kubeha-bootstrap-{node}")).unwrap();
+        let stepped = cluster.pod_log(bootstrap).unwrap();
         let aside = stepped.lines().find(|l| l.contains("stepping aside for the cluster-mode agent"));
         assert!(aside.is_some(), "{node}'s bootstrap agent did not step aside:\n{stepped}");
-        let agent = pods.iter().find(|p| p.name == format!("kubeha-agent-{node}")).unwrap();
+        let agent = pods.iter().find(|p| p.node == node.name() && p.name.starts_with("kubeha-agent")).unwrap();
         let log = cluster.pod_log(agent).unwrap();
         assert!(!log.contains("reason=MasterDown"), "{node}'s agent took the VIP by a failover:\n{log}");
         if aside.is_some_and(|l| l.contains("\"master\":true")) {
@@ -92,7 +97,7 @@ async fn the_daemonset_adopts_the_bootstrap_vip_without_a_failover() {
     // Uninstalled, the DaemonSet agents stop and the static pods take the instance back: a bootstrapped
     // cluster keeps its control-plane endpoint.
     up.helm(&["uninstall", "kubeha", "-n", KUBEHA_NAMESPACE]);
-    cluster.kubelet_sync("kubeha", KUBEHA_NAMESPACE).await.unwrap();
+    cluster.wait_release("kubeha", KUBEHA_NAMESPACE).await.unwrap();
     wait_until("a bootstrap agent holds the VIP again", Duration::from_secs(20), || async {
         cluster.holders(vip).len() == 1
     })

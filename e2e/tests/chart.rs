@@ -14,7 +14,7 @@ use common::{Up, wait_until};
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kubeha_crds::HighAvailabilityMember;
-use kubeha_e2e::{CHART, CLIENTS, Cluster, KUBEHA_NAMESPACE, NODES, TEST_WORLD_VALUES, VIP_V4};
+use kubeha_e2e::{CHART, CLIENTS, Cluster, Host, KUBEHA_NAMESPACE, NODES, TEST_WORLD_VALUES, VIP_V4};
 use serde_json::{Value, json};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
@@ -329,9 +329,13 @@ async fn helm_install_apply_upgrade_uninstall() {
     assert!(notes.contains("kubectl get hac from-values"), "NOTES tell how to read the cluster:\n{notes}");
     assert_eq!(pods.len(), NODES.len() + CLIENTS.len(), "an agent per master and two operators: {pods:?}");
     for node in NODES {
-        let agent = pods.iter().find(|p| p.name == format!("kubeha-agent-{node}")).expect("an agent on every master");
-        assert_eq!(agent.env("NODE_NAME"), Some(node.name().as_str()));
-        assert_eq!(agent.arg("metrics"), Some(format!("{}:9641", node.ipv4()).as_str()));
+        let agent = pods
+            .iter()
+            .find(|p| p.node == node.name() && p.name.starts_with("kubeha-agent"))
+            .expect("an agent on every master");
+        let process = cluster.container_process(agent, "agent").unwrap();
+        assert_eq!(process.env("NODE_NAME"), Some(node.name().as_str()));
+        assert_eq!(process.arg("metrics"), Some(format!("{}:9641", node.ipv4()).as_str()));
     }
     up.kubectl(&["apply", "--dry-run=server", "-f", EXAMPLES]);
     up.kubectl(&["apply", "-f", &format!("{EXAMPLES}/ipv4-multicast.yaml")]);
@@ -353,7 +357,12 @@ async fn helm_install_apply_upgrade_uninstall() {
     assert_eq!(cluster.holders("198.51.100.20".parse().unwrap()).len(), 1);
 
     // The admission policy: n1's agent, with its own token, may not write n2's member.
-    let token = std::fs::read_to_string(cluster.dir().join("pods/kubeha-agent-n1/serviceaccount/token")).unwrap();
+    let n1_agent = cluster.agent_pod(&NODES[0]).unwrap();
+    let token = cluster
+        .container_process(&n1_agent, "agent")
+        .unwrap()
+        .read("/var/run/secrets/kubernetes.io/serviceaccount/token")
+        .unwrap();
     let kubeconfig = Kubeconfig::read_from(cluster.kubeconfig()).unwrap();
     let mut config = kube::Config::from_custom_kubeconfig(
         kubeconfig,
@@ -374,18 +383,23 @@ async fn helm_install_apply_upgrade_uninstall() {
     // An upgrade that changes the agents' command line rolls them one node at a time; the VIP stays served.
     let watch = VipWatch::start(cluster, IpAddr::V4(VIP_V4));
     helm(&["upgrade", "kubeha", CHART, "-n", KUBEHA_NAMESPACE, "-f", TEST_WORLD_VALUES, "--set", "logFormat=json"]);
-    let pods = cluster.kubelet_sync("kubeha", KUBEHA_NAMESPACE).await.unwrap();
+    let pods = cluster.wait_release("kubeha", KUBEHA_NAMESPACE).await.unwrap();
     wait_ready(&up, "control-plane").await;
     let (gap, two) = watch.finish();
     println!("rolling upgrade of three agents: the VIP was on no node for {gap:?} at most; on two: {two}");
-    assert!(pods.iter().all(|p| p.arg("log-format") == Some("json")), "every pod runs the new values");
+    assert!(!two, "the VIP was on two nodes during the rolling upgrade");
+    for pod in &pods {
+        let container = &pod.containers[0].0;
+        let process = cluster.container_process(pod, container).unwrap();
+        assert_eq!(process.arg("log-format"), Some("json"), "{} runs the new values", pod.name);
+    }
     assert!(cluster.pod_log(&pods[0]).unwrap().lines().last().unwrap_or_default().starts_with('{'));
     assert_eq!(cluster.holders(IpAddr::V4(VIP_V4)).len(), 1);
 
     // Uninstall stops every agent; each hands the VIP over as it stops, the last one releases it.
     helm(&["uninstall", "kubeha", "-n", KUBEHA_NAMESPACE]);
-    let pods = cluster.kubelet_sync("kubeha", KUBEHA_NAMESPACE).await.unwrap();
-    assert!(pods.is_empty() && cluster.pods_running().is_empty());
+    let pods = cluster.wait_release("kubeha", KUBEHA_NAMESPACE).await.unwrap();
+    assert!(pods.is_empty() && cluster.kubeha_pods().unwrap().is_empty());
     for vip in [IpAddr::V4(VIP_V4), "198.51.100.20".parse().unwrap()] {
         assert!(cluster.holders(vip).is_empty(), "{vip} still held after helm uninstall");
     }
@@ -428,4 +442,96 @@ async fn every_example_comes_up_ready() {
         })
         .await;
     }
+}
+
+/// What the chart asks of the runtime is what the container runtime enforces, read from the containers'
+/// processes on the nodes; the kubelet's probes and restarts act on kubeha's pods; `kubectl logs` and
+/// `kubectl describe pod` work as a user expects.
+#[tokio::test]
+async fn the_runtime_enforces_the_security_context_and_the_kubelet_restarts_a_killed_agent() {
+    let up = Up::new().await;
+    let cluster = &up.cluster;
+    let (_, pods) = up.install_chart(&[]).await;
+    up.kubectl(&["apply", "-f", &format!("{EXAMPLES}/ipv4-multicast.yaml")]);
+    wait_ready(&up, "control-plane").await;
+
+    // mountinfo's line for the container's root: its mount options say whether it is read-only.
+    let root_mount = |pid: u32| {
+        let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let line = info.lines().find(|l| l.split_whitespace().nth(4) == Some("/")).unwrap().to_string();
+        line.split_whitespace().nth(5).unwrap().split(',').any(|o| o == "ro")
+    };
+    for pod in &pods {
+        let (container, _, _) = &pod.containers[0];
+        let p = cluster.container_process(pod, container).unwrap();
+        let field = |f: &str| p.status_field(f).unwrap_or_default().to_string();
+        println!(
+            "{} on {}: Uid {} CapEff {} CapBnd {} Seccomp {} NoNewPrivs {} read-only root {}",
+            pod.name,
+            pod.node,
+            field("Uid"),
+            field("CapEff"),
+            field("CapBnd"),
+            field("Seccomp"),
+            field("NoNewPrivs"),
+            root_mount(p.pid)
+        );
+        assert_eq!(field("Seccomp"), "2", "{}: seccomp RuntimeDefault (filter mode)", pod.name);
+        assert_eq!(field("NoNewPrivs"), "1", "{}: allowPrivilegeEscalation false", pod.name);
+        assert!(root_mount(p.pid), "{}: readOnlyRootFilesystem", pod.name);
+        match container.as_str() {
+            // Exactly NET_ADMIN (12) and NET_RAW (13): effective, permitted and bounding.
+            "agent" => {
+                assert_eq!(field("Uid").split_whitespace().next(), Some("0"));
+                for f in ["CapEff", "CapPrm", "CapBnd"] {
+                    assert_eq!(field(f), "0000000000003000", "{}: {f}", pod.name);
+                }
+            }
+            "operator" => {
+                assert!(field("Uid").split_whitespace().all(|u| u == "65532"), "{}: {}", pod.name, field("Uid"));
+                for f in ["CapEff", "CapPrm", "CapBnd"] {
+                    assert_eq!(field(f), "0000000000000000", "{}: {f}", pod.name);
+                }
+            }
+            other => panic!("unexpected container {other}"),
+        }
+    }
+
+    // What a user reads: the logs through the API server and the kubelet, the pod's events.
+    for pod in &pods {
+        let logs = up.kubectl(&["logs", "-n", KUBEHA_NAMESPACE, &pod.name]);
+        assert!(!logs.trim().is_empty(), "kubectl logs {}", pod.name);
+        let described = up.kubectl(&["describe", "pod", "-n", KUBEHA_NAMESPACE, &pod.name]);
+        let node_line = described.lines().find(|l| l.starts_with("Node:")).unwrap_or_default();
+        assert!(
+            node_line.ends_with(&format!(" {}/{}", pod.node, Host::parse(&pod.node).unwrap().ipv4())),
+            "{node_line}"
+        );
+        assert!(described.contains("already present on machine") && described.contains("Started"), "{described}");
+    }
+
+    // The active master's agent crashes inside its container: its kubelet restarts it, and it takes its
+    // node's place again (back in VRRP, reporting to its member).
+    let active = get_hac(&up, "control-plane")["status"]["activeNode"].as_str().unwrap().to_string();
+    let node = NODES.into_iter().find(|n| n.name() == active).unwrap();
+    let before = cluster.agent_pod(&node).unwrap();
+    let old = before.container_id("agent").unwrap().to_string();
+    let killed = Instant::now();
+    cluster.kill_agent(&node).unwrap();
+    let after = cluster.wait_agent_ready(&node, Some(&old)).await.unwrap();
+    let ready_after = killed.elapsed();
+    assert_eq!(after.name, before.name, "the same pod, its container restarted");
+    assert_eq!(after.restarts("agent"), before.restarts("agent") + 1);
+    let member = format!("control-plane-{node}");
+    wait_until(&format!("{member} reports from its restarted agent"), Duration::from_secs(30), || async {
+        let out = up.kubectl(&["get", "ham", &member, "-o", "jsonpath={.status.state}"]);
+        out == "Master" || out == "Backup"
+    })
+    .await;
+    println!(
+        "kubelet restart of a SIGKILLed agent on {node}: Ready again {:.2} s after the kill, member back in VRRP {:.2} s after",
+        ready_after.as_secs_f64(),
+        killed.elapsed().as_secs_f64()
+    );
+    wait_ready(&up, "control-plane").await;
 }

@@ -34,19 +34,23 @@ const STALE_CONNECTIONS_CLOSED: Duration = Duration::from_secs(
         + 5,
 );
 
-/// `kubeha-agent` for `kubeha-agent-n2`: replicas of one kind.
+/// `kubeha-agent` for `kubeha-agent/n2`: replicas of one kind.
 fn kind_of(pod: &str) -> &str {
-    pod.rsplit_once('-').map_or(pod, |(kind, _)| kind)
+    pod.rsplit_once('/').map_or(pod, |(kind, _)| kind)
 }
 
-/// Each kubeha pod's process: pid, RSS (KiB) and open fds, by pod name.
+/// Each kubeha pod's process: pid, RSS (KiB) and open fds, by `<kind>/<node>` (a DaemonSet's or a
+/// Deployment's pod names change when the pods are replaced; their place does not).
 fn sample(up: &Up) -> BTreeMap<String, (u32, u64, usize)> {
     up.cluster
-        .pods_running()
+        .kubeha_pods()
+        .unwrap_or_default()
         .into_iter()
         .filter_map(|p| {
-            let pid = up.cluster.pod_pid(&p.name)?;
-            Some((p.name, (pid, observe::rss_kib(pid)?, observe::open_fds(pid)?)))
+            let (container, _, _) = p.containers.first()?;
+            let pid = up.cluster.container_process(&p, container).ok()?.pid;
+            let kind = format!("kubeha-{container}/{}", p.node);
+            Some((kind, (pid, observe::rss_kib(pid)?, observe::open_fds(pid)?)))
         })
         .collect()
 }

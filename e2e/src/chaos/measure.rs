@@ -50,6 +50,9 @@ pub struct Figures {
     /// The first master other than the one holding the VIP at the fault to hold it alone, and how long
     /// after the fault.
     pub took_over: Option<(String, f64)>,
+    /// How long after the fault the VIP was first off every master that held it at the fault (the
+    /// faulty one, for faults on the active master): `None` if it never left them in the window.
+    pub left_faulty: Option<f64>,
     /// Who holds the VIP at the end.
     pub holders_at_end: Vec<String>,
 }
@@ -108,6 +111,8 @@ pub fn figures(log: &Log, w: &Window) -> Figures {
         .iter()
         .find(|(_, m)| m.count_ones() == 1 && m & before == 0)
         .map(|(t, m)| (hosts(*m)[0].name(), (t - w.fault).max(0.0)));
+    f.left_faulty =
+        changes.iter().find(|(_, m)| m & before == 0).filter(|_| before != 0).map(|(t, _)| (t - w.fault).max(0.0));
     let end_mask = changes.last().map_or(0, |c| c.1);
     f.holders_at_end = hosts(end_mask).iter().map(Host::name).collect();
     if let Some(t) = settle {
@@ -184,6 +189,11 @@ mod tests {
         let (who, after) = f.took_over.clone().unwrap();
         assert_eq!(who, NODES[1].name(), "n2 was the first other master alone with the VIP");
         assert!((after - 1.5).abs() < 1e-9);
+        assert!((f.left_faulty.unwrap() - 1.5).abs() < 1e-9, "n1 dropped it at 2.5, 1.5 s after the fault");
+
+        // The faulty master never let go.
+        let log = Log { holders: vec![(0.0, 0b001), (2.0, 0b011)], ..Log::default() };
+        assert_eq!(figures(&log, &window()).left_faulty, None);
 
         // Settled during the fault: measured from the fault.
         let log = Log { holders: vec![(0.0, 0b001), (1.5, 0b011), (1.8, 0b010)], ..Log::default() };

@@ -23,8 +23,8 @@ use self::measure::{Figures, Window, figures};
 use self::record::{Clock, ProbeTarget, Shared, Worker, hosts, lock};
 use crate::cluster::{Cluster, Component, KUBEHA_NAMESPACE};
 use crate::error::{Error, IoContext as _, Result};
-pub use crate::kubelet::{CHART, TEST_WORLD_VALUES};
 use crate::net::{CLIENTS, Host, NODES, Node, VIP_V4};
+pub use crate::pods::{CHART, TEST_WORLD_VALUES};
 
 /// The example the suite applies (its advert interval set per run).
 pub const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/ipv4-multicast.yaml");
@@ -340,12 +340,12 @@ impl<'a> Chaos<'a> {
                 }
             }
             Scenario::KillOperator => {
-                for pod in self.cluster.pods_running().iter().filter(|p| p.name.starts_with("kubeha-operator")) {
-                    self.cluster.kill_pod(&pod.name)?;
+                for pod in self.cluster.kubeha_pods()?.iter().filter(|p| p.name.starts_with("kubeha-operator")) {
+                    self.cluster.kill_container(pod, "operator")?;
                 }
                 self.hold(stack, Duration::from_secs(10), &mut said).await;
                 restore = Some(self.clock.now());
-                self.cluster.kubelet_sync("kubeha", KUBEHA_NAMESPACE).await?;
+                self.cluster.wait_release("kubeha", KUBEHA_NAMESPACE).await?;
                 // The agents carry on: nothing about the VIP changes while the operators are gone.
                 problems.extend(self.moved(fault, self.clock.now(), "while the operators were down"));
             }
@@ -551,18 +551,14 @@ impl<'a> Chaos<'a> {
         let _ = self.kubectl_any(&["delete", "hac", HAC, "--timeout=60s"]);
         let out = self.cluster.helm().args(["uninstall", "kubeha", "-n", KUBEHA_NAMESPACE]).output();
         out.ctx(|| "running helm uninstall".into())?;
-        self.cluster.kubelet_sync("kubeha", KUBEHA_NAMESPACE).await.map(drop)
-    }
-
-    fn agent_pod(node: &Node) -> String {
-        format!("kubeha-agent-{node}")
+        self.cluster.wait_release("kubeha", KUBEHA_NAMESPACE).await.map(drop)
     }
 
     /// Stops the node's agent (keepalived): gracefully, or with SIGKILL if `crash`.
     fn stop_agent(&self, stack: Stack, node: &Node, crash: bool) -> Result<()> {
         match (stack, crash) {
-            (Stack::Kubeha { .. }, true) => self.cluster.kill_pod(&Self::agent_pod(node)),
-            (Stack::Kubeha { .. }, false) => self.cluster.stop_pod_process(&Self::agent_pod(node)),
+            (Stack::Kubeha { .. }, true) => self.cluster.kill_agent(node),
+            (Stack::Kubeha { .. }, false) => self.cluster.stop_agent(node),
             _ => {
                 self.cluster.stop_service(node, "keepalived", crash);
                 Ok(())
@@ -570,17 +566,18 @@ impl<'a> Chaos<'a> {
         }
     }
 
-    /// Starts what is not running of the stack on `node`, as its kubelet (systemd) would.
+    /// Starts what is not running of the stack on `node` (systemd for the peer), or waits until the
+    /// kubelet has restarted kubeha's agent.
     async fn start_agent(&self, stack: Stack, node: &Node) -> Result<()> {
         match stack {
-            Stack::Kubeha { .. } => self.cluster.kubelet_sync("kubeha", KUBEHA_NAMESPACE).await.map(drop),
+            Stack::Kubeha { .. } => self.cluster.start_agent(node).await,
             _ => self.start_peer_on(node),
         }
     }
 
     async fn restart_agent(&self, stack: Stack, node: &Node) -> Result<()> {
         match stack {
-            Stack::Kubeha { .. } => self.cluster.restart_pod(&Self::agent_pod(node)).await,
+            Stack::Kubeha { .. } => self.cluster.replace_agent(node).await.map(drop),
             _ => {
                 self.cluster.stop_service(node, "keepalived", false);
                 self.cluster.stop_service(node, "haproxy", false);
@@ -873,7 +870,8 @@ pub fn report_markdown(runs: &[Run], command: &str) -> String {
         md,
         "Columns: **outage** — client-visible, from a failed connect to the next good one (each outage; total \
          connects failed); **one holder** — when the VIP was on exactly one master for good, after the fault (or \
-         after the fault was removed: `restore +`); **two** / **none** — time with the VIP on two masters / on none; \
+         after the fault was removed: `restore +`); **left** — when the VIP was first off the master that held it \
+         at the fault (the faulty one; `—`: it stayed); **two** / **none** — time with the VIP on two masters / on none; \
          **kubectl** — failed of sent; **watch** — an event arrived after the fault was over (restarts of the watch).\n"
     );
     for (i, s) in Scenario::ALL.iter().enumerate() {
@@ -882,8 +880,8 @@ pub fn report_markdown(runs: &[Run], command: &str) -> String {
             continue;
         }
         let _ = writeln!(md, "## {}. {}\n", i + 1, s.title());
-        let _ = writeln!(md, "| stack | outage | one holder | two | none | kubectl | watch |");
-        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- |");
+        let _ = writeln!(md, "| stack | outage | one holder | left | two | none | kubectl | watch |");
+        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- |");
         for r in &rows {
             let f = &r.figures;
             let outage = if f.outages.is_empty() {
@@ -914,9 +912,10 @@ pub fn report_markdown(runs: &[Run], command: &str) -> String {
             };
             let watch =
                 format!("{} ({})", if f.watch_resumed { "resumed" } else { "**not resumed**" }, f.watch_restarts);
+            let left = f.left_faulty.map_or_else(|| "—".to_string(), |t| format!("{t:.2} s"));
             let _ = writeln!(
                 md,
-                "| {} | {outage} | {settled} | {:.2} s | {:.2} s | {} of {} | {watch} |",
+                "| {} | {outage} | {settled} | {left} | {:.2} s | {:.2} s | {} of {} | {watch} |",
                 r.stack.label(),
                 f.on_two,
                 f.on_none,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Measures the test control plane for docs/test-cluster.md:
 #   e2e/measure-plane.sh          warm build, `up` timeline, memory of every process after it settles
-#   e2e/measure-plane.sh --cold   also a cold build: empty Go module cache, build cache and binary cache
-#                                 (downloads everything again; about 8 minutes on 2 cores)
+#   e2e/measure-plane.sh --cold   also a cold build of the control plane (with the kubelet) and of the nodes'
+#                                 runtime (containerd, runc, CNI, pause): empty Go module cache, build cache
+#                                 and binary cache (downloads everything again; about 15 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 settle=${SETTLE_SECONDS:-60}
@@ -14,6 +15,9 @@ if [ "${1:-}" = "--cold" ]; then
   /usr/bin/time -f "cold build: %e s wall, %M KiB peak RSS of the largest process" \
     env GOMODCACHE="$scratch/mod" GOCACHE="$scratch/build" KUBEHA_CACHE="$scratch/kubeha" \
     e2e/controlplane/build.sh >/dev/null
+  /usr/bin/time -f "cold build of the node runtime: %e s wall, %M KiB peak RSS of the largest process" \
+    env GOMODCACHE="$scratch/mod" GOCACHE="$scratch/build" KUBEHA_CACHE="$scratch/kubeha" \
+    e2e/noderuntime/build.sh >/dev/null
   echo "module cache: $(du -sh "$scratch/mod" | cut -f1), build cache: $(du -sh "$scratch/build" | cut -f1), binaries: $(du -sh "$scratch/kubeha" | cut -f1)"
 fi
 
@@ -26,6 +30,7 @@ trap 'e2e/cluster down' EXIT
 echo "== memory after $settle s settling (RSS, MiB)"
 sleep "$settle"
 bins=$(e2e/controlplane/build.sh)
-for pid in $(pgrep -f "^$bins/"); do
+runtime=$(e2e/noderuntime/build.sh)
+for pid in $(pgrep -f "^$bins/") $(pgrep -f "^$runtime/"); do
   printf '%s %s %s\n' "$(ps -o rss= -p "$pid")" "$(cat /proc/"$pid"/comm)" "$(nsenter -t "$pid" -u hostname)"
-done | sort -k2,2 -k3,3 | awk '{printf "  %-24s %s %6.0f\n", $2, $3, $1/1024; total += $1} END {printf "  %-27s %6.0f\n", "whole control plane", total/1024}'
+done | sort -k2,2 -k3,3 | awk '{printf "  %-24s %s %6.0f\n", $2, $3, $1/1024; total += $1} END {printf "  %-27s %6.0f\n", "whole control plane and nodes", total/1024}'

@@ -27,7 +27,7 @@ if complete; then echo "$out"; exit 0; fi
 for tool in gcc pkg-config; do command -v $tool >/dev/null || { echo "noderuntime/build.sh: $tool is missing: run make deps" >&2; exit 1; }; done
 pkg-config --exists libseccomp || { echo "noderuntime/build.sh: libseccomp-dev is missing (runc's seccomp support): run make deps" >&2; exit 1; }
 
-echo "noderuntime/build.sh: building containerd $CONTAINERD, runc $RUNC, CNI plugins $CNI_PLUGINS and pause into $out (cold: about 4 minutes on 2 cores)" >&2
+echo "noderuntime/build.sh: building containerd $CONTAINERD, runc $RUNC, CNI plugins $CNI_PLUGINS and pause into $out (cold: about 1.5 minutes on 2 cores with the Go modules downloaded, 3 without)" >&2
 start=$SECONDS
 tmp=$(mktemp -d "$cache/.build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT

@@ -233,7 +233,17 @@ impl Cluster {
             })
             .await?;
         }
-        Ok(UpTimes { etcd_healthy, apiservers_ready, nodes_ready, leases_held: start.elapsed() })
+        let leases_held = start.elapsed();
+        // Pods are refused until the controller-manager has made the namespace's `default` ServiceAccount: a
+        // cluster that is up takes a Pod, as one that kubeadm reports ready does.
+        self.wait_for("ServiceAccount default/default", || async {
+            self.kubectl()
+                .args(["get", "serviceaccount", "default", "-n", "default"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .await?;
+        Ok(UpTimes { etcd_healthy, apiservers_ready, nodes_ready, leases_held })
     }
 
     /// Only the network of the test world — bridge, hosts, addresses, no control plane — after removing

@@ -10,7 +10,9 @@ use kubeha_e2e::chaos::{Chaos, EXAMPLE, Scenario, Stack};
 const OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/demo");
 
 pub(crate) async fn run(cluster: &Cluster) -> anyhow::Result<()> {
-    say("bringing up three masters: etcd, kube-apiserver, kube-controller-manager, kube-scheduler on each");
+    say(
+        "bringing up three masters (etcd, kube-apiserver and the controllers on each) and five nodes (kubelet, containerd)",
+    );
     let t = cluster.up().await?;
     println!(
         "API servers ready after {:.1} s; admin kubeconfig: {}",

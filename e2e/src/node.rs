@@ -300,11 +300,6 @@ serializeImagePulls: false
         }
         Err(Error::Timeout { what: format!("node {host} Ready"), after: within, logs: self.dir().join("logs") })
     }
-
-    /// Whether the host's node runtime (node.sh) runs.
-    pub fn node_running(&self, host: &Host) -> bool {
-        self.node_daemon(host).pid().is_some()
-    }
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {

@@ -262,19 +262,8 @@ impl Cluster {
 
     /// SIGKILLs the container's process, as a crash: its kubelet restarts it.
     pub fn kill_container(&self, pod: &Pod, container: &str) -> Result<()> {
-        self.signal_container(pod, container, Signal::SIGKILL)
-    }
-
-    /// SIGTERMs the container's process, as `kill` on the node would: it stops cleanly and its kubelet
-    /// restarts it.
-    pub fn stop_container(&self, pod: &Pod, container: &str) -> Result<()> {
-        self.signal_container(pod, container, Signal::SIGTERM)
-    }
-
-    fn signal_container(&self, pod: &Pod, container: &str, signal: Signal) -> Result<()> {
         let pid = self.container_process(pod, container)?.pid;
-        kill(Pid::from_raw(pid as i32), signal).map_err(|e| Error::Usage(format!("kill {pid}: {e}")))?;
-        Ok(())
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(|e| Error::Usage(format!("kill {pid}: {e}")))
     }
 
     /// Deletes the pod (SIGTERM, its grace period) and, for a DaemonSet's, waits until the replacement on

@@ -461,21 +461,17 @@ impl Cluster {
     /// on the node's address. Asks the node, not the API, so that it works while every API server is down.
     pub async fn start_agent(&self, node: &Node) -> Result<()> {
         master(node)?;
-        let within = Duration::from_secs(120);
-        let deadline = tokio::time::Instant::now() + within;
-        while tokio::time::Instant::now() < deadline {
-            if node::agent_pid(node).is_some()
-                && http_get(SocketAddr::from((node.ipv4(), AGENT_METRICS_PORT)), "/readyz").starts_with("HTTP/1.0 200")
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(Error::Timeout {
-            what: format!("kubeha-agent on {node} ready"),
-            after: within,
-            logs: self.dir.join("logs"),
-        })
+        let readyz = SocketAddr::from((node.ipv4(), AGENT_METRICS_PORT));
+        self.poll(
+            &format!("kubeha-agent on {node} ready"),
+            Duration::from_secs(120),
+            Duration::from_millis(100),
+            || {
+                let ready = node::agent_pid(node).is_some() && http_get(readyz, "/readyz").starts_with("HTTP/1.0 200");
+                async move { Ok(ready.then_some(())) }
+            },
+        )
+        .await
     }
 
     /// SIGKILLs the process of the node's agent container, like a crash: it cannot hand the VIP over; its
@@ -647,14 +643,30 @@ impl Cluster {
         F: FnMut() -> Fut,
         Fut: Future<Output = bool>,
     {
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        while tokio::time::Instant::now() < deadline {
-            if check().await {
-                return Ok(());
+        self.poll(what, START_TIMEOUT, Duration::from_millis(500), || {
+            let done = check();
+            async move { Ok(done.await.then_some(())) }
+        })
+        .await
+    }
+
+    /// Calls `check` every `every` until it gives a value (`Ok(Some)`) or an error that makes waiting
+    /// pointless (`Err`, returned at once); a [`Error::Timeout`] naming `what` after `within`.
+    pub(crate) async fn poll<T, F, Fut>(&self, what: &str, within: Duration, every: Duration, mut check: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Option<T>>>,
+    {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(v) = check().await? {
+                return Ok(v);
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout { what: what.into(), after: within, logs: self.dir.join("logs") });
+            }
+            tokio::time::sleep(every).await;
         }
-        Err(Error::Timeout { what: what.into(), after: START_TIMEOUT, logs: self.dir.join("logs") })
     }
 
     fn daemon(&self, node: &Node, c: Component) -> Daemon {
@@ -807,8 +819,7 @@ impl Drop for Process {
 /// black box and do not build it themselves (cargo holds its build lock while tests run): `make test` builds
 /// every binary before running the tests.
 pub fn kubeha_binary(name: &str) -> Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
+    let target = target_dir();
     // The profile this crate was built with: tests use debug binaries, the release benchmarks release ones.
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     let path = target.join(profile).join(name);
@@ -820,6 +831,12 @@ pub fn kubeha_binary(name: &str) -> Result<PathBuf> {
             path.display()
         )))
     }
+}
+
+/// The workspace's cargo target directory, where its binaries and `make image`'s archive are.
+pub(crate) fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from)
 }
 
 fn master(host: &Host) -> Result<()> {
@@ -864,6 +881,6 @@ pub(crate) fn last_lines(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn last_line(s: String) -> String {
+pub(crate) fn last_line(s: String) -> String {
     s.lines().last().unwrap_or_default().trim().to_string()
 }

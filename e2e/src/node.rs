@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, last_line, last_lines, target_dir};
 use crate::error::{Error, IoContext as _, Result};
 use crate::net::{self, CLIENTS, Host, NODES};
 use crate::process::{self, Daemon};
@@ -48,23 +48,15 @@ pub(crate) struct Runtime {
 impl Runtime {
     /// Builds (or finds cached) the node runtime and finds the kubeha image `make image` wrote.
     pub(crate) fn find() -> Result<Self> {
-        let e2e = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let dir = PathBuf::from(
-            process::output(Command::new(e2e.join("noderuntime/build.sh")).stderr(std::process::Stdio::inherit()))?
-                .lines()
-                .last()
-                .unwrap_or_default()
-                .trim(),
-        );
-        Ok(Self { dir, image: kubeha_image()? })
+        let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("noderuntime/build.sh");
+        let dir = last_line(process::output(Command::new(build).stderr(std::process::Stdio::inherit()))?);
+        Ok(Self { dir: PathBuf::from(dir), image: kubeha_image()? })
     }
 }
 
 /// The archive of `make image` for this workspace's version: target/image/kubeha-<version>-amd64.oci.tar.
 pub fn kubeha_image() -> Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
-    let path = target.join("image").join(format!("kubeha-{}-amd64.oci.tar", env!("CARGO_PKG_VERSION")));
+    let path = target_dir().join("image").join(format!("kubeha-{}-amd64.oci.tar", env!("CARGO_PKG_VERSION")));
     if path.is_file() {
         Ok(path)
     } else {
@@ -270,35 +262,25 @@ serializeImagePulls: false
 
     /// Waits until the host's Node reports Ready (its kubelet registered and its runtime and CNI work).
     pub(crate) async fn wait_node_ready(&self, host: &Host) -> Result<()> {
-        let within = Duration::from_secs(120);
-        let deadline = Instant::now() + within;
         let daemon = self.node_daemon(host);
-        while Instant::now() < deadline {
-            let out = self
-                .kubectl()
-                .args([
-                    "get",
-                    "node",
-                    &host.name(),
-                    "-o",
-                    r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
-                ])
-                .output();
-            if out.is_ok_and(|o| o.status.success() && o.stdout == b"True") {
-                return Ok(());
-            }
-            if daemon.pid().is_none() {
-                let log =
-                    |f: &str| fs::read_to_string(self.dir().join("logs").join(host.name()).join(f)).unwrap_or_default();
-                return Err(Error::Usage(format!(
+        let log = |f: &str| fs::read_to_string(self.dir().join("logs").join(host.name()).join(f)).unwrap_or_default();
+        self.poll(&format!("node {host} Ready"), Duration::from_secs(120), Duration::from_millis(500), || {
+            let ready = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
+            let out = self.kubectl().args(["get", "node", &host.name(), "-o", ready]).output();
+            let result = if out.is_ok_and(|o| o.status.success() && o.stdout == b"True") {
+                Ok(Some(()))
+            } else if daemon.pid().is_none() {
+                Err(Error::Usage(format!(
                     "the node {host} stopped booting:\n{}\n{}",
-                    crate::cluster::last_lines(&log("node.log"), 10),
-                    crate::cluster::last_lines(&log("kubelet.log"), 10)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        Err(Error::Timeout { what: format!("node {host} Ready"), after: within, logs: self.dir().join("logs") })
+                    last_lines(&log("node.log"), 10),
+                    last_lines(&log("kubelet.log"), 10)
+                )))
+            } else {
+                Ok(None)
+            };
+            async move { result }
+        })
+        .await
     }
 }
 
@@ -341,19 +323,28 @@ fn make_cgroups(host: &Host) -> Result<()> {
     Ok(())
 }
 
-/// Every task in the host's tree (the pids hierarchy holds them all).
-fn tasks(host: &Host) -> Vec<i32> {
-    let mut out = Vec::new();
-    let mut stack = vec![cgroup("pids", host, "")];
+/// `dir` and every cgroup below it, parents before children.
+fn cgroup_tree(dir: PathBuf) -> Vec<PathBuf> {
+    let mut all = Vec::new();
+    let mut stack = vec![dir];
     while let Some(dir) = stack.pop() {
-        if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
-            out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-        }
         if let Ok(entries) = fs::read_dir(&dir) {
-            stack.extend(entries.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).map(|e| e.path()));
+            stack.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()));
         }
+        all.push(dir);
     }
-    out
+    all
+}
+
+/// The processes in one cgroup (not below it).
+pub(crate) fn procs(cgroup: &Path) -> Vec<u32> {
+    let text = fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// Every process in the host's tree (the pids hierarchy holds them all).
+fn tasks(host: &Host) -> Vec<u32> {
+    cgroup_tree(cgroup("pids", host, "")).iter().flat_map(|d| procs(d)).collect()
 }
 
 /// SIGKILLs every process of the host's tree until none is left. The freezer stops a process from forking
@@ -373,7 +364,7 @@ fn kill_cgroup_tree(host: &Host) -> Result<()> {
             return Ok(());
         }
         for pid in &pids {
-            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
         }
         // A frozen task dies only once thawed; SIGKILL is pending, so it cannot run user code any more.
         let _ = state("THAWED");
@@ -388,16 +379,7 @@ fn kill_cgroup_tree(host: &Host) -> Result<()> {
 /// Removes the host's cgroup tree, deepest first, in every hierarchy.
 fn remove_cgroups(host: &Host) -> Result<()> {
     for h in HIERARCHIES {
-        let top = cgroup(h, host, "");
-        let mut dirs = Vec::new();
-        let mut stack = vec![top.clone()];
-        while let Some(dir) = stack.pop() {
-            if let Ok(entries) = fs::read_dir(&dir) {
-                stack.extend(entries.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).map(|e| e.path()));
-            }
-            dirs.push(dir);
-        }
-        for dir in dirs.iter().rev().filter(|d| d.exists()) {
+        for dir in cgroup_tree(cgroup(h, host, "")).iter().rev().filter(|d| d.exists()) {
             fs::remove_dir(dir).ctx(|| format!("removing cgroup {}", dir.display()))?;
         }
     }
@@ -430,39 +412,19 @@ pub(crate) fn leftovers(dir: &Path) -> Vec<String> {
 /// The cgroup (in the pids hierarchy) of the container `id` on `host`: the kubelet's cgroupfs layout puts
 /// it at `<cgroupRoot>/kubepods/[<qos>/]pod<uid>/<id>`.
 pub(crate) fn container_cgroup(host: &Host, id: &str) -> Option<PathBuf> {
-    let mut stack = vec![cgroup("pids", host, "pods")];
-    while let Some(dir) = stack.pop() {
-        for e in fs::read_dir(&dir).ok()?.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()) {
-            if e.file_name() == id {
-                return Some(e.path());
-            }
-            stack.push(e.path());
-        }
-    }
-    None
+    cgroup_tree(cgroup("pids", host, "pods")).into_iter().find(|d| d.file_name().is_some_and(|n| n == id))
 }
 
 /// The PID of the DaemonSet agent's process on `node` (the container's init running `kubeha-agent run` in
 /// cluster mode; the bootstrap static pod's agent runs from a file, `--config`), found in the node's pod
 /// cgroups without asking the API.
 pub(crate) fn agent_pid(host: &Host) -> Option<u32> {
-    let mut stack = vec![cgroup("pids", host, "pods")];
-    while let Some(dir) = stack.pop() {
-        let entries = fs::read_dir(&dir).ok()?;
-        for e in entries.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()) {
-            stack.push(e.path());
-        }
-        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let agent = argv.first().is_some_and(|a| a.ends_with(b"/kubeha-agent"))
-                && argv.iter().any(|a| *a == b"run")
-                && !argv.iter().any(|a| a.starts_with(b"--config"));
-            if agent {
-                return Some(pid);
-            }
-        }
-    }
-    None
+    let pids = cgroup_tree(cgroup("pids", host, "pods")).into_iter().flat_map(|d| procs(&d));
+    pids.into_iter().find(|pid| {
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        argv.first().is_some_and(|a| a.ends_with(b"/kubeha-agent"))
+            && argv.iter().any(|a| *a == b"run")
+            && !argv.iter().any(|a| a.starts_with(b"--config"))
+    })
 }

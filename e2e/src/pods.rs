@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -186,45 +186,30 @@ impl Cluster {
                 &format!("--timeout={}s", ROLLOUT.as_secs()),
             ]))?;
         }
-        let deadline = Instant::now() + ROLLOUT;
-        loop {
-            let pods = self.pods(namespace, &selector)?;
+        let what = format!("release {release}'s pods settled");
+        self.poll(&what, ROLLOUT, Duration::from_millis(500), || {
             // Rolled out: no pod of an older revision still terminating; uninstalled: none at all.
-            if pods.iter().all(|p| !p.terminating && p.ready) && (!workloads.trim().is_empty() || pods.is_empty()) {
-                return Ok(pods);
-            }
-            if Instant::now() > deadline {
-                let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
-                return Err(Error::Timeout {
-                    what: format!("release {release}'s pods settled (still: {names:?})"),
-                    after: ROLLOUT,
-                    logs: self.dir().join("logs"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+            let pods = self.pods(namespace, &selector).map(|pods| {
+                let settled =
+                    pods.iter().all(|p| !p.terminating && p.ready) && (!workloads.trim().is_empty() || pods.is_empty());
+                settled.then_some(pods)
+            });
+            async move { pods }
+        })
+        .await
     }
 
     /// Waits until `node` runs a Ready agent pod whose container is not `old` (a restarted or replaced
     /// one), and returns it.
     pub async fn wait_agent_ready(&self, node: &Host, old: Option<&str>) -> Result<Pod> {
-        let deadline = Instant::now() + ROLLOUT;
-        loop {
-            if let Ok(pod) = self.agent_pod(node)
-                && pod.ready
-                && pod.container_id("agent").is_some_and(|id| Some(id) != old)
-            {
-                return Ok(pod);
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Timeout {
-                    what: format!("a new Ready agent on {node}"),
-                    after: ROLLOUT,
-                    logs: self.dir().join("logs"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.poll(&format!("a new Ready agent on {node}"), ROLLOUT, Duration::from_millis(100), || {
+            let pod = self
+                .agent_pod(node)
+                .ok()
+                .filter(|p| p.ready && p.container_id("agent").is_some_and(|id| Some(id) != old));
+            async move { Ok(pod) }
+        })
+        .await
     }
 
     /// The process of `pod`'s container `container`, found through its node's cgroups.
@@ -235,8 +220,7 @@ impl Cluster {
         let host = Host::parse(&pod.node)?;
         let dir = crate::node::container_cgroup(&host, id)
             .ok_or_else(|| Error::Usage(format!("pod {}: no cgroup of container {id} on {host}", pod.name)))?;
-        let procs = fs::read_to_string(dir.join("cgroup.procs")).ctx(|| format!("reading {}", dir.display()))?;
-        let pids: Vec<u32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let pids = crate::node::procs(&dir);
         let status = |pid: u32| fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         // The container's own init: PID 1 in its PID namespace.
         let pid = pids
@@ -287,9 +271,10 @@ impl Cluster {
     pub fn agent_log(&self, node: &Host) -> String {
         let Ok(root) = self.node_path(node, "/var/log/pods") else { return String::new() };
         let Ok(entries) = fs::read_dir(&root) else { return String::new() };
+        let agents = format!("{KUBEHA_NAMESPACE}_kubeha-agent-");
         let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = entries
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{KUBEHA_NAMESPACE}_kubeha-agent-")))
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&agents))
             .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
             .collect();
         dirs.sort();

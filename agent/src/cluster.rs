@@ -5,6 +5,11 @@
 //!
 //! Nothing here ever stops VRRP because the API is away: the members run from the last-known-good store
 //! until the API answers again, and the agent reconnects with backoff.
+//!
+//! A process runs the parts `Options::parts` names. The chart runs two: the VIP part (election, heartbeat,
+//! fencing, the release finalizer, the store, the member status under [`MANAGER`]) and the proxy part (the
+//! proxy, reading the store, `proxyBackends` under [`PROXY_MANAGER`]); server-side apply keeps both writers'
+//! fields of one status.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -31,7 +36,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::api::{self, ApiServers};
 use crate::driver::Observed;
-use crate::instance::Instance;
+use crate::instance::{Instance, Parts, StartError};
 use crate::leasemode::LeaseContext;
 use crate::metrics::{ProxyMetrics, VrrpMetrics};
 use crate::state::{Saved, Store};
@@ -42,8 +47,10 @@ pub const CLUSTER_LABEL: &str = "kubeha.io/cluster";
 pub const NODE_LABEL: &str = "kubeha.io/node";
 /// The finalizer the operator puts on members; the agent removes it once it has released the VIP.
 pub const RELEASE_FINALIZER: &str = "kubeha.io/vip-release";
-/// The field manager of everything the agent writes.
+/// The field manager of everything the VIP part writes.
 pub const MANAGER: &str = "kubeha-agent";
+/// The field manager of the proxy part's status fields (proxyBackends, proxyError, proxyHeartbeatTime).
+pub const PROXY_MANAGER: &str = "kubeha-agent-proxy";
 /// How long one API request may take before the next server is tried.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -65,6 +72,8 @@ pub struct Options {
     pub api: Arc<ApiServers>,
     /// The node's control-plane health endpoints on loopback.
     pub components: ComponentUrls,
+    /// The parts this process runs.
+    pub parts: Parts,
 }
 
 /// Where this node's control-plane components answer health probes (an empty URL: not probed). They are
@@ -144,14 +153,18 @@ struct Member {
 }
 
 impl Member {
-    /// Tells the reporter about the running parts (or why there are none).
-    fn publish(&self, error: Option<String>) {
+    /// Tells the reporters about the running parts (or why there are none). A proxy's error is the proxy
+    /// part's to report; in one process that runs both, it stopped the VIP part too, which says so.
+    fn publish(&self, parts: Parts, error: Option<&StartError>) {
         let i = self.instance.as_ref();
+        let proxy_error = error.filter(|e| parts.proxy && matches!(e, StartError::Proxy(_)));
+        let error = error.filter(|_| parts.vip);
         self.shared.send_modify(|s| {
             s.observed = i.and_then(Instance::observed);
             s.proxy = i.and_then(Instance::proxy_handle);
             s.commands = i.and_then(Instance::commands);
-            s.error = error;
+            s.error = error.map(ToString::to_string);
+            s.proxy_error = proxy_error.map(ToString::to_string);
         });
     }
 }
@@ -167,11 +180,13 @@ struct Shared {
     proxy: Option<crate::proxy::ProxyHandle>,
     commands: Option<tokio::sync::mpsc::UnboundedSender<crate::driver::Command>>,
     error: Option<String>,
+    proxy_error: Option<String>,
 }
 
 /// Runs cluster mode until `shutdown` turns true; then every member hands its VIP over.
 pub async fn run(opts: Options, registry: MemberMetrics, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let store = Store::open(&opts.state_dir)?;
+    // Only the VIP part writes the store; the proxy part starts from what it saved.
+    let store = if opts.parts.vip { Store::open(&opts.state_dir)? } else { Store::read_only(&opts.state_dir) };
     let opts = Arc::new(opts);
     let mut sup = Supervisor {
         opts: opts.clone(),
@@ -192,7 +207,16 @@ pub async fn run(opts: Options, registry: MemberMetrics, shutdown: watch::Receiv
     let (wanted_tx, mut wanted_rx) = watch::channel::<Wanted>(None);
     let watcher = tokio::spawn(watch_members(opts.clone(), wanted_tx));
     let (health_tx, health_rx) = watch::channel(ControlPlaneHealth::default());
-    let probes = tokio::spawn(probe_components(opts.components.clone(), health_tx));
+    let probes = tokio::spawn({
+        let urls = opts.components.clone();
+        // The control-plane view is part of the VIP part's status.
+        let vip = opts.parts.vip;
+        async move {
+            if vip {
+                probe_components(urls, health_tx).await;
+            }
+        }
+    });
     sup.health = health_rx;
     let (slice_tx, mut slice_rx) = watch::channel::<Vec<SocketAddr>>(Vec::new());
     let slices = tokio::spawn(watch_endpoint_slice(opts.api.clone(), slice_tx));
@@ -301,14 +325,14 @@ impl Supervisor {
                         tracing::info!(member = %name, generation, restart_vrrp = plan.restart_vrrp,
                             restart_proxy = plan.restart_proxy, in_place = plan.commands.len(),
                             backends = plan.backends, "member changed");
-                        m.publish(None);
+                        m.publish(self.opts.parts, None);
                     }
                     Err(e) => {
                         tracing::error!(member = %name, error = %e, "a member change cannot be applied");
                         if let Some(i) = m.instance.take() {
                             i.stop().await;
                         }
-                        m.publish(Some(e.to_string()));
+                        m.publish(self.opts.parts, Some(&e));
                     }
                 }
             }
@@ -317,7 +341,7 @@ impl Supervisor {
                 Ok(i) => (Some(i), None),
                 Err(e) => {
                     tracing::error!(member = %name, error = %e, "a member cannot start; retrying every 5 s");
-                    (None, Some(e.to_string()))
+                    (None, Some(e))
                 }
             };
             let (shared, rx) = watch::channel(Shared {
@@ -329,11 +353,15 @@ impl Supervisor {
                 proxy: None,
                 commands: None,
                 error: None,
+                proxy_error: None,
             });
             let reporter = tokio::spawn(report(self.opts.clone(), name.clone(), rx, self.health.clone()));
             let m = Member { instance, shared, reporter };
-            m.publish(error);
+            m.publish(self.opts.parts, error.as_ref());
             self.members.insert(name.clone(), m);
+        }
+        if !self.opts.parts.vip {
+            return;
         }
         let saved = Saved { name: name.clone(), cluster, generation, spec };
         if let Err(e) = self.store.save(&saved) {
@@ -348,16 +376,17 @@ impl Supervisor {
         name: &str,
         cluster: &str,
         spec: &HighAvailabilityMemberSpec,
-    ) -> Result<Instance, crate::instance::StartError> {
-        let (vrrp_metrics, proxy_metrics) = self.registry.member(name);
+    ) -> Result<Instance, StartError> {
+        let (vrrp_metrics, proxy_metrics) = self.registry.member(name, self.opts.parts);
         let lease = LeaseContext {
             client: self.opts.api.local(),
             namespace: self.opts.namespace.clone(),
             cluster: cluster.to_string(),
             identity: self.opts.node.clone(),
         };
+        let parts = self.opts.parts;
         let mut i =
-            Instance::start(spec.clone(), vrrp_metrics, proxy_metrics, Some(lease), self.opts.state_dir.clone())
+            Instance::start(spec.clone(), parts, vrrp_metrics, proxy_metrics, Some(lease), self.opts.state_dir.clone())
                 .await?;
         i.set_discovered(self.discovered.clone());
         tracing::info!(member = %name, "member started");
@@ -378,9 +407,9 @@ impl Supervisor {
             match started {
                 Ok(i) => {
                     m.instance = Some(i);
-                    m.publish(None);
+                    m.publish(self.opts.parts, None);
                 }
-                Err(e) => m.publish(Some(e.to_string())),
+                Err(e) => m.publish(self.opts.parts, Some(&e)),
             }
         }
     }
@@ -394,6 +423,10 @@ impl Supervisor {
                 i.stop().await;
             }
             tracing::info!(member = %name, "member removed; its VIP is released on this node");
+        }
+        // The store and the finalizer are the VIP part's: it is the one that releases the VIP.
+        if !self.opts.parts.vip {
+            return;
         }
         if let Err(e) = self.store.remove(name) {
             tracing::warn!(member = %name, error = %e, "cannot forget the last-known-good member");
@@ -655,10 +688,31 @@ pub struct Peer {
     pub holds_vip: bool,
 }
 
-/// One member's reporter: runs its heartbeat (renewals and fencing) in a task of its own, and writes the
+/// One member's reporters, for the parts this process runs.
+async fn report(
+    opts: Arc<Options>,
+    name: String,
+    shared: watch::Receiver<Shared>,
+    health: watch::Receiver<ControlPlaneHealth>,
+) {
+    let parts = opts.parts;
+    let vip = async {
+        if parts.vip {
+            report_vip(opts.clone(), name.clone(), shared.clone(), health).await;
+        }
+    };
+    let proxy = async {
+        if parts.proxy {
+            report_proxy(opts.clone(), name.clone(), shared.clone()).await;
+        }
+    };
+    tokio::join!(vip, proxy);
+}
+
+/// The VIP part's reporter: runs its heartbeat (renewals and fencing) in a task of its own, and writes the
 /// member's status when it changes and at least every leaseDuration / 3, which the operator reads as a
 /// heartbeat too.
-async fn report(
+async fn report_vip(
     opts: Arc<Options>,
     name: String,
     mut shared: watch::Receiver<Shared>,
@@ -687,7 +741,7 @@ async fn report(
         let due =
             last_written.as_ref().is_none_or(|(last, at)| !same_but_time(last, &status) || at.elapsed() >= refresh);
         if due {
-            match write_status(&opts, &name, &status).await {
+            match write_status(&opts, &name, MANAGER, json!(status)).await {
                 Ok(()) => last_written = Some((status, Instant::now())),
                 Err(e) => tracing::debug!(member = %name, error = %e, "cannot write the member status"),
             }
@@ -751,6 +805,73 @@ async fn heartbeat(opts: Arc<Options>, name: String, shared: watch::Receiver<Sha
         }
         tokio::time::sleep_until(started + retry).await;
     }
+}
+
+/// The proxy part's reporter: writes proxyBackends and proxyError (or clears them once the member has no
+/// proxy) under its own field manager, when the backends' health or the error changes and at least every
+/// leaseDuration / 3, with proxyHeartbeatTime: a proxy container that is down stops refreshing it, and the
+/// operator reports the proxy as not reporting instead of trusting its last word.
+async fn report_proxy(opts: Arc<Options>, name: String, mut shared: watch::Receiver<Shared>) {
+    // (what was written, without the time and the connection counts; when)
+    let mut last: Option<(serde_json::Value, Instant)> = None;
+    loop {
+        let s = shared.borrow_and_update().clone();
+        let lease_duration: Duration = s.spec.election.lease_duration.into();
+        let refresh = (lease_duration / 3).max(Duration::from_secs(1));
+        let status = proxy_status_of(&s);
+        let key = status.as_ref().map_or(serde_json::Value::Null, |st| {
+            json!({"error": st.proxy_error, "backends": st.proxy_backends.iter()
+                .map(|b| (b.address.clone(), b.healthy)).collect::<Vec<_>>()})
+        });
+        let due = match &last {
+            None => true,
+            Some((k, at)) => *k != key || (status.is_some() && at.elapsed() >= refresh),
+        };
+        if due {
+            // No proxy: an empty apply, which removes the fields this manager wrote before.
+            let body = match &status {
+                Some(st) => json!({
+                    "proxyBackends": st.proxy_backends,
+                    "proxyError": st.proxy_error,
+                    "proxyHeartbeatTime": Time(Timestamp::now()),
+                }),
+                None => json!({}),
+            };
+            match write_status(&opts, &name, PROXY_MANAGER, body).await {
+                Ok(()) => last = Some((key, Instant::now())),
+                Err(e) => tracing::debug!(member = %name, error = %e, "cannot write the member's proxy status"),
+            }
+        }
+        // Backends change health without telling anyone: look once a second (in memory, no API call).
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            Ok(()) = shared.changed() => {}
+        }
+    }
+}
+
+/// What the proxy part reports: `None` when the member has no proxy and none failed to start.
+fn proxy_status_of(s: &Shared) -> Option<HighAvailabilityMemberStatus> {
+    let enabled = s.spec.proxy.as_ref().is_some_and(|p| p.enabled);
+    if !enabled && s.proxy_error.is_none() {
+        return None;
+    }
+    let proxy_backends = s
+        .proxy
+        .as_ref()
+        .map(|p| {
+            p.backends()
+                .into_iter()
+                .map(|b| BackendStatus {
+                    address: b.addr.to_string(),
+                    healthy: b.healthy != Some(false),
+                    active_connections: i64::try_from(b.active).unwrap_or(i64::MAX),
+                    since: None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(HighAvailabilityMemberStatus { proxy_backends, proxy_error: s.proxy_error.clone(), ..Default::default() })
 }
 
 fn same_but_time(a: &HighAvailabilityMemberStatus, b: &HighAvailabilityMemberStatus) -> bool {
@@ -898,22 +1019,16 @@ fn status_of(s: &Shared, observed: Option<&Observed>, fenced: bool) -> HighAvail
                 .into(),
         });
     }
-    if let Some(p) = &s.proxy {
-        st.proxy_backends = p
-            .backends()
-            .into_iter()
-            .map(|b| BackendStatus {
-                address: b.addr.to_string(),
-                healthy: b.healthy != Some(false),
-                active_connections: i64::try_from(b.active).unwrap_or(i64::MAX),
-                since: None,
-            })
-            .collect();
-    }
     st
 }
 
-async fn write_status(opts: &Options, name: &str, status: &HighAvailabilityMemberStatus) -> Result<(), kube::Error> {
+/// Applies `status` (the fields of one part) to the member's status under `manager`.
+async fn write_status(
+    opts: &Options,
+    name: &str,
+    manager: &'static str,
+    status: serde_json::Value,
+) -> Result<(), kube::Error> {
     let patch = json!({
         "apiVersion": HighAvailabilityMember::api_version(&()),
         "kind": HighAvailabilityMember::kind(&()),
@@ -923,7 +1038,7 @@ async fn write_status(opts: &Options, name: &str, status: &HighAvailabilityMembe
         let patch = patch.clone();
         async move {
             Api::<HighAvailabilityMember>::all(c)
-                .patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+                .patch_status(name, &PatchParams::apply(manager).force(), &Patch::Apply(&patch))
                 .await
         }
     })
@@ -945,15 +1060,19 @@ impl MemberMetrics {
         Self { registry, made: Arc::default() }
     }
 
-    /// The metrics of `member`, registered on first use.
-    pub fn member(&self, member: &str) -> (VrrpMetrics, ProxyMetrics) {
+    /// The metrics of `member`, registered on first use: those of the `parts` this process runs (the
+    /// other part's are counted nowhere, so that two containers never export the same series).
+    pub fn member(&self, member: &str, parts: Parts) -> (VrrpMetrics, ProxyMetrics) {
         let mut made = self.made.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         made.entry(member.to_string())
             .or_insert_with(|| {
                 let mut registry = self.registry.write().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let sub: &mut Registry =
                     registry.sub_registry_with_label((std::borrow::Cow::Borrowed("member"), member.to_string().into()));
-                (VrrpMetrics::register(sub), ProxyMetrics::register(sub))
+                let mut unused = Registry::default();
+                let vrrp = VrrpMetrics::register(if parts.vip { &mut *sub } else { &mut unused });
+                let proxy = ProxyMetrics::register(if parts.proxy { &mut *sub } else { &mut unused });
+                (vrrp, proxy)
             })
             .clone()
     }

@@ -1,7 +1,9 @@
 //! One member running on this node: its VRRP driver and its proxy, changed in place when the member's spec
 //! changes. What can change in place does (timers, priority, health checks, unicast peers, proxy
 //! backends); what makes it a different virtual router or listener restarts that part alone
-//! (docs/cluster-mode.md has the list).
+//! (docs/cluster-mode.md has the list). A process may run one part only (`--parts`): the chart runs the
+//! proxy in a container of its own, so that a crash of the part that holds the VIP never closes the
+//! listener clients are connected to (docs/adr/0008).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -17,6 +19,51 @@ use crate::handover::{self, Role, Slot};
 use crate::leasemode::{LeaseContext, LeaseHolder};
 use crate::metrics::{ProxyMetrics, VrrpMetrics};
 use crate::proxy::{self, BackendView, Proxy, ProxyHandle};
+
+/// Which parts of a member this process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parts {
+    /// Holding the VIP: the VRRP driver or the Lease holder, and in cluster mode the heartbeat, quorum
+    /// fencing, the release finalizer and the last-known-good store. (A second way of announcing the VIP
+    /// belongs to this part too.)
+    pub vip: bool,
+    /// The API proxy.
+    pub proxy: bool,
+}
+
+impl Parts {
+    /// Both parts in one process.
+    pub const ALL: Self = Self { vip: true, proxy: true };
+
+    /// Parses `vip`, `proxy` or both, comma-separated (`--parts`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut p = Self { vip: false, proxy: false };
+        for word in s.split(',').map(str::trim) {
+            match word {
+                "vip" => p.vip = true,
+                "proxy" => p.proxy = true,
+                other => return Err(format!("unknown part '{other}': use vip, proxy or vip,proxy")),
+            }
+        }
+        Ok(p)
+    }
+
+    /// Only the proxy: no VIP, no capability needed.
+    pub fn proxy_only(self) -> bool {
+        self.proxy && !self.vip
+    }
+}
+
+impl std::fmt::Display for Parts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.vip, self.proxy) {
+            (true, true) => f.write_str("vip,proxy"),
+            (true, false) => f.write_str("vip"),
+            (false, true) => f.write_str("proxy"),
+            (false, false) => f.write_str("none"),
+        }
+    }
+}
 
 /// What a spec change does to a running member.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -135,6 +182,7 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Instance {
     spec: HighAvailabilityMemberSpec,
+    parts: Parts,
     vrrp_metrics: VrrpMetrics,
     proxy_metrics: ProxyMetrics,
     vrrp: Option<(Task, Control)>,
@@ -148,10 +196,11 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Starts what `spec` asks for. The proxy binds first: with IP_FREEBIND it does not need the VIP, and a
-    /// takeover must not wait for it.
+    /// Starts what `spec` asks for, of the `parts` this process runs. The proxy binds first: with IP_FREEBIND
+    /// it does not need the VIP, and a takeover must not wait for it.
     pub async fn start(
         spec: HighAvailabilityMemberSpec,
+        parts: Parts,
         vrrp_metrics: VrrpMetrics,
         proxy_metrics: ProxyMetrics,
         lease: Option<LeaseContext>,
@@ -159,6 +208,7 @@ impl Instance {
     ) -> Result<Self, StartError> {
         let mut me = Self {
             spec,
+            parts,
             vrrp_metrics,
             proxy_metrics,
             vrrp: None,
@@ -179,7 +229,7 @@ impl Instance {
     }
 
     fn start_proxy(&self) -> Result<Option<(Task, ProxyHandle)>, StartError> {
-        let Some(p) = self.spec.proxy.as_ref().filter(|p| p.enabled) else { return Ok(None) };
+        let Some(p) = self.spec.proxy.as_ref().filter(|p| p.enabled && self.parts.proxy) else { return Ok(None) };
         let proxy = Proxy::bind(proxy::Settings::from_spec(p)?, self.proxy_metrics.clone())?;
         let handle = proxy.handle();
         handle.set_backends(&self.backends());
@@ -187,7 +237,7 @@ impl Instance {
     }
 
     async fn start_vrrp(&self) -> Result<Option<(Task, Control)>, StartError> {
-        if config::vip(&self.spec).is_none() {
+        if config::vip(&self.spec).is_none() || !self.parts.vip {
             return Ok(None);
         }
         if self.spec.election.mode == kubeha_crds::ElectionMode::Lease {
@@ -288,14 +338,41 @@ impl Instance {
     }
 
     /// Stops everything: a master hands the VIP over (priority 0) and removes it; the proxy stops accepting.
+    /// A proxy that runs without the VIP part (its own container) goes on accepting while the VIP is still
+    /// on this node, up to [`LINGER`]: the other container, stopped at the same moment, is handing it over,
+    /// and until it has, clients still arrive here.
     pub async fn stop(mut self) {
         if let Some((task, _)) = self.vrrp.take() {
             task.stop().await;
         }
         if let Some((task, _)) = self.proxy.take() {
+            if !self.parts.vip
+                && let Some(vip) = config::vip(&self.spec)
+            {
+                linger(vip.address, LINGER).await;
+            }
             task.stop().await;
         }
     }
+}
+
+/// How long a proxy without the VIP part waits, when stopped, for the VIP to leave this node. The VIP part
+/// hands over in well under a second; this bounds the wait when it cannot (it was killed, and the address
+/// stays until its lifetime ends or the part comes back).
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Waits until `vip` is no longer an address of this host (in this network namespace), at most `limit`.
+pub async fn linger(vip: IpAddr, limit: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while is_local(vip) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether `ip` is an address of this host: binding to it without IP_FREEBIND works only then (and needs no
+/// capability). A host with net.ipv4.ip_nonlocal_bind set answers yes for any address; the wait is bounded.
+pub fn is_local(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 #[cfg(test)]
@@ -310,6 +387,24 @@ mod tests {
              healthCheck: {insecureSkipVerify: true}}\n",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn parts_parse_and_print_back() {
+        assert_eq!(Parts::parse("vip,proxy"), Ok(Parts::ALL));
+        assert_eq!(Parts::parse("proxy , vip"), Ok(Parts::ALL));
+        let proxy = Parts::parse("proxy").unwrap();
+        assert!(proxy.proxy_only());
+        assert_eq!(proxy.to_string(), "proxy");
+        assert_eq!(Parts::parse("vip").unwrap().to_string(), "vip");
+        let e = Parts::parse("vrrp").unwrap_err();
+        assert!(e.contains("'vrrp'") && e.contains("vip,proxy"), "{e}");
+    }
+
+    #[test]
+    fn only_addresses_of_this_host_are_local() {
+        assert!(is_local("127.0.0.1".parse().unwrap()));
+        assert!(!is_local("203.0.113.254".parse().unwrap()), "an address no test world uses");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use kubeha_agent::bootstrap::Bootstrap;
 use kubeha_agent::driver::{Driver, Ended};
 use kubeha_agent::handover::{self, Role, Slot};
+use kubeha_agent::instance::Parts;
 use kubeha_agent::metrics::{ProxyMetrics, VrrpMetrics};
 use kubeha_agent::proxy;
 use kubeha_agent::{api, cluster, config};
@@ -37,6 +38,12 @@ enum Command {
         /// Standalone: the config file.
         #[arg(long, conflicts_with = "node_name", required_unless_present = "node_name")]
         config: Option<PathBuf>,
+        /// The parts this process runs: `vip` (VRRP or Lease election; in cluster mode also the heartbeat,
+        /// quorum fencing and the last-known-good store), `proxy` (the API proxy; needs no capability), or
+        /// both. The chart runs each in a container of its own, so that a crash of one leaves the other
+        /// serving (docs/adr/0008).
+        #[arg(long, default_value = "vip,proxy", value_parser = Parts::parse)]
+        parts: Parts,
         #[command(flatten)]
         cluster: Box<ClusterArgs>,
     },
@@ -119,12 +126,24 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
-    let check_only = matches!(command, Command::Check { .. });
-    let path = match command {
-        Command::Run { config: Some(config), .. } | Command::Check { config } => config,
-        Command::Run { config: None, cluster } => return run_cluster(cluster).await,
-        Command::Bootstrap(args) => return bootstrap(*args),
-    };
+    match command {
+        Command::Run { config: Some(config), parts, .. } => run_standalone(config, parts).await,
+        Command::Run { config: None, cluster, parts } => run_cluster(cluster, parts).await,
+        Command::Check { config } => Ok(match config::load(&config) {
+            Ok(_) => {
+                println!("{} is valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kubeha-agent: {e}");
+                ExitCode::from(2)
+            }
+        }),
+        Command::Bootstrap(args) => bootstrap(*args),
+    }
+}
+
+async fn run_standalone(path: PathBuf, parts: Parts) -> anyhow::Result<ExitCode> {
     let spec = match config::load(&path) {
         Ok(spec) => spec,
         Err(e) => {
@@ -132,10 +151,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    if check_only {
-        println!("{} is valid", path.display());
-        return Ok(ExitCode::SUCCESS);
-    }
 
     let mut registry = Registry::default();
     let vrrp_metrics = VrrpMetrics::register(&mut registry);
@@ -152,14 +167,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     ));
 
     // The proxy binds first: with IP_FREEBIND it does not need the VIP, and a takeover must not wait for it.
-    let proxy = match spec.proxy.as_ref().filter(|p| p.enabled) {
+    let proxy = match spec.proxy.as_ref().filter(|p| p.enabled && parts.proxy) {
         Some(p) => Some(proxy::Proxy::bind(proxy::Settings::from_spec(p)?, proxy_metrics)?),
         None => None,
     };
-    let has_vip = config::vip(&spec).is_some();
+    let has_vip = config::vip(&spec).is_some() && parts.vip;
     ready_tx.send_replace(true);
     tracing::info!(node = %spec.node_name, vip = ?spec.vip, vrid = ?spec.vrid, priority = spec.priority,
-        proxy = proxy.is_some(), "kubeha-agent running");
+        proxy = proxy.is_some(), %parts, "kubeha-agent running");
     let (term_tx, term_rx) = watch::channel(false);
     tokio::spawn(async move {
         terminated().await;
@@ -185,9 +200,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
     };
+    // A proxy without the VIP part goes on serving while another process hands the VIP over.
+    let vip_elsewhere = config::vip(&spec).filter(|_| !parts.vip).map(|v| v.address);
     let proxying = async {
         if let Some(p) = proxy {
-            p.run(stopped(term_rx.clone())).await;
+            p.run(async {
+                stopped(term_rx.clone()).await;
+                if let Some(vip) = vip_elsewhere {
+                    kubeha_agent::instance::linger(vip, kubeha_agent::instance::LINGER).await;
+                }
+            })
+            .await;
         }
     };
     let (vrrp, ()) = tokio::join!(vrrp, proxying);
@@ -240,7 +263,7 @@ async fn terminated() {
     }
 }
 
-async fn run_cluster(args: Box<ClusterArgs>) -> anyhow::Result<ExitCode> {
+async fn run_cluster(args: Box<ClusterArgs>, parts: Parts) -> anyhow::Result<ExitCode> {
     let node = args.node_name.context("--node-name (or NODE_NAME) is required in cluster mode")?;
     if let Some(ca) = &args.cluster_ca {
         kubeha_agent::probe::set_default_ca(ca);
@@ -259,15 +282,21 @@ async fn run_cluster(args: Box<ClusterArgs>) -> anyhow::Result<ExitCode> {
         term_tx.send_replace(true);
     });
     tracing::info!(node = %node, api_servers = ?servers.addresses(), state_dir = %args.state_dir.display(),
-        namespace = %args.namespace, "kubeha-agent running in cluster mode");
+        namespace = %args.namespace, %parts, "kubeha-agent running in cluster mode");
     let components = cluster::ComponentUrls {
         apiserver: args.apiserver_health_url,
         etcd: args.etcd_health_url,
         controller_manager: args.controller_manager_health_url,
         scheduler: args.scheduler_health_url,
     };
-    let opts =
-        cluster::Options { node, namespace: args.namespace, state_dir: args.state_dir, api: servers, components };
+    let opts = cluster::Options {
+        node,
+        namespace: args.namespace,
+        state_dir: args.state_dir,
+        api: servers,
+        components,
+        parts,
+    };
     // Ready once running: members come and go while it runs, and no API is needed to run the saved ones.
     ready_tx.send_replace(true);
     let result = cluster::run(opts, metrics, term_rx).await;

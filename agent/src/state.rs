@@ -49,6 +49,13 @@ impl Store {
         Ok(Self { dir })
     }
 
+    /// The store under `state_dir` for reading only (the proxy container, which runs without privilege and
+    /// with the directory mounted read-only): nothing is created, and a store that does not exist yet is
+    /// empty.
+    pub fn read_only(state_dir: &Path) -> Self {
+        Self { dir: state_dir.join("members") }
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.json"))
     }
@@ -81,7 +88,11 @@ impl Store {
     /// damaged file must not keep the others from running.
     pub fn load(&self, node: &str) -> Result<Vec<Saved>, StateError> {
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(|source| io(&self.dir, source))? {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            entries => entries.map_err(|source| io(&self.dir, source))?,
+        };
+        for entry in entries {
             let path = entry.map_err(|source| io(&self.dir, source))?.path();
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
@@ -140,6 +151,9 @@ mod tests {
                 .to_string_lossy()
                 .ends_with(".tmp"))
         );
+        assert_eq!(Store::read_only(&dir).load("n1").unwrap().len(), 1, "what the other container saved");
         std::fs::remove_dir_all(&dir).unwrap();
+        assert!(Store::read_only(&dir).load("n1").unwrap().is_empty(), "no store yet: nothing saved");
+        assert!(!dir.exists(), "reading creates nothing");
     }
 }

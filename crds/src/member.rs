@@ -340,9 +340,18 @@ pub struct HighAvailabilityMemberStatus {
     /// Results of the health checks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health: Vec<CheckResult>,
-    /// The proxy's backends.
+    /// The proxy's backends. Written by the agent's proxy (field manager kubeha-agent-proxy), which runs in
+    /// a container of its own beside the one that holds the VIP.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub proxy_backends: Vec<BackendStatus>,
+    /// Why the agent's proxy cannot serve this member, while it cannot (the listen address is taken, a port
+    /// below 1024 without NET_BIND_SERVICE, …); absent when it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_error: Option<String>,
+    /// When the agent's proxy last wrote proxyBackends. The operator reports the proxy as not reporting when
+    /// this is older than the heartbeat timeout (its container is down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_heartbeat_time: Option<Time>,
     /// The latest state change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition: Option<Transition>,

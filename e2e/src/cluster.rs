@@ -556,6 +556,31 @@ impl Cluster {
         cmd.status().ctx(|| format!("running {program} on {host}"))
     }
 
+    /// Connects to `addr` from `host`, one attempt after the other every `every` (each up to 1 s), for
+    /// `span`, and counts how they ended: what a client of a listener sees while the test does something
+    /// else. Join the handle for the tally.
+    pub fn connect_loop(
+        &self,
+        host: &Host,
+        addr: SocketAddr,
+        every: Duration,
+        span: Duration,
+    ) -> Result<std::thread::JoinHandle<Connects>> {
+        process::thread_in(host, "connect-loop", move || {
+            let mut tally = Connects::default();
+            let until = std::time::Instant::now() + span;
+            while std::time::Instant::now() < until {
+                match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                    Ok(_) => tally.ok += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => tally.refused += 1,
+                    Err(_) => tally.failed += 1,
+                }
+                std::thread::sleep(every);
+            }
+            tally
+        })
+    }
+
     /// A kube client that talks to this master's API server directly, as the admin.
     pub async fn client(&self, node: &Node) -> Result<Client> {
         let kubeconfig = Kubeconfig::read_from(self.kubeconfig())?;
@@ -770,6 +795,17 @@ impl Cluster {
         args.shrink_to_fit();
         args
     }
+}
+
+/// How the connects of [`Cluster::connect_loop`] ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Connects {
+    /// Accepted.
+    pub ok: u32,
+    /// Refused: a reset, nothing listening on the address where the packets arrived.
+    pub refused: u32,
+    /// Timed out or unreachable.
+    pub failed: u32,
 }
 
 /// A process a test started on a host; SIGKILLed when dropped, so a failing test leaves nothing running.

@@ -17,7 +17,8 @@ mod pods;
 mod process;
 
 pub use cluster::{
-    AGENT_METRICS_PORT, Cluster, ClusterLock, Component, KUBEHA_NAMESPACE, LEASES, Process, UpTimes, kubeha_binary,
+    AGENT_METRICS_PORT, Cluster, ClusterLock, Component, Connects, KUBEHA_NAMESPACE, LEASES, Process, UpTimes,
+    kubeha_binary,
 };
 pub use error::{Error, Result};
 pub use net::{CLIENTS, Host, KUBERNETES_SERVICE, NODES, Node, POD_CIDR, SERVICE_CIDR, VIP_V4, VIP_V6};

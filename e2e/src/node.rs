@@ -415,9 +415,10 @@ pub(crate) fn container_cgroup(host: &Host, id: &str) -> Option<PathBuf> {
     cgroup_tree(cgroup("pids", host, "pods")).into_iter().find(|d| d.file_name().is_some_and(|n| n == id))
 }
 
-/// The PID of the DaemonSet agent's process on `node` (the container's init running `kubeha-agent run` in
-/// cluster mode; the bootstrap static pod's agent runs from a file, `--config`), found in the node's pod
-/// cgroups without asking the API.
+/// The PID of the DaemonSet agent's process on `node` (the init of the container that holds the VIP,
+/// running `kubeha-agent run` in cluster mode; the bootstrap static pod's agent runs from a file,
+/// `--config`, and the proxy container with `--parts=proxy`), found in the node's pod cgroups without asking
+/// the API.
 pub(crate) fn agent_pid(host: &Host) -> Option<u32> {
     let pids = cgroup_tree(cgroup("pids", host, "pods")).into_iter().flat_map(|d| procs(&d));
     pids.into_iter().find(|pid| {
@@ -425,6 +426,6 @@ pub(crate) fn agent_pid(host: &Host) -> Option<u32> {
         let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         argv.first().is_some_and(|a| a.ends_with(b"/kubeha-agent"))
             && argv.iter().any(|a| *a == b"run")
-            && !argv.iter().any(|a| a.starts_with(b"--config"))
+            && !argv.iter().any(|a| a.starts_with(b"--config") || *a == b"--parts=proxy")
     })
 }

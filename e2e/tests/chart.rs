@@ -129,6 +129,41 @@ fn the_agent_runs_on_every_master_with_two_capabilities() {
 }
 
 #[test]
+fn the_proxy_runs_beside_the_agent_without_any_privilege() {
+    let docs = render(&[]).unwrap();
+    let pod = &find(&docs, "DaemonSet", "kubeha-agent")["spec"]["template"]["spec"];
+    let names: Vec<&str> = pod["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["agent", "proxy"]);
+    assert!(strings(&pod["containers"][0]["args"]).contains(&"--parts=vip".to_string()));
+    let c = &pod["containers"][1];
+    let args = strings(&c["args"]);
+    assert!(args.contains(&"--parts=proxy".to_string()), "{args:?}");
+    assert!(args.contains(&"--metrics=$(HOST_IP):9642".to_string()), "{args:?}");
+    assert!(!args.iter().any(|a| a.contains("health-url")), "the proxy probes no component: {args:?}");
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsUser"], 65532);
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+    assert!(sc["capabilities"]["add"].is_null());
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(c["volumeMounts"][0], json!({"name": "state", "mountPath": "/var/lib/kubeha", "readOnly": true}));
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "proxy-metrics");
+    assert_eq!(
+        find(&docs, "DaemonSet", "kubeha-agent")["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"],
+        "agent",
+        "kubectl logs without -c shows the agent"
+    );
+    let monitored = render(&["--set", "metrics.service.enabled=true"]).unwrap();
+    let service = find(&monitored, "Service", "kubeha-agent-metrics");
+    let ports: Vec<i64> =
+        service["spec"]["ports"].as_array().unwrap().iter().map(|p| p["port"].as_i64().unwrap()).collect();
+    assert_eq!(ports, [9641, 9642]);
+    let moved = render(&["--set", "agent.proxy.metricsPort=19642"]).unwrap();
+    let args = strings(&find(&moved, "DaemonSet", "kubeha-agent")["spec"]["template"]["spec"]["containers"][1]["args"]);
+    assert!(args.contains(&"--metrics=$(HOST_IP):19642".to_string()), "{args:?}");
+}
+
+#[test]
 fn rbac_grants_only_what_the_binaries_call() {
     let docs = render(&[]).unwrap();
     for d in docs.iter().filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role") {
@@ -336,6 +371,11 @@ async fn helm_install_apply_upgrade_uninstall() {
         let process = cluster.container_process(agent, "agent").unwrap();
         assert_eq!(process.env("NODE_NAME"), Some(node.name().as_str()));
         assert_eq!(process.arg("metrics"), Some(format!("{}:9641", node.ipv4()).as_str()));
+        assert_eq!(process.arg("parts"), Some("vip"));
+        let proxy = cluster.container_process(agent, "proxy").unwrap();
+        assert_eq!(proxy.env("NODE_NAME"), Some(node.name().as_str()));
+        assert_eq!(proxy.arg("metrics"), Some(format!("{}:9642", node.ipv4()).as_str()));
+        assert_eq!(proxy.arg("parts"), Some("proxy"));
     }
     up.kubectl(&["apply", "--dry-run=server", "-f", EXAMPLES]);
     up.kubectl(&["apply", "-f", &format!("{EXAMPLES}/ipv4-multicast.yaml")]);
@@ -389,9 +429,10 @@ async fn helm_install_apply_upgrade_uninstall() {
     println!("rolling upgrade of three agents: the VIP was on no node for {gap:?} at most; on two: {two}");
     assert!(!two, "the VIP was on two nodes during the rolling upgrade");
     for pod in &pods {
-        let container = &pod.containers[0].0;
-        let process = cluster.container_process(pod, container).unwrap();
-        assert_eq!(process.arg("log-format"), Some("json"), "{} runs the new values", pod.name);
+        for (container, _, _) in &pod.containers {
+            let process = cluster.container_process(pod, container).unwrap();
+            assert_eq!(process.arg("log-format"), Some("json"), "{} {container} runs the new values", pod.name);
+        }
     }
     assert!(cluster.pod_log(&pods[0]).unwrap().lines().last().unwrap_or_default().starts_with('{'));
     assert_eq!(cluster.holders(IpAddr::V4(VIP_V4)).len(), 1);
@@ -461,12 +502,11 @@ async fn the_runtime_enforces_the_security_context_and_the_kubelet_restarts_a_ki
         let line = info.lines().find(|l| l.split_whitespace().nth(4) == Some("/")).unwrap().to_string();
         line.split_whitespace().nth(5).unwrap().split(',').any(|o| o == "ro")
     };
-    for pod in &pods {
-        let (container, _, _) = &pod.containers[0];
+    for (pod, container) in pods.iter().flat_map(|p| p.containers.iter().map(move |(c, _, _)| (p, c))) {
         let p = cluster.container_process(pod, container).unwrap();
         let field = |f: &str| p.status_field(f).unwrap_or_default().to_string();
         println!(
-            "{} on {}: Uid {} CapEff {} CapBnd {} Seccomp {} NoNewPrivs {} read-only root {}",
+            "{} {container} on {}: Uid {} CapEff {} CapBnd {} Seccomp {} NoNewPrivs {} read-only root {}",
             pod.name,
             pod.node,
             field("Uid"),
@@ -487,7 +527,8 @@ async fn the_runtime_enforces_the_security_context_and_the_kubelet_restarts_a_ki
                     assert_eq!(field(f), "0000000000003000", "{}: {f}", pod.name);
                 }
             }
-            "operator" => {
+            // The proxy and the operator: no privilege at all.
+            "proxy" | "operator" => {
                 assert!(field("Uid").split_whitespace().all(|u| u == "65532"), "{}: {}", pod.name, field("Uid"));
                 for f in ["CapEff", "CapPrm", "CapBnd"] {
                     assert_eq!(field(f), "0000000000000000", "{}: {f}", pod.name);
@@ -499,8 +540,13 @@ async fn the_runtime_enforces_the_security_context_and_the_kubelet_restarts_a_ki
 
     // What a user reads: the logs through the API server and the kubelet, the pod's events.
     for pod in &pods {
+        // Without -c: the default container (the agent's is annotated).
         let logs = up.kubectl(&["logs", "-n", KUBEHA_NAMESPACE, &pod.name]);
         assert!(!logs.trim().is_empty(), "kubectl logs {}", pod.name);
+        for (container, _, _) in &pod.containers {
+            let logs = up.kubectl(&["logs", "-n", KUBEHA_NAMESPACE, &pod.name, "-c", container]);
+            assert!(!logs.trim().is_empty(), "kubectl logs {} -c {container}", pod.name);
+        }
         let described = up.kubectl(&["describe", "pod", "-n", KUBEHA_NAMESPACE, &pod.name]);
         let node_line = described.lines().find(|l| l.starts_with("Node:")).unwrap_or_default();
         assert!(
@@ -511,17 +557,28 @@ async fn the_runtime_enforces_the_security_context_and_the_kubelet_restarts_a_ki
     }
 
     // The active master's agent crashes inside its container: its kubelet restarts it, and it takes its
-    // node's place again (back in VRRP, reporting to its member).
+    // node's place again (back in VRRP, reporting to its member). The proxy container beside it goes on
+    // serving: a client of VIP:8443 is never refused (the backup's proxy listens already when it takes over).
     let active = get_hac(&up, "control-plane")["status"]["activeNode"].as_str().unwrap().to_string();
     let node = NODES.into_iter().find(|n| n.name() == active).unwrap();
     let before = cluster.agent_pod(&node).unwrap();
     let old = before.container_id("agent").unwrap().to_string();
+    let vip_proxy = std::net::SocketAddr::from((VIP_V4, 8443));
+    let client =
+        cluster.connect_loop(&CLIENTS[0], vip_proxy, Duration::from_millis(10), Duration::from_secs(4)).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let killed = Instant::now();
     cluster.kill_agent(&node).unwrap();
     let after = cluster.wait_agent_ready(&node, Some(&old)).await.unwrap();
     let ready_after = killed.elapsed();
+    let connects = tokio::task::spawn_blocking(move || client.join().unwrap()).await.unwrap();
+    println!("connects to {vip_proxy} from 0.5 s before to 3.5 s after the kill: {connects:?}");
+    assert_eq!(connects.refused, 0, "the proxy went away with the agent: {connects:?}");
+    assert!(connects.ok > 100, "{connects:?}");
     assert_eq!(after.name, before.name, "the same pod, its container restarted");
     assert_eq!(after.restarts("agent"), before.restarts("agent") + 1);
+    assert_eq!(after.container_id("proxy"), before.container_id("proxy"), "the proxy container was not touched");
+    assert_eq!(after.restarts("proxy"), before.restarts("proxy"));
     let member = format!("control-plane-{node}");
     wait_until(&format!("{member} reports from its restarted agent"), Duration::from_secs(30), || async {
         let out = up.kubectl(&["get", "ham", &member, "-o", "jsonpath={.status.state}"]);

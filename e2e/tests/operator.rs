@@ -53,7 +53,7 @@ where
     Api::all(up.cluster.client(&kubeha_e2e::NODES[0]).await.unwrap())
 }
 
-/// Writes a member's status as its agent would (server-side apply, the agent's own field manager).
+/// Writes a member's status as its agent's two containers would (server-side apply; one field manager here).
 async fn report(members: &Api<HighAvailabilityMember>, name: &str, state: &str, holds_vip: bool, effective: i32) {
     let now = Timestamp::now().to_string();
     let status = json!({
@@ -62,6 +62,7 @@ async fn report(members: &Api<HighAvailabilityMember>, name: &str, state: &str, 
             "state": state, "holdsVIP": holds_vip, "effectivePriority": effective, "heartbeatTime": now,
             "health": [{"name": "apiserver", "healthy": true}],
             "proxyBackends": [{"address": "198.51.100.11:6443", "healthy": true, "activeConnections": 0}],
+            "proxyHeartbeatTime": now,
             "lastTransition": {"from": "Backup", "to": state, "at": now, "reason": "test"},
         }
     });

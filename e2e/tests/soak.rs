@@ -39,18 +39,22 @@ fn kind_of(pod: &str) -> &str {
     pod.rsplit_once('/').map_or(pod, |(kind, _)| kind)
 }
 
-/// Each kubeha pod's process: pid, RSS (KiB) and open fds, by `<kind>/<node>` (a DaemonSet's or a
+/// Each kubeha container's process: pid, RSS (KiB) and open fds, by `<kind>/<node>` (a DaemonSet's or a
 /// Deployment's pod names change when the pods are replaced; their place does not).
 fn sample(up: &Up) -> BTreeMap<String, (u32, u64, usize)> {
     up.cluster
         .kubeha_pods()
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|p| {
-            let (container, _, _) = p.containers.first()?;
-            let pid = up.cluster.container_process(&p, container).ok()?.pid;
-            let kind = format!("kubeha-{container}/{}", p.node);
-            Some((kind, (pid, observe::rss_kib(pid)?, observe::open_fds(pid)?)))
+        .flat_map(|p| {
+            p.containers
+                .iter()
+                .filter_map(|(container, _, _)| {
+                    let pid = up.cluster.container_process(&p, container).ok()?.pid;
+                    let kind = format!("kubeha-{container}/{}", p.node);
+                    Some((kind, (pid, observe::rss_kib(pid)?, observe::open_fds(pid)?)))
+                })
+                .collect::<Vec<_>>()
         })
         .collect()
 }

@@ -86,6 +86,19 @@ struct View<'a> {
     pending: bool,
     /// When its agent was last heard from: the later of its Lease renewal and its status write.
     heard: Option<Timestamp>,
+    /// Its proxy, when its spec has one.
+    proxy: Option<Proxy>,
+}
+
+/// What a member's proxy (its own container, with its own status writes) reports.
+#[derive(Debug, PartialEq)]
+enum Proxy {
+    /// It reported within the heartbeat timeout.
+    Reporting,
+    /// It reported that it cannot serve, and why.
+    Failed(String),
+    /// It has not reported within the heartbeat timeout, or never.
+    Silent,
 }
 
 fn view<'a>(m: &'a HighAvailabilityMember, lease: Option<&Timestamp>, timeout: Duration, now: Timestamp) -> View<'a> {
@@ -104,7 +117,14 @@ fn view<'a>(m: &'a HighAvailabilityMember, lease: Option<&Timestamp>, timeout: D
     let young =
         m.metadata.creation_timestamp.as_ref().is_none_or(|c| now.duration_since(c.0).unsigned_abs() <= timeout);
     let heard = st.and_then(|s| s.heartbeat_time.as_ref()).map(|t| t.0).into_iter().chain(lease.copied()).max();
-    View { m, state, fresh, healthy, pending: st.is_none() && young, heard }
+    let proxy = m.spec.proxy.as_ref().filter(|p| p.enabled).map(|_| {
+        match st.map(|s| (s.proxy_error.as_ref(), s.proxy_heartbeat_time.as_ref())) {
+            Some((Some(e), Some(t))) if recent(&t.0) => Proxy::Failed(e.clone()),
+            Some((None, Some(t))) if recent(&t.0) => Proxy::Reporting,
+            _ => Proxy::Silent,
+        }
+    });
+    View { m, state, fresh, healthy, pending: st.is_none() && young, heard, proxy }
 }
 
 /// When the member became Master, if that is its latest transition.
@@ -186,7 +206,20 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
             Some(v) => {
                 let backends = v.m.status.as_ref().map(|s| s.proxy_backends.as_slice()).unwrap_or_default();
                 let up = backends.iter().filter(|b| b.healthy).count();
-                if up > 0 {
+                if let Some(Proxy::Failed(e)) = &v.proxy {
+                    (false, "ProxyFailed", format!("{}'s proxy cannot serve: {e}", node(v)))
+                } else if v.proxy != Some(Proxy::Reporting) {
+                    (
+                        false,
+                        "ProxyNotReporting",
+                        format!(
+                            "{}'s proxy has not reported for {}s: {}",
+                            node(v),
+                            heartbeat_timeout(hac).as_secs(),
+                            PROXY_HINT
+                        ),
+                    )
+                } else if up > 0 {
                     (true, "Serving", format!("{} proxies to {up} of {} API servers", node(v), backends.len()))
                 } else {
                     (false, "NoHealthyBackend", format!("{} reports no healthy API server behind the proxy", node(v)))
@@ -201,6 +234,13 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
         .filter(|v| !v.healthy && !v.pending)
         .map(|v| format!("{} is {}", node(v), if v.fresh { describe(v) } else { "not reporting".into() }))
         .collect();
+    // A proxy that fails or is silent on a member that otherwise reports: the VIP part runs, so the member
+    // can take the VIP over and its clients would find no listener.
+    sick.extend(views.iter().filter(|v| v.fresh && hac.spec.proxy.enabled).filter_map(|v| match &v.proxy {
+        Some(Proxy::Failed(e)) => Some(format!("{}'s proxy cannot serve: {e}", node(v))),
+        Some(Proxy::Silent) => Some(format!("{}'s proxy is not reporting ({PROXY_HINT})", node(v))),
+        _ => None,
+    }));
     sick.extend(i.problems.iter().map(ToString::to_string));
     let degraded = if sick.is_empty() {
         (false, "AllHealthy", format!("all {} members healthy", views.len()))
@@ -388,6 +428,9 @@ fn control_plane(views: &[View<'_>], masters: usize, leaders: &Leaders) -> Contr
     }
 }
 
+/// Where to look when a member's proxy is silent.
+const PROXY_HINT: &str = "is the agent pod's proxy container running? kubectl -n <namespace> logs <agent pod> -c proxy";
+
 fn describe(v: &View<'_>) -> String {
     let st = v.m.status.as_ref();
     let failing: Vec<&str> =
@@ -503,6 +546,7 @@ mod tests {
                 reason: "test".into(),
             }),
             heartbeat_time: Some(Time(now())),
+            proxy_heartbeat_time: Some(Time(now())),
             ..HighAvailabilityMemberStatus::default()
         });
     }
@@ -556,6 +600,36 @@ mod tests {
         assert_eq!(s.members_ready.as_deref(), Some("3/3"));
         assert_eq!(s.fault_tolerance, Some(1));
         assert!(s.conditions.iter().all(|c| c.observed_generation == h.metadata.generation));
+    }
+
+    #[test]
+    fn a_proxy_that_fails_or_falls_silent_is_named_while_the_vip_part_reports() {
+        // The proxy runs in a container of its own: its status fields age on their own.
+        let (h, mut ms) = healthy_three();
+        ms[0].status.as_mut().unwrap().proxy_heartbeat_time = Some(Time(now() - Duration::from_secs(60)));
+        let s = run(&h, &ms).status;
+        assert_eq!(cond(&s, "ProxyAvailable"), ("False", "ProxyNotReporting"));
+        assert_eq!(cond(&s, "Ready"), ("False", "ProxyNotReporting"));
+        assert_eq!(cond(&s, "VIPAvailable"), ("True", "Held"), "the VIP part still reports");
+        let degraded = &s.conditions.iter().find(|c| c.type_ == "Degraded").unwrap().message;
+        assert!(degraded.contains("n1's proxy is not reporting") && degraded.contains("-c proxy"), "{degraded}");
+
+        let (h, mut ms) = healthy_three();
+        ms[1].status.as_mut().unwrap().proxy_error = Some("proxy: 198.51.100.10:443: permission denied".into());
+        let s = run(&h, &ms).status;
+        assert_eq!(cond(&s, "ProxyAvailable"), ("True", "Serving"), "n1 holds the VIP and serves");
+        let degraded = &s.conditions.iter().find(|c| c.type_ == "Degraded").unwrap().message;
+        assert!(degraded.contains("n2's proxy cannot serve: proxy: 198.51.100.10:443"), "{degraded}");
+        report(&mut ms, 1, VrrpState::Backup, false);
+        report(&mut ms, 2, VrrpState::Master, true);
+        ms[1].status.as_mut().unwrap().proxy_error = Some("proxy: 198.51.100.10:443: permission denied".into());
+        let s = run(&h, &ms).status;
+        assert_eq!(cond(&s, "ProxyAvailable"), ("False", "ProxyFailed"));
+
+        // Never reported (the container has not started): not taken for a proxy without backends.
+        let (h, mut ms) = healthy_three();
+        ms[0].status.as_mut().unwrap().proxy_heartbeat_time = None;
+        assert_eq!(cond(&run(&h, &ms).status, "ProxyAvailable"), ("False", "ProxyNotReporting"));
     }
 
     #[test]

@@ -42,10 +42,7 @@ impl std::fmt::Debug for LeaseContext {
     }
 }
 
-/// The name of a cluster's VIP Lease.
-pub fn vip_lease(cluster: &str) -> String {
-    format!("kubeha-vip-{cluster}")
-}
+pub use kubeha_crds::contract::vip_lease;
 
 /// A member in Lease mode.
 #[derive(Debug)]

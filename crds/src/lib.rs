@@ -6,6 +6,7 @@
 //! the API server rejects bad input with a message that names the field.
 
 mod cluster;
+pub mod contract;
 mod interval;
 mod member;
 mod rules;

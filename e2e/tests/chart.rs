@@ -212,6 +212,14 @@ fn the_admission_policy_follows_the_api_server_and_the_value() {
     assert!(
         policy["spec"]["matchConditions"][0]["expression"].as_str().unwrap().contains("kubeha-system:kubeha-agent")
     );
+    // The names it checks are the ones the binaries use (kubeha_crds::contract), not a copy that may drift:
+    // each appears quoted in a CEL expression (escaped in the JSON text).
+    let policy_text = serde_json::to_string(&policy["spec"]).unwrap();
+    use kubeha_crds::contract::{HEARTBEAT_PREFIX, NODE_LABEL, VIP_LEASE_PREFIX};
+    for name in [NODE_LABEL, HEARTBEAT_PREFIX, VIP_LEASE_PREFIX] {
+        let quoted = format!(r#"\"{name}\""#);
+        assert!(policy_text.contains(&quoted), "the policy does not check {quoted}: {policy_text}");
+    }
     find(&docs, "ValidatingAdmissionPolicyBinding", "kubeha-agent-own-node");
     assert!(!has(&render(&[VAP, "--set", "validatingAdmissionPolicy.enabled=false"]).unwrap()));
 }

@@ -28,10 +28,7 @@ use crate::conflict::{Claim, conflicts};
 use crate::desired::{CLUSTER_LABEL, RELEASE_FINALIZER, desired, masters, member_name, vip_address};
 use crate::status::{Inputs, Leaders, aggregate, meaningfully_different};
 
-/// The field manager of everything the operator writes.
-pub const MANAGER: &str = "kubeha-operator";
-/// The operator's finalizer on clusters: members are released before the cluster goes.
-pub const CLEANUP_FINALIZER: &str = "kubeha.io/cleanup";
+pub use kubeha_crds::contract::{CLEANUP_FINALIZER, OPERATOR_MANAGER as MANAGER};
 
 /// What can stop a reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -327,7 +324,7 @@ fn heartbeats(ctx: &Context, cluster: &str) -> BTreeMap<String, Timestamp> {
         .iter()
         .filter(|l| l.labels().get(CLUSTER_LABEL).is_some_and(|c| c == cluster))
         .filter_map(|l| {
-            let member = l.metadata.name.as_deref()?.strip_prefix("kubeha-member-")?.to_string();
+            let member = kubeha_crds::contract::member_of_heartbeat(l.metadata.name.as_deref()?)?.to_string();
             Some((member, l.spec.as_ref()?.renew_time.as_ref()?.0))
         })
         .collect()

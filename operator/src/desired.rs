@@ -13,13 +13,7 @@ use kubeha_crds::{
     MemberProxy, MemberVrrp, Metrics,
 };
 
-/// Label on every member: the cluster it belongs to.
-pub const CLUSTER_LABEL: &str = "kubeha.io/cluster";
-/// Label on every member: the node whose agent runs it (agents select their members by it).
-pub const NODE_LABEL: &str = "kubeha.io/node";
-/// Finalizer on every member: removed by the agent once it has released the VIP, so that deleting a member
-/// never leaves the address behind.
-pub const RELEASE_FINALIZER: &str = "kubeha.io/vip-release";
+pub use kubeha_crds::contract::{CLUSTER_LABEL, NODE_LABEL, RELEASE_FINALIZER};
 /// The label that marks control-plane nodes: the default masters.
 pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 

@@ -315,6 +315,19 @@ pub enum VrrpState {
     Unknown,
 }
 
+impl VrrpState {
+    /// The state as the API spells it (and conditions' messages quote it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VrrpState::Initialize => "Initialize",
+            VrrpState::Backup => "Backup",
+            VrrpState::Master => "Master",
+            VrrpState::Fault => "Fault",
+            VrrpState::Unknown => "Unknown",
+        }
+    }
+}
+
 /// What the agent observes.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -456,4 +469,17 @@ pub struct ComponentHealth {
     /// What the probe saw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_is_spelled_as_the_api_serializes_it() {
+        use VrrpState::*;
+        for s in [Initialize, Backup, Master, Fault, Unknown] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
 }

@@ -15,8 +15,55 @@ use kubeha_crds::{
 use crate::conflict::Conflict;
 use crate::desired::Problem;
 
-/// The condition types, in the order `kubectl describe` shows them.
-pub const CONDITIONS: [&str; 6] = ["Ready", "VIPAvailable", "ProxyAvailable", "Degraded", "QuorumAtRisk", "Conflict"];
+/// A condition of the cluster's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionType {
+    /// The API is served on the VIP: it is held, proxied (when the proxy is on), and in conflict with nothing.
+    Ready,
+    /// Exactly one member holds the VIP.
+    VipAvailable,
+    /// The active member proxies to at least one healthy API server.
+    ProxyAvailable,
+    /// A master cannot do its part.
+    Degraded,
+    /// One more failure would lose the majority, or there is no margin at all.
+    QuorumAtRisk,
+    /// Another cluster claims this VIP or VRID on the segment.
+    Conflict,
+}
+
+impl ConditionType {
+    /// Every type, in the order `kubectl describe` shows them.
+    pub const ALL: [Self; 6] =
+        [Self::Ready, Self::VipAvailable, Self::ProxyAvailable, Self::Degraded, Self::QuorumAtRisk, Self::Conflict];
+
+    /// The type as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "Ready",
+            Self::VipAvailable => "VIPAvailable",
+            Self::ProxyAvailable => "ProxyAvailable",
+            Self::Degraded => "Degraded",
+            Self::QuorumAtRisk => "QuorumAtRisk",
+            Self::Conflict => "Conflict",
+        }
+    }
+}
+
+/// One condition's verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Verdict {
+    /// `None` for Unknown.
+    status: Option<bool>,
+    /// CamelCase, for machines.
+    reason: &'static str,
+    /// A sentence for people.
+    message: String,
+}
+
+fn verdict(status: Option<bool>, reason: &'static str, message: impl Into<String>) -> Verdict {
+    Verdict { status, reason, message: message.into() }
+}
 
 /// An Event to publish on the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,148 +229,30 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
         None => Vec::new(),
     };
     let mut events = Vec::new();
-
-    // (type, status: None for Unknown, reason, message)
-    let mut conds: Vec<(&str, Option<bool>, &str, String)> = Vec::new();
-    // VIPAvailable: exactly one member holds the VIP.
-    let vip = match holders.len() {
-        1 => (true, "Held", format!("{} holds {}", holders[0], hac.spec.vip)),
-        0 if views.iter().all(|v| !v.fresh) => (false, "AwaitingAgents", "no agent has reported yet".to_string()),
-        0 => (false, "NoHolder", format!("no member holds {}", hac.spec.vip)),
-        _ => (
-            false,
-            "MultipleHolders",
-            format!("{} all hold {}: a partition or a VRID collision", holders.join(", "), hac.spec.vip),
-        ),
-    };
-    conds.push(("VIPAvailable", Some(vip.0), vip.1, vip.2));
-    // ProxyAvailable: the active member proxies to at least one healthy API server.
-    let proxy = if !hac.spec.proxy.enabled {
-        (false, "Disabled", "spec.proxy.enabled is false: clients reach only the active master's API server".into())
-    } else {
-        match views.iter().find(|v| Some(node(v)) == active) {
-            None => (false, "NoActiveNode", "no member holds the VIP to serve the proxy on".into()),
-            Some(v) => {
-                let backends = v.m.status.as_ref().map(|s| s.proxy_backends.as_slice()).unwrap_or_default();
-                let up = backends.iter().filter(|b| b.healthy).count();
-                if let Some(Proxy::Failed(e)) = &v.proxy {
-                    (false, "ProxyFailed", format!("{}'s proxy cannot serve: {e}", node(v)))
-                } else if v.proxy != Some(Proxy::Reporting) {
-                    (
-                        false,
-                        "ProxyNotReporting",
-                        format!(
-                            "{}'s proxy has not reported for {}s: {}",
-                            node(v),
-                            heartbeat_timeout(hac).as_secs(),
-                            PROXY_HINT
-                        ),
-                    )
-                } else if up > 0 {
-                    (true, "Serving", format!("{} proxies to {up} of {} API servers", node(v), backends.len()))
-                } else {
-                    (false, "NoHealthyBackend", format!("{} reports no healthy API server behind the proxy", node(v)))
-                }
-            }
-        }
-    };
-    conds.push(("ProxyAvailable", Some(proxy.0), proxy.1, proxy.2));
-    // Degraded: a master that cannot do its part.
-    let mut sick: Vec<String> = views
-        .iter()
-        .filter(|v| !v.healthy && !v.pending)
-        .map(|v| format!("{} is {}", node(v), if v.fresh { describe(v) } else { "not reporting".into() }))
-        .collect();
-    // A proxy that fails or is silent on a member that otherwise reports: the VIP part runs, so the member
-    // can take the VIP over and its clients would find no listener.
-    sick.extend(views.iter().filter(|v| v.fresh && hac.spec.proxy.enabled).filter_map(|v| match &v.proxy {
-        Some(Proxy::Failed(e)) => Some(format!("{}'s proxy cannot serve: {e}", node(v))),
-        Some(Proxy::Silent) => Some(format!("{}'s proxy is not reporting ({PROXY_HINT})", node(v))),
-        _ => None,
-    }));
-    sick.extend(i.problems.iter().map(ToString::to_string));
-    let degraded = if sick.is_empty() {
-        (false, "AllHealthy", format!("all {} members healthy", views.len()))
-    } else {
-        (true, "MembersUnhealthy", sick.join("; "))
-    };
-    conds.push(("Degraded", Some(degraded.0), degraded.1, degraded.2));
-    // QuorumAtRisk: one more failure would lose the majority (or there is no margin at all).
-    let quorum = masters / 2 + 1;
     let mut waiting_for: Vec<String> = views.iter().filter(|v| v.pending).map(node).collect();
     waiting_for.extend(not_cached);
-    let risk = match masters {
-        n if !waiting_for.is_empty() && n > 2 => {
-            (None, "AwaitingAgents", format!("waiting for the agents on {} to report", waiting_for.join(", ")))
-        }
-        0 => (Some(true), "NoMasters", "no master is selected".to_string()),
-        1 => (Some(true), "SingleMaster", "with one master there is no failover: select three or five".into()),
-        2 => (Some(true), "TwoMasters", "two masters tolerate no failure (etcd needs both): use three".into()),
-        _ if !not_probed.is_empty() && quorum_basis <= quorum && quorum_basis + not_probed.len() >= quorum => (
-            None,
-            "EtcdHealthUnknown",
-            format!(
-                "{quorum_basis} of {masters} etcd members healthy; {} not probed yet ({})",
-                not_probed.len(),
-                not_probed.join(", ")
-            ),
-        ),
-        _ if quorum_basis < quorum => (
-            Some(true),
-            "QuorumLost",
-            format!("only {quorum_basis} of {masters} {basis} healthy; {quorum} are needed for quorum"),
-        ),
-        _ if quorum_basis == quorum => (
-            Some(true),
-            "OneFailureFromQuorumLoss",
-            format!("{quorum_basis} of {masters} {basis} healthy; {quorum} are needed for quorum"),
-        ),
-        n if n % 2 == 0 => (
-            Some(false),
-            "EvenMasterCount",
-            format!("{n} masters tolerate {} failures, no more than {} would", fault_tolerance(n), n - 1),
-        ),
-        n => (Some(false), "Tolerates", format!("{} of {n} masters may fail", fault_tolerance(n))),
-    };
-    conds.push(("QuorumAtRisk", risk.0, risk.1, risk.2));
-    let conflict = match i.conflicts.first() {
-        Some(c) => (true, c.reason, c.message.clone()),
-        None => (false, "NoConflict", "no other cluster claims this VIP or VRID here".into()),
-    };
-    conds.push(("Conflict", Some(conflict.0), conflict.1, conflict.2));
-    let blocker = conds.iter().find(|(t, status, _, _)| {
-        let ok = status.unwrap_or(false);
-        match *t {
-            "VIPAvailable" => !ok,
-            "ProxyAvailable" => !ok && hac.spec.proxy.enabled,
-            "Conflict" => ok,
-            _ => false,
-        }
-    });
-    let ready = match blocker {
-        None => (true, "Ready", format!("{} serves the API on {}", active.clone().unwrap_or_default(), hac.spec.vip)),
-        Some((t, _, reason, msg)) => (false, *reason, format!("{t}: {msg}")),
-    };
-    conds.insert(0, ("Ready", Some(ready.0), ready.1, ready.2));
+    let quorum =
+        Quorum { masters, basis: quorum_basis, counted: basis, not_probed: &not_probed, waiting_for: &waiting_for };
+    let mut conds = vec![
+        (ConditionType::VipAvailable, vip_available(hac, &views, &holders)),
+        (ConditionType::ProxyAvailable, proxy_available(hac, &views, active.as_deref())),
+        (ConditionType::Degraded, degraded(hac, &views, i.problems)),
+        (ConditionType::QuorumAtRisk, quorum_at_risk(&quorum)),
+        (ConditionType::Conflict, conflict(i.conflicts)),
+    ];
+    let ready = ready(hac, active.as_deref(), &conds);
+    conds.insert(0, (ConditionType::Ready, ready));
 
     let generation = hac.metadata.generation;
-    let conditions: Vec<Condition> = conds
-        .into_iter()
-        .map(|(t, ok, reason, message)| condition(&prev.conditions, t, ok, reason, message, generation, i.now))
-        .collect();
-
-    // Events for what changed since the previous status.
-    for c in &conditions {
-        let was_true = prev.conditions.iter().any(|p| p.type_ == c.type_ && p.status == "True");
-        if c.status == "True" && !was_true && matches!(c.type_.as_str(), "Conflict" | "QuorumAtRisk") {
-            events.push(PlannedEvent {
-                warning: true,
-                reason: if c.type_ == "Conflict" { "Conflict" } else { "QuorumAtRisk" },
-                note: c.message.clone(),
-                node: None,
-            });
+    // Events for conditions that turned True and deserve a warning.
+    for (t, v) in &conds {
+        let was_true = prev.conditions.iter().any(|p| p.type_ == t.as_str() && p.status == "True");
+        if v.status == Some(true) && !was_true && matches!(t, ConditionType::Conflict | ConditionType::QuorumAtRisk) {
+            events.push(PlannedEvent { warning: true, reason: t.as_str(), note: v.message.clone(), node: None });
         }
     }
+    let conditions: Vec<Condition> =
+        conds.into_iter().map(|(t, v)| condition(&prev.conditions, t, v, generation, i.now)).collect();
     let before: BTreeSet<&str> = prev.members.iter().map(|m| m.node.as_str()).collect();
     let after: BTreeSet<String> = views.iter().map(node).collect();
     for n in after.iter().filter(|n| !before.contains(n.as_str())) {
@@ -392,6 +321,155 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     Outcome { status, events }
 }
 
+/// VIPAvailable: exactly one member holds the VIP.
+fn vip_available(hac: &HighAvailabilityCluster, views: &[View<'_>], holders: &[String]) -> Verdict {
+    let vip = &hac.spec.vip;
+    match holders {
+        [one] => verdict(Some(true), "Held", format!("{one} holds {vip}")),
+        [] if views.iter().all(|v| !v.fresh) => verdict(Some(false), "AwaitingAgents", "no agent has reported yet"),
+        [] => verdict(Some(false), "NoHolder", format!("no member holds {vip}")),
+        _ => verdict(
+            Some(false),
+            "MultipleHolders",
+            format!("{} all hold {vip}: a partition or a VRID collision", holders.join(", ")),
+        ),
+    }
+}
+
+/// ProxyAvailable: the active member proxies to at least one healthy API server.
+fn proxy_available(hac: &HighAvailabilityCluster, views: &[View<'_>], active: Option<&str>) -> Verdict {
+    if !hac.spec.proxy.enabled {
+        return verdict(
+            Some(false),
+            "Disabled",
+            "spec.proxy.enabled is false: clients reach only the active master's API server",
+        );
+    }
+    let Some(v) = views.iter().find(|v| Some(v.m.spec.node_name.as_str()) == active) else {
+        return verdict(Some(false), "NoActiveNode", "no member holds the VIP to serve the proxy on");
+    };
+    let node = &v.m.spec.node_name;
+    let backends = v.m.status.as_ref().map(|s| s.proxy_backends.as_slice()).unwrap_or_default();
+    let up = backends.iter().filter(|b| b.healthy).count();
+    if let Some(Proxy::Failed(e)) = &v.proxy {
+        verdict(Some(false), "ProxyFailed", format!("{node}'s proxy cannot serve: {e}"))
+    } else if v.proxy != Some(Proxy::Reporting) {
+        let timeout = heartbeat_timeout(hac).as_secs();
+        verdict(
+            Some(false),
+            "ProxyNotReporting",
+            format!("{node}'s proxy has not reported for {timeout}s: {PROXY_HINT}"),
+        )
+    } else if up > 0 {
+        verdict(Some(true), "Serving", format!("{node} proxies to {up} of {} API servers", backends.len()))
+    } else {
+        verdict(Some(false), "NoHealthyBackend", format!("{node} reports no healthy API server behind the proxy"))
+    }
+}
+
+/// Degraded: a master that cannot do its part.
+fn degraded(hac: &HighAvailabilityCluster, views: &[View<'_>], problems: &[Problem]) -> Verdict {
+    let node = |v: &View<'_>| v.m.spec.node_name.clone();
+    let mut sick: Vec<String> = views
+        .iter()
+        .filter(|v| !v.healthy && !v.pending)
+        .map(|v| format!("{} is {}", node(v), if v.fresh { describe(v) } else { "not reporting".into() }))
+        .collect();
+    // A proxy that fails or is silent on a member that otherwise reports: the VIP part runs, so the member
+    // can take the VIP over and its clients would find no listener.
+    sick.extend(views.iter().filter(|v| v.fresh && hac.spec.proxy.enabled).filter_map(|v| match &v.proxy {
+        Some(Proxy::Failed(e)) => Some(format!("{}'s proxy cannot serve: {e}", node(v))),
+        Some(Proxy::Silent) => Some(format!("{}'s proxy is not reporting ({PROXY_HINT})", node(v))),
+        _ => None,
+    }));
+    sick.extend(problems.iter().map(ToString::to_string));
+    if sick.is_empty() {
+        verdict(Some(false), "AllHealthy", format!("all {} members healthy", views.len()))
+    } else {
+        verdict(Some(true), "MembersUnhealthy", sick.join("; "))
+    }
+}
+
+/// What QuorumAtRisk is judged on.
+struct Quorum<'a> {
+    /// Masters selected (with a member or not yet cached, or without an address).
+    masters: usize,
+    /// How many count as healthy: etcd members once the agents probe etcd, members until then.
+    basis: usize,
+    /// What `basis` counts: "etcd members" or "masters".
+    counted: &'static str,
+    /// Reporting members that have not probed their etcd yet.
+    not_probed: &'a [String],
+    /// Nodes whose agents have not reported yet.
+    waiting_for: &'a [String],
+}
+
+/// QuorumAtRisk: one more failure would lose the majority (or there is no margin at all).
+fn quorum_at_risk(q: &Quorum<'_>) -> Verdict {
+    let Quorum { masters, basis, counted, not_probed, waiting_for } = *q;
+    let quorum = masters / 2 + 1;
+    match masters {
+        n if !waiting_for.is_empty() && n > 2 => {
+            verdict(None, "AwaitingAgents", format!("waiting for the agents on {} to report", waiting_for.join(", ")))
+        }
+        0 => verdict(Some(true), "NoMasters", "no master is selected"),
+        1 => verdict(Some(true), "SingleMaster", "with one master there is no failover: select three or five"),
+        2 => verdict(Some(true), "TwoMasters", "two masters tolerate no failure (etcd needs both): use three"),
+        _ if !not_probed.is_empty() && basis <= quorum && basis + not_probed.len() >= quorum => verdict(
+            None,
+            "EtcdHealthUnknown",
+            format!(
+                "{basis} of {masters} etcd members healthy; {} not probed yet ({})",
+                not_probed.len(),
+                not_probed.join(", ")
+            ),
+        ),
+        _ if basis < quorum => verdict(
+            Some(true),
+            "QuorumLost",
+            format!("only {basis} of {masters} {counted} healthy; {quorum} are needed for quorum"),
+        ),
+        _ if basis == quorum => verdict(
+            Some(true),
+            "OneFailureFromQuorumLoss",
+            format!("{basis} of {masters} {counted} healthy; {quorum} are needed for quorum"),
+        ),
+        n if n % 2 == 0 => verdict(
+            Some(false),
+            "EvenMasterCount",
+            format!("{n} masters tolerate {} failures, no more than {} would", fault_tolerance(n), n - 1),
+        ),
+        n => verdict(Some(false), "Tolerates", format!("{} of {n} masters may fail", fault_tolerance(n))),
+    }
+}
+
+/// Conflict: another cluster claims this VIP or VRID here.
+fn conflict(conflicts: &[Conflict]) -> Verdict {
+    match conflicts.first() {
+        Some(c) => verdict(Some(true), c.reason, c.message.clone()),
+        None => verdict(Some(false), "NoConflict", "no other cluster claims this VIP or VRID here"),
+    }
+}
+
+/// Ready: nothing in `others` blocks serving the API on the VIP; otherwise the first blocker's reason.
+fn ready(hac: &HighAvailabilityCluster, active: Option<&str>, others: &[(ConditionType, Verdict)]) -> Verdict {
+    let blocker = others.iter().find(|(t, v)| {
+        let ok = v.status.unwrap_or(false);
+        match t {
+            ConditionType::VipAvailable => !ok,
+            ConditionType::ProxyAvailable => !ok && hac.spec.proxy.enabled,
+            ConditionType::Conflict => ok,
+            _ => false,
+        }
+    });
+    match blocker {
+        None => {
+            verdict(Some(true), "Ready", format!("{} serves the API on {}", active.unwrap_or_default(), hac.spec.vip))
+        }
+        Some((t, v)) => verdict(Some(false), v.reason, format!("{}: {}", t.as_str(), v.message)),
+    }
+}
+
 /// Each master's components as its (fresh) member reports them, the controller leaders, and etcd quorum once
 /// any member reports etcd health (a member not reporting counts as an unhealthy etcd member).
 fn control_plane(views: &[View<'_>], masters: usize, leaders: &Leaders) -> ControlPlaneView {
@@ -436,11 +514,11 @@ fn describe(v: &View<'_>) -> String {
     let failing: Vec<&str> =
         st.map(|s| s.health.iter().filter(|h| !h.healthy).map(|h| h.name.as_str()).collect()).unwrap_or_default();
     if !failing.is_empty() {
-        format!("{:?} with failing checks: {}", v.state, failing.join(", "))
+        format!("{} with failing checks: {}", v.state.as_str(), failing.join(", "))
     } else if let Some(p) = st.and_then(|s| s.penalties.first()) {
-        format!("{:?}, priority lowered by {} ({})", v.state, p.amount, p.reason)
+        format!("{}, priority lowered by {} ({})", v.state.as_str(), p.amount, p.reason)
     } else {
-        format!("{:?}", v.state)
+        v.state.as_str().to_string()
     }
 }
 
@@ -463,29 +541,21 @@ fn failover_reason(from: Option<&View<'_>>, to: Option<&View<'_>>) -> &'static s
 }
 
 /// A metav1.Condition whose lastTransitionTime moves only when its status does.
-fn condition(
-    prev: &[Condition],
-    type_: &str,
-    ok: Option<bool>,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: Timestamp,
-) -> Condition {
-    let status = match ok {
+fn condition(prev: &[Condition], t: ConditionType, v: Verdict, generation: Option<i64>, now: Timestamp) -> Condition {
+    let status = match v.status {
         Some(true) => "True",
         Some(false) => "False",
         None => "Unknown",
     };
     let since = prev
         .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
+        .find(|c| c.type_ == t.as_str() && c.status == status)
         .map_or_else(|| Time(now), |c| c.last_transition_time.clone());
     Condition {
-        type_: type_.into(),
+        type_: t.as_str().into(),
         status: status.into(),
-        reason: reason.into(),
-        message,
+        reason: v.reason.into(),
+        message: v.message,
         last_transition_time: since,
         observed_generation: generation,
     }
@@ -589,7 +659,7 @@ mod tests {
         let (h, ms) = healthy_three();
         let s = run(&h, &ms).status;
         let types: Vec<&str> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
-        assert_eq!(types, CONDITIONS);
+        assert_eq!(types, ConditionType::ALL.map(ConditionType::as_str));
         assert_eq!(cond(&s, "Ready"), ("True", "Ready"));
         assert_eq!(cond(&s, "VIPAvailable"), ("True", "Held"));
         assert_eq!(cond(&s, "ProxyAvailable"), ("True", "Serving"));

@@ -102,6 +102,37 @@ pub enum Reason {
     FaultCleared,
 }
 
+impl State {
+    /// The state's name, as metrics and the member status spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Initialize => "Initialize",
+            State::Backup => "Backup",
+            State::Master => "Master",
+            State::Fault => "Fault",
+        }
+    }
+}
+
+impl Reason {
+    /// The reason's name, as metric labels and the member status spell it: fixed here, so that renaming a
+    /// variant cannot rename what dashboards and alerts match on.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Startup => "Startup",
+            Reason::AddressOwner => "AddressOwner",
+            Reason::HandedOver => "HandedOver",
+            Reason::Preempted => "Preempted",
+            Reason::MasterDown => "MasterDown",
+            Reason::MasterReleased => "MasterReleased",
+            Reason::HigherPriority => "HigherPriority",
+            Reason::Shutdown => "Shutdown",
+            Reason::FaultDetected => "FaultDetected",
+            Reason::FaultCleared => "FaultCleared",
+        }
+    }
+}
+
 /// What the driver must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {

@@ -437,3 +437,26 @@ fn taking_over_from_a_lower_master_is_a_preemption_not_a_master_down() {
     r.handle(r.deadline().unwrap(), Input::Timer, &mut out);
     assert_eq!(transitions(&out), vec![(State::Backup, State::Master, Reason::MasterDown)]);
 }
+
+/// What dashboards and alerts match on (`kubeha_vrrp_transitions_total{reason=…}`, the member status) is
+/// spelled out once and stays put when a variant is renamed.
+#[test]
+fn reasons_and_states_have_fixed_names() {
+    let reasons = [
+        (Reason::Startup, "Startup"),
+        (Reason::AddressOwner, "AddressOwner"),
+        (Reason::HandedOver, "HandedOver"),
+        (Reason::Preempted, "Preempted"),
+        (Reason::MasterDown, "MasterDown"),
+        (Reason::MasterReleased, "MasterReleased"),
+        (Reason::HigherPriority, "HigherPriority"),
+        (Reason::Shutdown, "Shutdown"),
+        (Reason::FaultDetected, "FaultDetected"),
+        (Reason::FaultCleared, "FaultCleared"),
+    ];
+    for (r, name) in reasons {
+        assert_eq!(r.as_str(), name);
+    }
+    let states = [State::Initialize, State::Backup, State::Master, State::Fault].map(State::as_str);
+    assert_eq!(states, ["Initialize", "Backup", "Master", "Fault"]);
+}

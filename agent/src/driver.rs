@@ -267,8 +267,10 @@ impl Driver {
             IpAddr::V6(_) => VrrpSocket::open_v6(interface, link.ifindex(), &peers)?,
         };
         let checks = health::spawn(&with_link_check(&spec.health, interface), Some(link.clone()));
-        let vip = VipHolder::new(link, interface, address, metrics.clone()).await?;
+        let mut vip = VipHolder::new(link, interface, address, metrics.clone()).await?;
         let cfg = router_config(spec, address, primary)?;
+        let router = Router::new(cfg.clone());
+        vip.link.set_lifetime(crate::vip::lifetime_for(router.master_down_interval()));
         metrics.effective_priority.set(i64::from(cfg.priority));
         metrics.set_state("Initialize");
         let base_priority = cfg.priority;
@@ -276,7 +278,7 @@ impl Driver {
         let (observed, _) = watch::channel(Observed::starting(State::Initialize, base_priority));
         Ok(Self {
             checks,
-            router: Router::new(cfg),
+            router,
             socket,
             vip,
             primary,
@@ -363,6 +365,8 @@ impl Driver {
                 tracing::info!(advert_interval_cs = t.advert_interval_cs, preempt = t.preempt, "VRRP timers changed");
                 self.tuning = t;
                 self.input(Input::Tune(self.tuning())).await;
+                // The next refresh carries the new lifetime.
+                self.vip.link.set_lifetime(crate::vip::lifetime_for(self.router.master_down_interval()));
             }
             Command::Priority(p) if !self.owner => {
                 tracing::info!(from = self.base_priority, to = p, "base priority changed");
@@ -528,22 +532,13 @@ impl Driver {
             Action::Announce { count } => self.vip.announce(count),
             Action::Transition { from, to, reason } => {
                 self.last_transition =
-                    Some(Seen { from, to, reason: format!("{reason:?}"), at: std::time::SystemTime::now() });
-                self.metrics.set_state(state_name(to));
-                self.metrics.transitions.get_or_create(&Reason { reason: format!("{reason:?}") }).inc();
+                    Some(Seen { from, to, reason: reason.as_str().to_string(), at: std::time::SystemTime::now() });
+                self.metrics.set_state(to.as_str());
+                self.metrics.transitions.get_or_create(&Reason { reason: reason.as_str().to_string() }).inc();
                 self.metrics.effective_priority.set(i64::from(self.router.effective_priority()));
-                tracing::info!(from = state_name(from), to = state_name(to), reason = ?reason, master_seen = ?self.router.master_seen(), "VRRP state changed");
+                tracing::info!(from = from.as_str(), to = to.as_str(), reason = reason.as_str(), master_seen = ?self.router.master_seen(), "VRRP state changed");
             }
         }
-    }
-}
-
-fn state_name(s: State) -> &'static str {
-    match s {
-        State::Initialize => "Initialize",
-        State::Backup => "Backup",
-        State::Master => "Master",
-        State::Fault => "Fault",
     }
 }
 

@@ -1,8 +1,9 @@
 //! The VIP on the interface, through netlink (never by running `ip`).
 //!
-//! The address is added with a kernel lifetime of [`LIFETIME`] and refreshed while this node is master, so
-//! the VIP cannot outlive its agent: after a SIGKILL the kernel removes it by itself within the lifetime,
-//! instead of leaving it on a dead master for good (what keepalived does).
+//! The address is added with a kernel lifetime ([`lifetime_for`]: [`LIFETIME`] at the default timers) and
+//! refreshed while this node is master, so the VIP cannot outlive its agent: after a SIGKILL the kernel
+//! removes it by itself within the lifetime, instead of leaving it on a dead master for good (what
+//! keepalived does).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -18,6 +19,17 @@ use crate::config::Vip;
 pub const LIFETIME: Duration = Duration::from_secs(2);
 /// How often a master refreshes the lifetime: several refreshes per lifetime, so one slow one is harmless.
 pub const REFRESH: Duration = Duration::from_millis(400);
+
+/// The lifetime for a virtual router whose backups take over after `master_down` of silence: long enough
+/// that a crashed master keeps the VIP until a backup has it. The proxy runs on (its own container) and
+/// serves the clients that still arrive; a VIP gone before the takeover would leave them with no host at
+/// all (1 s adverts: 2.3 s with the VIP nowhere after an agent SIGKILL, measured before this rule). The
+/// kernel counts whole seconds and may drop an address up to a second early, and the last refresh may be
+/// [`REFRESH`] before the crash: hence master_down + 1.5 s, rounded up, and never below [`LIFETIME`].
+pub fn lifetime_for(master_down: Duration) -> Duration {
+    let wanted = (master_down + Duration::from_millis(1500)).as_secs_f64().ceil();
+    LIFETIME.max(Duration::from_secs_f64(wanted))
+}
 
 /// What can go wrong with the interface or the address.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +66,7 @@ pub struct VipOnLink {
     handle: Handle,
     ifindex: u32,
     vip: Vip,
+    lifetime: Duration,
 }
 
 impl VipOnLink {
@@ -70,7 +83,12 @@ impl VipOnLink {
             }
             Err(e) => return Err(netlink("link lookup")(e)),
         };
-        Ok(Self { handle, ifindex, vip })
+        Ok(Self { handle, ifindex, vip, lifetime: LIFETIME })
+    }
+
+    /// Sets the lifetime of the next additions and refreshes.
+    pub fn set_lifetime(&mut self, lifetime: Duration) {
+        self.lifetime = lifetime;
     }
 
     /// The interface's index.
@@ -80,7 +98,7 @@ impl VipOnLink {
 
     /// Adds the VIP, or renews its lifetime if it is there.
     pub async fn add(&self) -> Result<(), NetError> {
-        let secs = u32::try_from(LIFETIME.as_secs()).unwrap_or(u32::MAX);
+        let secs = u32::try_from(self.lifetime.as_secs()).unwrap_or(u32::MAX);
         let mut req = self.handle.address().add(self.ifindex, self.vip.address, self.vip.prefix).replace();
         let msg = req.message_mut();
         // No prefix route of its own: the node's primary address already has one, and the VIP must never
@@ -182,4 +200,22 @@ fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
             _ => None,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lifetime_outlasts_the_backups_wait() {
+        let ms = Duration::from_millis;
+        // 100 ms adverts (master down 0.35 s): the default.
+        assert_eq!(lifetime_for(ms(351)), LIFETIME);
+        // 1 s adverts (3.26 s): 5 s, so that at least 3.6 s remain after a crash right before a refresh.
+        assert_eq!(lifetime_for(ms(3_258)), Duration::from_secs(5));
+        for down in [ms(30), ms(351), ms(1_000), ms(3_258), ms(12_000)] {
+            let worst = lifetime_for(down) - Duration::from_secs(1) - REFRESH;
+            assert!(worst > down, "{down:?}: the VIP may go {worst:?} after a crash");
+        }
+    }
 }

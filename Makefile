@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help deps plane image demo test chaos soak lint fmt clean-cluster bench-vrrp bench-proxy
+.PHONY: help deps plane image demo test unit chaos soak lint fmt clean-cluster bench-vrrp bench-proxy
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -29,6 +29,10 @@ test: plane ## run every test: unit, integration, e2e on the real control plane 
 	scripts/build-image.sh --check-reproducible
 	$(CARGO) build --workspace --bins
 	KUBEHA_SOAK_SECONDS=$${KUBEHA_SOAK_SECONDS:-180} $(CARGO) test --workspace --all-targets
+
+unit: ## every test that needs neither root nor the test control plane (protocol core, types, operator, agent, harness helpers); for contributors
+	$(CARGO) test --workspace --exclude kubeha-e2e
+	$(CARGO) test -p kubeha-e2e --lib
 
 chaos: plane image ## the failover chaos suite alone: report and timeline in target/chaos (about 15 minutes)
 	$(CARGO) build --workspace --bins

@@ -84,9 +84,8 @@ pub enum Reason {
     AddressOwner,
     /// Another process of this node held the addresses as master and handed them over in place.
     HandedOver,
-    /// An advertisement of a lower priority, with preempt on: this router takes over from a live master
-    /// after its Skew_Time (RFC 9568 §6.4.2 discards such adverts so that the down timer fires; kubeha does
-    /// not wait out the rest of Master_Down_Interval).
+    /// Only advertisements of a lower priority within Master_Down_Interval, with preempt on: this router
+    /// takes over from a live master (RFC 9568 §6.4.2 discards them so that the down timer fires).
     Preempted,
     /// No advertisement within Master_Down_Interval (RFC 9568 §6.4.2).
     MasterDown,
@@ -450,13 +449,6 @@ impl Router {
                     if self.heard != Heard::Release {
                         self.heard = Heard::LowerMaster;
                     }
-                    // Not in the RFC: take over after this router's Skew_Time instead of the rest of
-                    // Master_Down_Interval. The master is alive and lower, so the RFC's outcome is certain and
-                    // waiting only keeps the VIP on a master whose health check just failed (a stopped API
-                    // server: 3 advert intervals more). The skew still lets the highest backup go first; the
-                    // others hear its advert before their own skew ends and stand down.
-                    let soon = now + self.skew_time();
-                    self.down_at = Some(self.down_at.map_or(soon, |d| d.min(soon)));
                 }
             }
             State::Master => {

@@ -536,7 +536,7 @@ impl Driver {
                 self.metrics.set_state(to.as_str());
                 self.metrics.transitions.get_or_create(&Reason { reason: reason.as_str().to_string() }).inc();
                 self.metrics.effective_priority.set(i64::from(self.router.effective_priority()));
-                tracing::info!(from = from.as_str(), to = to.as_str(), reason = reason.as_str(), master_seen = ?self.router.master_seen(), "VRRP state changed");
+                tracing::info!(from = from.as_str(), to = to.as_str(), reason = %reason.as_str(), master_seen = ?self.router.master_seen(), "VRRP state changed");
             }
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kubeha_crds::HighAvailabilityMemberSpec;
 use kubeha_vrrp::router::{Action, Announce, Config, Input, Router, State, Tuning};
-use kubeha_vrrp::wire::{ChecksumForm, Endpoints, Version, decode};
+use kubeha_vrrp::wire::{Advertisement, ChecksumForm, Endpoints, Version, decode};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -211,6 +211,8 @@ pub struct Driver {
     slot: Option<Slot>,
     /// The VIP was on the interface when the driver was set up, and not as this node's own address.
     leftover: bool,
+    /// That VIP is kept and the driver starts as master: no other master was heard (see [`Driver::take`]).
+    resume_leftover: bool,
 }
 
 /// How [`Driver::run`] ended.
@@ -299,6 +301,7 @@ impl Driver {
             faulted: false,
             slot: None,
             leftover: present && !owner,
+            resume_leftover: false,
         })
     }
 
@@ -315,18 +318,54 @@ impl Driver {
         }
     }
 
-    /// Takes the node's side of the instance: keeps `slot` while running, and removes a VIP left over from
-    /// an earlier run (this node is not master yet) unless the slot says another agent of this node just
-    /// handed it over as master.
+    /// Takes the node's side of the instance: keeps `slot` while running, and deals with a VIP left over
+    /// from an earlier run, unless the slot says another agent of this node just handed it over as master.
+    /// Such a VIP is this node's agent's, killed moments ago (the kubelet restarts a container in well under
+    /// a second): when no other master is heard for 1.5 advert intervals, nobody has taken over yet, and
+    /// the driver resumes as master with the VIP in place instead of removing it and leaving it nowhere
+    /// until the backups' down timers fire (2.3 s at 1 s adverts, measured). When another master is heard,
+    /// the VIP is removed: this node starts as a backup and preempts by the usual rules.
     pub async fn take(&mut self, slot: Option<Slot>) -> Result<(), DriverError> {
         let resume = slot.as_ref().is_some_and(|s| s.resume_master);
         self.slot = slot;
         if self.leftover && !resume {
-            tracing::warn!(interface = %self.interface, "removing a VIP left over from an earlier run");
-            self.vip.link.remove().await?;
+            let interval = Duration::from_millis(u64::from(self.router.config().advert_interval_cs) * 10);
+            let listen = interval * 3 / 2;
+            match self.another_master(listen).await {
+                Some(master) => {
+                    tracing::warn!(interface = %self.interface, %master,
+                        "removing a VIP left over from an earlier run: another master holds it now");
+                    self.vip.link.remove().await?;
+                }
+                None => {
+                    tracing::warn!(interface = %self.interface, listened = ?listen,
+                        "a VIP left over from an earlier run and no other master heard: resuming as master");
+                    self.resume_leftover = true;
+                }
+            }
         }
         self.leftover = false;
         Ok(())
+    }
+
+    /// The first other router heard advertising this VRID as master within `listen`, if any.
+    async fn another_master(&mut self, listen: Duration) -> Option<IpAddr> {
+        let deadline = Instant::now() + listen;
+        loop {
+            let p = match tokio::time::timeout_at(deadline, self.socket.recv()).await {
+                Err(_) => return None,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "receiving VRRP failed");
+                    continue;
+                }
+                Ok(Ok(p)) => p,
+            };
+            if let Some((from, adv)) = self.advert_of(&p)
+                && adv.priority > 0
+            {
+                return Some(from);
+            }
+        }
     }
 
     /// Opens the command channel and the observation feed. Call before [`Driver::run`]; a driver without a
@@ -407,7 +446,7 @@ impl Driver {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Ended {
         let mut shutdown = std::pin::pin!(shutdown);
         self.apply_health().await;
-        let resume = self.slot.as_ref().is_some_and(|s| s.resume_master);
+        let resume = self.slot.as_ref().is_some_and(|s| s.resume_master) || self.resume_leftover;
         self.input(if resume { Input::Resume } else { Input::Startup }).await;
         self.publish();
         let mut commands = self.commands.take();
@@ -479,19 +518,30 @@ impl Driver {
     }
 
     async fn packet(&mut self, p: crate::socket::Incoming) {
+        if let Some((from, advertisement)) = self.advert_of(&p) {
+            self.input(Input::Advertisement { from, advertisement }).await;
+        }
+    }
+
+    /// The advertisement for this VRID in `p`, counted; anything else counted as dropped, by reason.
+    fn advert_of(&self, p: &crate::socket::Incoming) -> Option<(IpAddr, Advertisement)> {
         if p.src == self.primary {
             self.metrics.dropped("own");
-            return;
+            return None;
         }
         match decode(&p.message, p.ttl, &Endpoints { src: p.src, dst: p.dst }) {
-            Ok(r) if r.advertisement.vrid != self.router.config().vrid => self.metrics.dropped("other_vrid"),
+            Ok(r) if r.advertisement.vrid != self.router.config().vrid => {
+                self.metrics.dropped("other_vrid");
+                None
+            }
             Ok(r) => {
                 self.metrics.adverts_received.inc();
-                self.input(Input::Advertisement { from: p.src, advertisement: r.advertisement }).await;
+                Some((p.src, r.advertisement))
             }
             Err(e) => {
                 self.metrics.dropped(e.reason());
                 tracing::debug!(from = %p.src, error = %e, "invalid VRRP packet dropped");
+                None
             }
         }
     }

@@ -93,11 +93,35 @@ fn a_master_restarted_after_a_crash_comes_back_without_a_duplicate_vip() {
 
     agents[1].kill();
     w.until_holders(&[n2, n3], Duration::from_secs(2));
-    // Restarted while its old VIP is still there: it removes it at once, as a backup, then preempts.
+    // Restarted while its old VIP is still there and n3 is master: it hears n3, removes the old VIP, starts
+    // as a backup, then preempts.
     agents[1] = w.agent(n2, 200, "");
     // Well before the old address's 2 s lifetime would have removed it.
     w.until_holders(&[n3], Duration::from_secs(1));
     w.until_holders(&[n2], Duration::from_secs(3));
+}
+
+#[test]
+fn a_master_restarted_before_anyone_took_over_keeps_its_vip() {
+    // 1 s adverts: the backups wait 3.4 s before they take over; the kubelet restarts a killed container in
+    // well under that. The restarted master hears no other master and resumes with the VIP in place: the
+    // VIP is never nowhere and never on two nodes.
+    let w = World::new();
+    let [n1, n2, n3] = NODES;
+    let slow = "version: 3, advertInterval: 1s";
+    let mut agents =
+        [w.agent_with(n1, 100, slow, ""), w.agent_with(n2, 200, slow, ""), w.agent_with(n3, 150, slow, "")];
+    w.until_holders(&[n2], Duration::from_secs(10));
+    agents[1].kill();
+    agents[1] = w.agent_with(n2, 200, slow, "");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(6) {
+        assert_eq!(w.holders(), [n2], "after the restart, at {:?}", start.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = agents[1].log();
+    assert!(log.contains("no other master heard: resuming as master"), "{log}");
+    assert!(!agents[2].log().contains("reason=MasterDown"), "n3 took over: {}", agents[2].log());
 }
 
 #[test]

@@ -167,7 +167,7 @@ pub enum Input {
     Startup,
     /// Start taking part as the master this node already is: another process on this node ran the same
     /// virtual router, held the addresses and handed them over in place (the bootstrap agent stepping aside
-    /// for the DaemonSet agent). Not in the RFC; to the other routers it is a master that kept advertising,
+    /// for the DaemonSet agent; or this node's agent, killed and restarted before anyone took over). Not in the RFC; to the other routers it is a master that kept advertising,
     /// as long as the gap is shorter than their Master_Down_Interval. A higher-priority master, if one
     /// appears, wins as usual.
     Resume,

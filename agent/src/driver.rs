@@ -329,8 +329,7 @@ impl Driver {
         let resume = slot.as_ref().is_some_and(|s| s.resume_master);
         self.slot = slot;
         if self.leftover && !resume {
-            let interval = Duration::from_millis(u64::from(self.router.config().advert_interval_cs) * 10);
-            let listen = interval * 3 / 2;
+            let listen = self.router.advert_interval() * 3 / 2;
             match self.another_master(listen).await {
                 Some(master) => {
                     tracing::warn!(interface = %self.interface, %master,

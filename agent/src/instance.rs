@@ -47,11 +47,6 @@ impl Parts {
         }
         Ok(p)
     }
-
-    /// Only the proxy: no VIP, no capability needed.
-    pub fn proxy_only(self) -> bool {
-        self.proxy && !self.vip
-    }
 }
 
 impl std::fmt::Display for Parts {
@@ -346,11 +341,7 @@ impl Instance {
             task.stop().await;
         }
         if let Some((task, _)) = self.proxy.take() {
-            if !self.parts.vip
-                && let Some(vip) = config::vip(&self.spec)
-            {
-                linger(vip.address, LINGER).await;
-            }
+            let_the_vip_go(&self.spec, self.parts).await;
             task.stop().await;
         }
     }
@@ -361,10 +352,13 @@ impl Instance {
 /// stays until its lifetime ends or the part comes back).
 pub const LINGER: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Waits until `vip` is no longer an address of this host (in this network namespace), at most `limit`.
-pub async fn linger(vip: IpAddr, limit: std::time::Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while is_local(vip) && tokio::time::Instant::now() < deadline {
+/// Before a stopping proxy closes its listener: when this process does not run the VIP part, waits until
+/// the spec's VIP is no longer an address of this host (in this network namespace), at most [`LINGER`].
+/// Returns at once when this process holds the VIP itself (it has handed it over already) or there is none.
+pub async fn let_the_vip_go(spec: &HighAvailabilityMemberSpec, parts: Parts) {
+    let Some(vip) = config::vip(spec).filter(|_| !parts.vip) else { return };
+    let deadline = tokio::time::Instant::now() + LINGER;
+    while is_local(vip.address) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
@@ -394,7 +388,7 @@ mod tests {
         assert_eq!(Parts::parse("vip,proxy"), Ok(Parts::ALL));
         assert_eq!(Parts::parse("proxy , vip"), Ok(Parts::ALL));
         let proxy = Parts::parse("proxy").unwrap();
-        assert!(proxy.proxy_only());
+        assert_eq!(proxy, Parts { vip: false, proxy: true });
         assert_eq!(proxy.to_string(), "proxy");
         assert_eq!(Parts::parse("vip").unwrap().to_string(), "vip");
         let e = Parts::parse("vrrp").unwrap_err();

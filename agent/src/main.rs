@@ -201,14 +201,11 @@ async fn run_standalone(path: PathBuf, parts: Parts) -> anyhow::Result<ExitCode>
         }
     };
     // A proxy without the VIP part goes on serving while another process hands the VIP over.
-    let vip_elsewhere = config::vip(&spec).filter(|_| !parts.vip).map(|v| v.address);
     let proxying = async {
         if let Some(p) = proxy {
             p.run(async {
                 stopped(term_rx.clone()).await;
-                if let Some(vip) = vip_elsewhere {
-                    kubeha_agent::instance::linger(vip, kubeha_agent::instance::LINGER).await;
-                }
+                kubeha_agent::instance::let_the_vip_go(&spec, parts).await;
             })
             .await;
         }

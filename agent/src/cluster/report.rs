@@ -108,16 +108,16 @@ async fn report_vip(
 /// leaseDuration / 3, with proxyHeartbeatTime: a proxy container that is down stops refreshing it, and the
 /// operator reports the proxy as not reporting instead of trusting its last word.
 async fn report_proxy(opts: Arc<Options>, name: String, mut shared: watch::Receiver<Shared>) {
-    // (what was written, without the time and the connection counts; when)
-    let mut last: Option<(serde_json::Value, Instant)> = None;
+    // (what was written, without the connection counts, which change all the time; when)
+    let mut last: Option<(Option<HighAvailabilityMemberStatus>, Instant)> = None;
     loop {
         let s = shared.borrow_and_update().clone();
         let lease_duration: Duration = s.spec.election.lease_duration.into();
         let refresh = (lease_duration / 3).max(Duration::from_secs(1));
         let status = proxy_status_of(&s);
-        let key = status.as_ref().map_or(serde_json::Value::Null, |st| {
-            json!({"error": st.proxy_error, "backends": st.proxy_backends.iter()
-                .map(|b| (b.address.clone(), b.healthy)).collect::<Vec<_>>()})
+        let key = status.clone().map(|mut st| {
+            st.proxy_backends.iter_mut().for_each(|b| b.active_connections = 0);
+            st
         });
         let due = match &last {
             None => true,

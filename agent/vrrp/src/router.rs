@@ -294,8 +294,8 @@ impl Router {
         [self.down_at, self.advert_at, self.second_burst_at, self.refresh_at].into_iter().flatten().min()
     }
 
-    /// Advertisement_Interval as a duration.
-    fn advert_interval(&self) -> Duration {
+    /// The configured Advertisement_Interval, as a duration.
+    pub fn advert_interval(&self) -> Duration {
         cs(self.cfg.advert_interval_cs)
     }
 

@@ -483,7 +483,7 @@ impl Driver {
     /// Leaves the instance to the agent of this node that asked for it: a master advertises once more (the
     /// other nodes' down timers restart, the taker needs milliseconds) and keeps the VIP on the interface.
     async fn step_aside(mut self) -> Ended {
-        let master = self.router.state() == State::Master;
+        let master = self.router.state() == State::Master && !self.router.claiming();
         if master {
             self.act(Action::Advertise { priority: self.router.effective_priority() }).await;
         }

@@ -15,6 +15,7 @@ pub mod observe;
 mod pki;
 mod pods;
 mod process;
+mod vipwatch;
 
 pub use cluster::{
     AGENT_METRICS_PORT, Cluster, ClusterLock, Component, Connects, KUBEHA_NAMESPACE, LEASES, Process, UpTimes,
@@ -24,3 +25,4 @@ pub use error::{Error, Result};
 pub use net::{CLIENTS, Host, KUBERNETES_SERVICE, NODES, Node, POD_CIDR, SERVICE_CIDR, VIP_V4, VIP_V6};
 pub use node::{kubeha_image, kubeha_image_ref};
 pub use pods::{CHART, ContainerProcess, Pod, TEST_WORLD_VALUES, yaml_documents};
+pub use vipwatch::{Timeline, VipWatch};

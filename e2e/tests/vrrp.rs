@@ -17,7 +17,7 @@ fn three(w: &World) -> [Process; 3] {
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use kubeha_e2e::{Host, NODES, Process};
+use kubeha_e2e::{Host, NODES, Process, VipWatch};
 
 #[test]
 fn three_agents_elect_the_highest_priority() {
@@ -269,12 +269,18 @@ fn a_failing_health_check_on_the_master_moves_the_vip_and_back() {
     let mut service = listener(&w, n2);
     let _a = [w.agent(n1, 100, ""), w.agent(n2, 200, &TCP_CHECK.replace("WEIGHT", "-100")), w.agent(n3, 150, "")];
     w.until_holders(&[n2], Duration::from_secs(5));
+    let watch = VipWatch::start(&w.cluster, VIP.parse().unwrap()).unwrap();
 
     service.kill();
     // 200 − 100 = 100 < 150: n3 preempts once the master's lower priority is advertised.
     w.until_holders(&[n3], Duration::from_secs(3));
     let _service = listener(&w, n2);
     w.until_holders(&[n2], Duration::from_secs(3));
+    // Both moves are preemptions of a live master: the new one adds the VIP after the old one's release.
+    let moves = watch.finish();
+    eprintln!("two preemptions: the VIP was on no node for {:?} at most", moves.longest_nowhere);
+    assert_eq!(moves.adds, 2, "{moves:?}");
+    assert!(moves.on_two.is_empty(), "the VIP was on two nodes: {:?}", moves.on_two);
 }
 
 #[test]

@@ -7,9 +7,17 @@
 //!
 //! Where kubeha goes beyond the RFC, it says so: Fault, the preempt delay (as keepalived has it), effective
 //! priority changes advertised at once, and what happens when a partition heals and two masters meet: the
-//! loser sends one last advert as it steps down, and the winner, seeing a lower master, advertises and
-//! re-announces the VIP at once. (RFC 9568 has the loser go quiet, and clients keep sending to its MAC until
-//! their ARP entries expire — keepalived black-holes the VIP for up to 42 s that way by default.)
+//! loser releases the VIP with a priority-0 advert as it steps down, and the winner re-announces the VIP at
+//! once. (RFC 9568 has the loser go quiet, and clients keep sending to its MAC until their ARP entries
+//! expire — keepalived black-holes the VIP for up to 42 s that way by default.)
+//!
+//! The VIP is never on two routers when a master leaves while alive: a master removes the addresses before
+//! its priority-0 advert goes out (shutdown, fault, a better master), and a router that preempts a live
+//! master advertises first and adds the addresses only when that master's release arrives, or after
+//! [`CLAIM_WAIT_MAX`] at most (a peer that steps down silently, as keepalived does). The RFC has the
+//! preempting router add them at once, so both hold them until the old master has heard it. A backup that
+//! follows a live master ignores a release from another router (the old master of a preemption it has
+//! already seen): the RFC would have it take over after its Skew_Time, from under the new master.
 
 use alloc::vec::Vec;
 use core::net::IpAddr;
@@ -63,6 +71,11 @@ pub enum State {
     /// Not allowed to hold the addresses (a health check with weight 0 fails, the link is down).
     Fault,
 }
+
+/// How long a preempting master waits at most for the old master's release before adding the addresses:
+/// the old master needs one packet's way and an address removal (milliseconds); a peer that never sends a
+/// release costs this much VIP-less time per preemption. Capped by the advert interval, whichever is less.
+pub const CLAIM_WAIT_MAX: Duration = Duration::from_millis(100);
 
 /// What a backup heard of the master since its down timer was last armed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,6 +248,8 @@ pub struct Router {
     advert_at: Option<Duration>,
     second_burst_at: Option<Duration>,
     refresh_at: Option<Duration>,
+    /// A preempting master waits until then for the old master's release before it adds the addresses.
+    claim_until: Option<Duration>,
 }
 
 impl Router {
@@ -255,6 +270,7 @@ impl Router {
             advert_at: None,
             second_burst_at: None,
             refresh_at: None,
+            claim_until: None,
         }
     }
 
@@ -291,7 +307,16 @@ impl Router {
 
     /// When [`Input::Timer`] is due next, if any timer runs.
     pub fn deadline(&self) -> Option<Duration> {
-        [self.down_at, self.advert_at, self.second_burst_at, self.refresh_at].into_iter().flatten().min()
+        [self.down_at, self.advert_at, self.second_burst_at, self.refresh_at, self.claim_until]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// A master that preempted a live one and waits for its release: it advertises but does not hold the
+    /// addresses yet.
+    pub fn claiming(&self) -> bool {
+        self.claim_until.is_some()
     }
 
     /// The configured Advertisement_Interval, as a duration.
@@ -382,8 +407,7 @@ impl Router {
     fn shutdown(&mut self, out: &mut Vec<Action>) {
         if self.state == State::Master {
             // RFC 9568 §6.4.3: priority 0 tells the backups to take over after their Skew_Time.
-            out.push(Action::Advertise { priority: 0 });
-            out.push(Action::RemoveAddresses);
+            self.release(out);
         }
         self.stop_timers();
         if self.state != State::Initialize {
@@ -407,6 +431,10 @@ impl Router {
         if self.state != State::Master {
             return;
         }
+        if self.claim_until.is_some_and(|t| now >= t) {
+            // No release came: the old master stepped down silently, or is gone.
+            self.take_addresses(now, out);
+        }
         if self.advert_at.is_some_and(|t| now >= t) {
             out.push(Action::Advertise { priority: self.effective });
             self.advert_at = Some(now + self.advert_interval());
@@ -428,6 +456,12 @@ impl Router {
         match self.state {
             State::Backup => {
                 if adv.priority == 0 {
+                    if self.heard == Heard::Nothing && self.master_seen.is_some_and(|m| m != from) {
+                        // Not in the RFC: a router this backup does not follow let the VIP go — the old
+                        // master of a preemption whose new master it already heard. The master it follows
+                        // is alive and keeps it.
+                        return;
+                    }
                     // RFC 9568 §6.4.2: the master leaves; the backup with the least skew goes first.
                     self.heard = Heard::Release;
                     self.down_at = Some(now + self.skew_time());
@@ -456,20 +490,34 @@ impl Router {
                     // RFC 9568 §6.4.3: another router gave up; reassert at once.
                     out.push(Action::Advertise { priority: self.effective });
                     self.advert_at = Some(now + self.advert_interval());
+                    if self.claim_until.is_some() {
+                        // The master this router preempted has let the addresses go.
+                        self.take_addresses(now, out);
+                    } else {
+                        // Not in the RFC: it held the VIP (a healed partition); clients that still send to
+                        // its MAC come back to ours.
+                        out.push(Action::Announce { count: self.cfg.announce.repeat });
+                    }
                 } else if adv.priority > self.effective || (adv.priority == self.effective && from > self.cfg.primary) {
                     // RFC 9568 §6.4.3: a better master exists.
                     self.master_seen = Some(from);
                     if self.cfg.version == Version::V3 {
                         self.master_interval_cs = adv.interval_cs;
                     }
-                    // Not in the RFC: one last advert with our priority, so that the winner learns that two
-                    // masters met (a healed partition) and re-announces the VIP. Otherwise it never hears
-                    // from us again and clients that still send to our MAC are black-holed.
-                    out.push(Action::Advertise { priority: self.effective });
-                    out.push(Action::RemoveAddresses);
+                    // Not in the RFC: a release (priority 0) after the addresses are gone, so that the
+                    // winner adds them if it waits for us (a preemption) and re-announces them if it held
+                    // them too (a healed partition). Otherwise it never hears from us again and clients
+                    // that still send to our MAC are black-holed.
+                    if self.claim_until.is_none() {
+                        self.release(out);
+                    }
                     self.stop_timers();
                     self.down_at = Some(now + self.master_down_interval());
                     self.go(State::Backup, Reason::HigherPriority, out);
+                } else if self.claim_until.is_some() {
+                    // The master this router preempts has not heard it yet (the adverts crossed): claim again,
+                    // and keep waiting for its release.
+                    out.push(Action::Advertise { priority: self.effective });
                 } else {
                     // Two masters (a partition healed): the loser will go quiet, but clients may still send to
                     // its MAC. Not in the RFC: advertise and announce at once so that they come back to us.
@@ -503,8 +551,7 @@ impl Router {
         self.faulted = fault;
         match (fault, self.state) {
             (true, State::Master) => {
-                out.push(Action::Advertise { priority: 0 });
-                out.push(Action::RemoveAddresses);
+                self.release(out);
                 self.stop_timers();
                 self.go(State::Fault, Reason::FaultDetected, out);
             }
@@ -521,6 +568,27 @@ impl Router {
         self.stop_timers();
         self.master_seen = None;
         out.push(Action::Advertise { priority: self.effective });
+        self.advert_at = Some(now + self.advert_interval());
+        if reason == Reason::Preempted {
+            // The old master is alive and holds the addresses until it hears this advert.
+            self.claim_until = Some(now + self.advert_interval().min(CLAIM_WAIT_MAX));
+        } else {
+            self.take_addresses(now, out);
+        }
+        self.go(State::Master, reason, out);
+    }
+
+    /// Lets the addresses go: removed first, then the priority-0 advert, so that whoever takes them on
+    /// hearing it never finds them still here. Nothing to remove while claiming.
+    fn release(&mut self, out: &mut Vec<Action>) {
+        if self.claim_until.is_none() {
+            out.push(Action::RemoveAddresses);
+        }
+        out.push(Action::Advertise { priority: 0 });
+    }
+
+    fn take_addresses(&mut self, now: Duration, out: &mut Vec<Action>) {
+        self.claim_until = None;
         out.push(Action::AddAddresses);
         let a = self.cfg.announce;
         if a.repeat > 0 {
@@ -532,8 +600,6 @@ impl Router {
                 self.refresh_at = Some(now + a.refresh);
             }
         }
-        self.advert_at = Some(now + self.advert_interval());
-        self.go(State::Master, reason, out);
     }
 
     fn become_backup(&mut self, now: Duration, reason: Reason, out: &mut Vec<Action>) {
@@ -549,6 +615,7 @@ impl Router {
         self.advert_at = None;
         self.second_burst_at = None;
         self.refresh_at = None;
+        self.claim_until = None;
     }
 
     fn go(&mut self, to: State, reason: Reason, out: &mut Vec<Action>) {

@@ -194,24 +194,24 @@ fn table() {
             does: &[Action::Advertise { priority: 100 }],
         },
         Row {
-            rule: "§6.4.3 Master, higher priority advert → Backup, remove addresses; kubeha: one last advert first",
+            rule: "§6.4.3 Master, higher priority advert → Backup, remove addresses; kubeha: then release them (priority 0)",
             priority: 100,
             start: State::Master,
             input: adv(150),
             at: 3700,
             state: State::Backup,
             reason: Some(Reason::HigherPriority),
-            does: &[Action::Advertise { priority: 100 }, Action::RemoveAddresses],
+            does: &[Action::RemoveAddresses, Action::Advertise { priority: 0 }],
         },
         Row {
-            rule: "§6.4.3 Master, equal priority from a higher address → Backup (one last advert first)",
+            rule: "§6.4.3 Master, equal priority from a higher address → Backup (removed, then released)",
             priority: 100,
             start: State::Master,
             input: adv_from("198.51.100.13", 100),
             at: 3700,
             state: State::Backup,
             reason: Some(Reason::HigherPriority),
-            does: &[Action::Advertise { priority: 100 }, Action::RemoveAddresses],
+            does: &[Action::RemoveAddresses, Action::Advertise { priority: 0 }],
         },
         Row {
             rule: "§6.4.3 Master, equal priority from a lower address → stay; kubeha: two masters met, reassert and announce",
@@ -234,24 +234,24 @@ fn table() {
             does: &[Action::Advertise { priority: 100 }, Action::Announce { count: 5 }],
         },
         Row {
-            rule: "§6.4.3 Master, advert priority 0 → advertise at once",
+            rule: "§6.4.3 Master, advert priority 0 → advertise at once; kubeha: and announce (it held the VIP)",
             priority: 100,
             start: State::Master,
             input: adv(0),
             at: 3700,
             state: State::Master,
             reason: None,
-            does: &[Action::Advertise { priority: 100 }],
+            does: &[Action::Advertise { priority: 100 }, Action::Announce { count: 5 }],
         },
         Row {
-            rule: "§6.4.3 Master, Shutdown → priority-0 advert, remove addresses, Initialize",
+            rule: "§6.4.3 Master, Shutdown → remove addresses (kubeha: first), priority-0 advert, Initialize",
             priority: 100,
             start: State::Master,
             input: Input::Shutdown,
             at: 3700,
             state: State::Initialize,
             reason: Some(Reason::Shutdown),
-            does: &[Action::Advertise { priority: 0 }, Action::RemoveAddresses],
+            does: &[Action::RemoveAddresses, Action::Advertise { priority: 0 }],
         },
         Row {
             rule: "kubeha: Master, effective priority changes → advertise it at once",
@@ -264,14 +264,14 @@ fn table() {
             does: &[Action::Advertise { priority: 40 }],
         },
         Row {
-            rule: "kubeha: Master, fault → priority-0 advert, remove addresses, Fault",
+            rule: "kubeha: Master, fault → remove addresses, priority-0 advert, Fault",
             priority: 100,
             start: State::Master,
             input: Input::Fault(true),
             at: 3700,
             state: State::Fault,
             reason: Some(Reason::FaultDetected),
-            does: &[Action::Advertise { priority: 0 }, Action::RemoveAddresses],
+            does: &[Action::RemoveAddresses, Action::Advertise { priority: 0 }],
         },
         Row {
             rule: "kubeha: Backup, fault → Fault, no timers",
@@ -432,6 +432,92 @@ fn taking_over_from_a_lower_master_is_a_preemption_not_a_master_down() {
     r.handle(t(200), adv(200), &mut out);
     r.handle(r.deadline().unwrap(), Input::Timer, &mut out);
     assert_eq!(transitions(&out), vec![(State::Backup, State::Master, Reason::MasterDown)]);
+}
+
+/// A router of priority 200 that has just preempted a live master of priority 100 (198.51.100.11), with the
+/// actions of the preemption and when it happened.
+fn preempting() -> (Router, Vec<Action>, Duration) {
+    let mut r = in_state(200, State::Backup);
+    let mut out = Vec::new();
+    r.handle(t(100), adv(100), &mut out);
+    let due = r.deadline().unwrap();
+    out.clear();
+    r.handle(due, Input::Timer, &mut out);
+    (r, out, due)
+}
+
+fn actions(out: &[Action]) -> Vec<Action> {
+    out.iter().filter(|a| !matches!(a, Action::Transition { .. })).cloned().collect()
+}
+
+#[test]
+fn a_preempting_master_adds_the_vip_only_once_the_old_master_released_it() {
+    // kubeha: advertise first; the old master removes the VIP, then sends priority 0.
+    let (mut r, out, _) = preempting();
+    assert_eq!(r.state(), State::Master);
+    assert!(r.claiming());
+    assert_eq!(actions(&out), vec![Action::Advertise { priority: 200 }]);
+    let claimed = r.deadline().unwrap();
+
+    // Its regular advert crossed ours: it has not heard the claim yet. Claim again, keep waiting.
+    let mut out = Vec::new();
+    r.handle(claimed - t(99), adv(100), &mut out);
+    assert_eq!(actions(&out), vec![Action::Advertise { priority: 200 }]);
+    assert!(r.claiming());
+
+    let mut out = Vec::new();
+    r.handle(claimed - t(98), adv(0), &mut out);
+    assert_eq!(
+        actions(&out),
+        vec![Action::Advertise { priority: 200 }, Action::AddAddresses, Action::Announce { count: 5 }]
+    );
+    assert!(!r.claiming());
+    assert!(transitions(&out).is_empty(), "the transition to Master was reported with the claim");
+}
+
+#[test]
+fn a_preempting_master_adds_the_vip_after_the_claim_wait_without_a_release() {
+    // keepalived steps down silently: the VIP is nowhere for CLAIM_WAIT_MAX (or one advert interval).
+    let (mut r, _, preempted) = preempting();
+    let claimed = r.deadline().unwrap();
+    let mut out = Vec::new();
+    r.handle(claimed - t(1), Input::Timer, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(claimed, preempted + kubeha_vrrp::router::CLAIM_WAIT_MAX.min(t(1000)));
+    r.handle(claimed, Input::Timer, &mut out);
+    assert_eq!(actions(&out), vec![Action::AddAddresses, Action::Announce { count: 5 }]);
+    assert!(!r.claiming());
+}
+
+#[test]
+fn a_claim_ends_without_a_trace_when_a_better_master_speaks_or_the_router_stops() {
+    let (mut r, _, _) = preempting();
+    let mut out = Vec::new();
+    r.handle(t(3720), adv_from("198.51.100.13", 250), &mut out);
+    assert_eq!(r.state(), State::Backup);
+    assert!(actions(&out).is_empty(), "nothing was added, nothing to remove or release: {out:?}");
+
+    let (mut r, _, _) = preempting();
+    let mut out = Vec::new();
+    r.handle(t(3720), Input::Shutdown, &mut out);
+    assert_eq!(actions(&out), vec![Action::Advertise { priority: 0 }], "a release, but nothing to remove");
+    assert_eq!(r.deadline(), None);
+}
+
+#[test]
+fn a_backup_ignores_the_release_of_a_router_it_does_not_follow() {
+    // The old master of a preemption releases after the new master's advert reached this backup: the new
+    // master is alive, so no Skew_Time takeover from under it (kubeha; RFC 9568 §6.4.2 would take over).
+    let mut r = in_state(150, State::Backup);
+    let mut out = Vec::new();
+    r.handle(t(100), adv_from("198.51.100.13", 200), &mut out);
+    let down = r.deadline().unwrap();
+    r.handle(t(101), adv_from("198.51.100.11", 0), &mut out);
+    assert_eq!(r.deadline(), Some(down), "the down timer still counts from the followed master");
+
+    // The followed master's own release is the RFC's hand-over.
+    r.handle(t(102), adv_from("198.51.100.13", 0), &mut out);
+    assert!(r.deadline().unwrap() < down);
 }
 
 /// What dashboards and alerts match on (`kubeha_vrrp_transitions_total{reason=…}`, the member status) is

@@ -2,8 +2,8 @@
 //! writes members and status by server-side apply with one field manager. Only the elected leader runs it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -26,7 +26,8 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::conflict::{Claim, conflicts};
 use crate::desired::{CLUSTER_LABEL, RELEASE_FINALIZER, desired, masters, member_name, vip_address};
-use crate::status::{Inputs, Leaders, aggregate, meaningfully_different};
+use crate::seen::Sightings;
+use crate::status::{Ages, Inputs, Leaders, aggregate, meaningfully_different};
 
 pub use kubeha_crds::contract::{CLEANUP_FINALIZER, OPERATOR_MANAGER as MANAGER};
 
@@ -96,7 +97,21 @@ pub struct Context {
     system_leases: Store<Lease>,
     /// The members' heartbeat Leases.
     heartbeats: Store<Lease>,
+    /// When the caches saw the agents' and the controllers' stamps change.
+    seen: Arc<Mutex<Sightings>>,
     may_act: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl Context {
+    fn sightings(&self) -> std::sync::MutexGuard<'_, Sightings> {
+        // Notes are plain inserts: a panic elsewhere leaves nothing half-written to distrust.
+        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How long ago the value of `key` changed, by this operator's clock.
+    fn age(&self, key: &str) -> Option<Duration> {
+        self.sightings().age(key, Instant::now())
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -131,14 +146,20 @@ pub async fn run(
     let nodes_api: Api<Node> = Api::all(client.clone());
 
     // The reflectors live as long as this future: they end with it, also when it is aborted.
-    let (nodes, _nodes) = cache(nodes_api.clone(), watcher::Config::default());
-    let (members, _members) = cache(members_api.clone(), watcher::Config::default());
+    let seen = Arc::new(Mutex::new(Sightings::default()));
+    let (nodes, _nodes) = cache(nodes_api.clone(), watcher::Config::default(), None);
+    let (members, _members) =
+        cache(members_api.clone(), watcher::Config::default(), Some((seen.clone(), member_stamps as Stamps<_>)));
     // Read on every reconcile; cached so that a reconcile costs no extra API calls for them.
-    let (system_leases, _system_leases) =
-        cache(Api::namespaced(client.clone(), "kube-system"), watcher::Config::default());
+    let (system_leases, _system_leases) = cache(
+        Api::namespaced(client.clone(), "kube-system"),
+        watcher::Config::default(),
+        Some((seen.clone(), system_lease_stamps as Stamps<_>)),
+    );
     let (heartbeats, _heartbeats) = cache(
         Api::namespaced(client.clone(), &settings.heartbeat_namespace),
         watcher::Config::default().labels(CLUSTER_LABEL),
+        Some((seen.clone(), heartbeat_stamps as Stamps<_>)),
     );
 
     let controller = Controller::new(clusters, watcher::Config::default());
@@ -155,6 +176,7 @@ pub async fn run(
         release_timeout: settings.release_timeout,
         system_leases,
         heartbeats,
+        seen,
         may_act: Box::new(may_act),
     });
     // Reconcile only with complete caches: a half-listed node set would delete members.
@@ -283,6 +305,7 @@ async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, E
         now: Timestamp::now(),
         leaders: leaders(ctx),
         heartbeats: &heartbeats(ctx, &name),
+        ages: ages(&ctx.sightings(), &members, Instant::now()),
     });
     let current = hac.status.clone().unwrap_or_default();
     if meaningfully_different(&current, &out.status) {
@@ -305,16 +328,93 @@ async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, E
     Ok(Action::requeue(Duration::from_secs(5)))
 }
 
+/// The stamps of an object whose changes the operator times on its own clock: (key, value) pairs for
+/// [`Sightings`].
+type Stamps<K> = fn(&K) -> Vec<(String, String)>;
+
 /// A cache of `api`, kept by a reflector task until the returned handle is dropped. Not a detached task: a
 /// spawned task outlives whoever spawned it, and every leadership the operator lost left four watches running
-/// (a 10-minute soak: the operator's API connections 8 → 23).
-fn cache<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, AbortOnDropHandle<()>)
+/// (a 10-minute soak: the operator's API connections 8 → 23). With `stamps`, every object the watch
+/// delivers has its stamps noted as it arrives.
+fn cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    stamps: Option<(Arc<Mutex<Sightings>>, Stamps<K>)>,
+) -> (Store<K>, AbortOnDropHandle<()>)
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff().touched_objects();
+    let stream = reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .inspect(move |event| {
+            let (Some((seen, stamps)), Ok(event)) = (&stamps, event) else { return };
+            let mut seen = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match event {
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                    let now = Instant::now();
+                    for (key, value) in stamps(o) {
+                        seen.note(key, value, now);
+                    }
+                }
+                watcher::Event::Delete(o) => stamps(o).iter().for_each(|(key, _)| seen.forget(key)),
+                watcher::Event::Init | watcher::Event::InitDone => {}
+            }
+        })
+        .touched_objects();
     (store, AbortOnDropHandle::new(tokio::spawn(stream.for_each(|_| async {}))))
+}
+
+/// A member's stamps: its agent's and its proxy's heartbeats, its existence, its deletion.
+fn member_stamps(m: &HighAvailabilityMember) -> Vec<(String, String)> {
+    let name = m.name_any();
+    let st = m.status.as_ref();
+    let mut stamps = vec![(format!("known:{name}"), m.uid().unwrap_or_default())];
+    if let Some(t) = st.and_then(|s| s.heartbeat_time.as_ref()) {
+        stamps.push((format!("heartbeat:{name}"), t.0.to_string()));
+    }
+    if let Some(t) = st.and_then(|s| s.proxy_heartbeat_time.as_ref()) {
+        stamps.push((format!("proxy:{name}"), t.0.to_string()));
+    }
+    if let Some(t) = &m.metadata.deletion_timestamp {
+        stamps.push((format!("deleting:{name}"), t.0.to_string()));
+    }
+    stamps
+}
+
+/// A heartbeat Lease's renewal, under its member's name.
+fn heartbeat_stamps(l: &Lease) -> Vec<(String, String)> {
+    let member = l.metadata.name.as_deref().and_then(kubeha_crds::contract::member_of_heartbeat);
+    let renewed = l.spec.as_ref().and_then(|s| s.renew_time.as_ref());
+    member.zip(renewed).map(|(m, t)| (format!("lease:{m}"), t.0.to_string())).into_iter().collect()
+}
+
+/// A kube-system Lease's holder and renewal.
+fn system_lease_stamps(l: &Lease) -> Vec<(String, String)> {
+    let spec = l.spec.as_ref();
+    let holder = spec.and_then(|s| s.holder_identity.clone()).unwrap_or_default();
+    let renewed = spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0.to_string()).unwrap_or_default();
+    vec![(format!("system:{}", l.name_any()), format!("{holder} {renewed}"))]
+}
+
+/// How long ago each member's stamps changed, as `seen` noted them.
+fn ages(seen: &Sightings, members: &[HighAvailabilityMember], now: Instant) -> BTreeMap<String, Ages> {
+    members
+        .iter()
+        .map(|m| {
+            let name = m.name_any();
+            let agent = [seen.age(&format!("heartbeat:{name}"), now), seen.age(&format!("lease:{name}"), now)]
+                .into_iter()
+                .flatten()
+                .min();
+            let ages = Ages {
+                agent,
+                proxy: seen.age(&format!("proxy:{name}"), now),
+                known: seen.age(&format!("known:{name}"), now),
+            };
+            (name, ages)
+        })
+        .collect()
 }
 
 /// When each member's heartbeat Lease was last renewed (member name → renewTime).
@@ -337,9 +437,9 @@ fn leaders(ctx: &Context) -> Leaders {
         let lease = ctx.system_leases.get(&ObjectRef::new(name).within("kube-system"))?;
         let spec = lease.spec.as_ref()?;
         let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty())?;
-        let renewed = spec.renew_time.as_ref()?.0;
-        let duration = i64::from(spec.lease_duration_seconds?);
-        if renewed.as_second() + duration < Timestamp::now().as_second() {
+        let duration = Duration::from_secs(u64::try_from(spec.lease_duration_seconds?).unwrap_or(0));
+        // Renewed within its duration, as this operator's clock counts since it saw the renewal.
+        if ctx.age(&format!("system:{name}")).is_none_or(|age| age > duration) {
             return None;
         }
         Some(holder.split('_').next().unwrap_or(holder).to_string())
@@ -358,8 +458,9 @@ async fn retire(m: &HighAvailabilityMember, ctx: &Context, hac: &HighAvailabilit
             api.delete(&name, &DeleteParams::default()).await?;
             tracing::info!(member = %name, "member deleted; waiting for its agent to release the VIP");
         }
-        Some(since) => {
-            let waited = Timestamp::now().duration_since(since.0).unsigned_abs();
+        Some(_) => {
+            // Since this operator saw the deletion: the API server's clock stamped it.
+            let waited = ctx.age(&format!("deleting:{name}")).unwrap_or_default();
             let releasing = m.finalizers().iter().any(|f| f == RELEASE_FINALIZER);
             if releasing && waited >= ctx.release_timeout {
                 guard(ctx)?;
@@ -423,7 +524,73 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use kubeha_common::testing::CountingServer;
+    use kubeha_crds::{HighAvailabilityMemberStatus, VrrpState};
+
+    use crate::desired::tests::{hac, node};
+
+    /// The states the operator reports for three members whose agents stamp with a clock `skew` off the
+    /// operator's: each agent writes a new heartbeat every second until `dies` (by the operator's clock,
+    /// seconds after the start; `None`: never), and the operator looks at `look`.
+    fn states_with_skew(skew: Duration, ahead: bool, dies: [Option<u64>; 3], look: u64) -> Vec<VrrpState> {
+        let h = hac(serde_json::json!({}));
+        let nodes: Vec<_> = (1..=3).map(|i| node(&format!("n{i}"), &[&format!("198.51.100.1{i}")], true)).collect();
+        let mut members = desired(&h, &nodes).members;
+        let (t0, wall0) = (Instant::now(), Timestamp::from_second(1_800_000_000).unwrap());
+        let agent_clock = |s: u64| {
+            let t = wall0 + Duration::from_secs(s);
+            if ahead { t + skew } else { t - skew }
+        };
+        let mut seen = Sightings::default();
+        for s in 0..=look {
+            for (m, dies) in members.iter_mut().zip(dies) {
+                if dies.is_some_and(|d| s >= d) {
+                    continue;
+                }
+                m.status = Some(HighAvailabilityMemberStatus {
+                    state: VrrpState::Backup,
+                    heartbeat_time: Some(Time(agent_clock(s))),
+                    ..HighAvailabilityMemberStatus::default()
+                });
+                for (key, value) in member_stamps(m) {
+                    seen.note(key, value, t0 + Duration::from_secs(s));
+                }
+            }
+        }
+        let out = aggregate(&Inputs {
+            hac: &h,
+            members: &members,
+            expected: &[],
+            problems: &[],
+            conflicts: &[],
+            now: wall0 + Duration::from_secs(look),
+            leaders: Leaders::default(),
+            heartbeats: &BTreeMap::new(),
+            ages: ages(&seen, &members, t0 + Duration::from_secs(look)),
+        });
+        out.status.members.iter().map(|m| m.state).collect()
+    }
+
+    #[test]
+    fn a_members_liveness_does_not_depend_on_its_nodes_clock() {
+        // The heartbeat timeout is 15 s (the default leaseDuration). n3's agent stops at 10 s; at 40 s it has
+        // been silent for 30 s, the others wrote a second ago.
+        for (skew, ahead) in
+            [(Duration::ZERO, true), (Duration::from_secs(3600), true), (Duration::from_secs(3600), false)]
+        {
+            let states = states_with_skew(skew, ahead, [None, None, Some(10)], 40);
+            assert_eq!(
+                states,
+                [VrrpState::Backup, VrrpState::Backup, VrrpState::Unknown],
+                "agents' clocks {skew:?} {}",
+                if ahead { "ahead" } else { "behind" }
+            );
+        }
+        // Comparing stamps with the operator's wall clock got both wrong: an hour ahead was alive for an
+        // hour after it stopped, and an hour behind was never alive. Seen changing, both are alive at 12 s.
+        assert_eq!(states_with_skew(Duration::from_secs(3600), false, [None; 3], 12), [VrrpState::Backup; 3]);
+    }
 
     #[tokio::test]
     async fn a_dropped_cache_closes_its_watch() {
@@ -432,7 +599,7 @@ mod tests {
         let url = format!("http://127.0.0.1:{}", server.port);
         let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
 
-        let (_store, reflector) = cache(Api::<Node>::all(client), watcher::Config::default());
+        let (_store, reflector) = cache(Api::<Node>::all(client), watcher::Config::default(), None);
         assert!(server.wait_for(|n| n == 1).await, "the cache's list request reached the server");
         drop(reflector);
         assert!(

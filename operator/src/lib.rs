@@ -8,4 +8,5 @@
 pub mod conflict;
 pub mod controller;
 pub mod desired;
+pub mod seen;
 pub mod status;

@@ -92,12 +92,28 @@ pub struct Inputs<'a> {
     pub problems: &'a [Problem],
     /// Conflicts with other clusters.
     pub conflicts: &'a [Conflict],
-    /// Now, by the operator's clock.
+    /// Now, by the operator's wall clock: only for the times the status records (a condition's
+    /// lastTransitionTime), never compared with an agent's stamp.
     pub now: Timestamp,
     /// The nodes holding the kube-system controller Leases.
     pub leaders: Leaders,
-    /// When each member's heartbeat Lease was last renewed, by member name.
+    /// When each member's heartbeat Lease was last renewed, by member name, as its agent stamped it: compared
+    /// only with other agents' stamps (which of two holders took the VIP later).
     pub heartbeats: &'a BTreeMap<String, Timestamp>,
+    /// How long ago the operator saw each member's signs of life change, by member name.
+    pub ages: BTreeMap<String, Ages>,
+}
+
+/// How long ago, by the operator's own monotonic clock, it saw a member's signs of life change (see
+/// [`crate::seen`]): what decides whether a member is alive, whatever its node's clock says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ages {
+    /// Since its agent last renewed its heartbeat Lease or wrote a new `heartbeatTime`, whichever is later.
+    pub agent: Option<Duration>,
+    /// Since its proxy last wrote a new `proxyHeartbeatTime`.
+    pub proxy: Option<Duration>,
+    /// Since the operator first saw the member.
+    pub known: Option<Duration>,
 }
 
 /// The nodes whose kube-controller-manager and kube-scheduler hold their kube-system Leases.
@@ -148,12 +164,12 @@ enum Proxy {
     Silent,
 }
 
-fn view<'a>(m: &'a HighAvailabilityMember, lease: Option<&Timestamp>, timeout: Duration, now: Timestamp) -> View<'a> {
+fn view<'a>(m: &'a HighAvailabilityMember, lease: Option<&Timestamp>, ages: Ages, timeout: Duration) -> View<'a> {
     let st = m.status.as_ref();
-    let recent = |t: &Timestamp| now.duration_since(*t).unsigned_abs() <= timeout;
-    // Alive while either heartbeat is recent: the Lease renewed every retryPeriod, or the status written at
+    let recent = |age: Option<Duration>| age.is_some_and(|a| a <= timeout);
+    // Alive while either heartbeat changes: the Lease renewed every retryPeriod, or the status written at
     // least every leaseDuration / 3.
-    let fresh = st.and_then(|s| s.heartbeat_time.as_ref()).is_some_and(|t| recent(&t.0)) || lease.is_some_and(recent);
+    let fresh = recent(ages.agent);
     let state = match st {
         Some(s) if fresh => s.state,
         _ => VrrpState::Unknown,
@@ -161,15 +177,12 @@ fn view<'a>(m: &'a HighAvailabilityMember, lease: Option<&Timestamp>, timeout: D
     let healthy = fresh
         && matches!(state, VrrpState::Master | VrrpState::Backup)
         && st.is_some_and(|s| s.health.iter().all(|h| h.healthy) && s.penalties.is_empty());
-    let young =
-        m.metadata.creation_timestamp.as_ref().is_none_or(|c| now.duration_since(c.0).unsigned_abs() <= timeout);
+    let young = ages.known.is_none_or(|a| a <= timeout);
     let heard = st.and_then(|s| s.heartbeat_time.as_ref()).map(|t| t.0).into_iter().chain(lease.copied()).max();
-    let proxy = m.spec.proxy.as_ref().filter(|p| p.enabled).map(|_| {
-        match st.map(|s| (s.proxy_error.as_ref(), s.proxy_heartbeat_time.as_ref())) {
-            Some((Some(e), Some(t))) if recent(&t.0) => Proxy::Failed(e.clone()),
-            Some((None, Some(t))) if recent(&t.0) => Proxy::Reporting,
-            _ => Proxy::Silent,
-        }
+    let proxy = m.spec.proxy.as_ref().filter(|p| p.enabled).map(|_| match st.map(|s| s.proxy_error.as_ref()) {
+        Some(Some(e)) if recent(ages.proxy) => Proxy::Failed(e.clone()),
+        Some(None) if recent(ages.proxy) => Proxy::Reporting,
+        _ => Proxy::Silent,
     });
     View { m, state, fresh, healthy, pending: st.is_none() && young, heard, proxy }
 }
@@ -188,7 +201,9 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
         .members
         .iter()
         .map(|m| {
-            view(m, i.heartbeats.get(m.metadata.name.as_deref().unwrap_or_default()), heartbeat_timeout(hac), i.now)
+            let name = m.metadata.name.as_deref().unwrap_or_default();
+            let ages = i.ages.get(name).copied().unwrap_or_default();
+            view(m, i.heartbeats.get(name), ages, heartbeat_timeout(hac))
         })
         .collect();
     let node = |v: &View<'_>| v.m.spec.node_name.clone();
@@ -633,6 +648,28 @@ mod tests {
 
     /// The inputs of a cluster and its members, with nothing else going on.
     fn inputs<'a>(h: &'a HighAvailabilityCluster, ms: &'a [HighAvailabilityMember]) -> Inputs<'a> {
+        with_leases(h, ms, &NO_HEARTBEATS)
+    }
+
+    /// The inputs with heartbeat Leases renewed at `leases`, seen by an operator that noted every stamp as it
+    /// was written (its clock agrees with the agents': `controller` tests the skewed case).
+    fn with_leases<'a>(
+        h: &'a HighAvailabilityCluster,
+        ms: &'a [HighAvailabilityMember],
+        leases: &'a BTreeMap<String, Timestamp>,
+    ) -> Inputs<'a> {
+        let age = |t: Timestamp| now().duration_since(t).unsigned_abs();
+        let ages = ms
+            .iter()
+            .map(|m| {
+                let name = m.metadata.name.clone().unwrap_or_default();
+                let st = m.status.as_ref();
+                let status_beat = st.and_then(|s| s.heartbeat_time.as_ref()).map(|t| t.0);
+                let agent = status_beat.into_iter().chain(leases.get(&name).copied()).max().map(age);
+                let proxy = st.and_then(|s| s.proxy_heartbeat_time.as_ref()).map(|t| age(t.0));
+                (name, Ages { agent, proxy, known: None })
+            })
+            .collect();
         Inputs {
             hac: h,
             members: ms,
@@ -641,7 +678,8 @@ mod tests {
             conflicts: &[],
             now: now(),
             leaders: Leaders::default(),
-            heartbeats: &NO_HEARTBEATS,
+            heartbeats: leases,
+            ages,
         }
     }
 
@@ -726,7 +764,7 @@ mod tests {
         assert_eq!(s.active_node.as_deref(), Some("n2"));
         // The same takeover, but n1's Lease was renewed after it: n1 is alive and still claims the VIP — a split.
         let lease = BTreeMap::from([(ms[0].metadata.name.clone().unwrap(), at(0).0)]);
-        let s = aggregate(&Inputs { heartbeats: &lease, ..inputs(&h, &ms) }).status;
+        let s = aggregate(&with_leases(&h, &ms, &lease)).status;
         assert_eq!(cond(&s, "VIPAvailable"), ("False", "MultipleHolders"));
         assert_eq!(s.active_node, None);
     }
@@ -805,7 +843,7 @@ mod tests {
         let (h, mut ms) = healthy_three();
         ms[2].status.as_mut().unwrap().heartbeat_time = Some(Time(now() - Duration::from_secs(60)));
         let beats = BTreeMap::from([("api-n3".to_string(), now() - Duration::from_secs(2))]);
-        let with = |beats: &BTreeMap<String, Timestamp>| aggregate(&Inputs { heartbeats: beats, ..inputs(&h, &ms) });
+        let with = |beats: &BTreeMap<String, Timestamp>| aggregate(&with_leases(&h, &ms, beats));
         assert_eq!(with(&beats).status.members[2].state, VrrpState::Backup, "the Lease was renewed 2 s ago");
         let old = BTreeMap::from([("api-n3".to_string(), now() - Duration::from_secs(60))]);
         assert_eq!(with(&old).status.members[2].state, VrrpState::Unknown, "both heartbeats expired");

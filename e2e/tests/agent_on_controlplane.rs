@@ -40,6 +40,7 @@ fn until_holders(up: &Up, want: &[Host], within: Duration) -> Duration {
 
 #[tokio::test]
 async fn a_master_whose_api_server_stops_hands_the_vip_to_one_that_serves() {
+    kubeha_e2e::skip_unless_root!();
     let up = Up::new().await;
     let [n1, n2, n3] = NODES;
     let _agents = [agent(&up, n1, 200), agent(&up, n2, 190), agent(&up, n3, 180)];

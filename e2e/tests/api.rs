@@ -40,6 +40,7 @@ fn spec_with(patch: Value) -> Value {
 
 #[tokio::test]
 async fn the_api_server_accepts_good_clusters_and_explains_every_rejection() {
+    kubeha_e2e::skip_unless_root!();
     let up = Up::with_crds().await;
     let c = &up.cluster;
 

@@ -15,6 +15,7 @@ const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/ipv4-mul
 
 #[tokio::test]
 async fn the_daemonset_adopts_the_bootstrap_vip_without_a_failover() {
+    kubeha_e2e::skip_unless_root!();
     let up = Up::new().await;
     let cluster = &up.cluster;
     let vip = IpAddr::V4(VIP_V4);

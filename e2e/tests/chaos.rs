@@ -56,6 +56,7 @@ fn wrong(run: &Run) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failover_chaos_suite_against_keepalived_and_haproxy() {
+    kubeha_e2e::skip_unless_root!();
     let up = Up::new().await;
     let mut chaos = Chaos::start(&up.cluster).expect("probe and sampler");
     let mut aborted = Vec::new();

@@ -47,12 +47,14 @@ fn strings(v: &Value) -> Vec<String> {
 
 #[test]
 fn the_chart_lints_clean() {
+    kubeha_e2e::skip_unless_root!();
     let out = helm().args(["lint", "--strict", CHART]).output().unwrap();
     assert!(out.status.success(), "helm lint:\n{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]
 fn the_operator_runs_two_locked_down_replicas() {
+    kubeha_e2e::skip_unless_root!();
     let docs = render(&[]).unwrap();
     let d = find(&docs, "Deployment", "kubeha-operator");
     assert_eq!(d["spec"]["replicas"], 2);
@@ -79,6 +81,7 @@ fn the_operator_runs_two_locked_down_replicas() {
 
 #[test]
 fn the_agent_runs_on_every_master_with_two_capabilities() {
+    kubeha_e2e::skip_unless_root!();
     let docs = render(&[]).unwrap();
     let ds = find(&docs, "DaemonSet", "kubeha-agent");
     assert_eq!(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"], 1);
@@ -128,6 +131,7 @@ fn the_agent_runs_on_every_master_with_two_capabilities() {
 
 #[test]
 fn the_proxy_runs_beside_the_agent_without_any_privilege() {
+    kubeha_e2e::skip_unless_root!();
     let docs = render(&[]).unwrap();
     let pod = &find(&docs, "DaemonSet", "kubeha-agent")["spec"]["template"]["spec"];
     let names: Vec<&str> = pod["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
@@ -163,6 +167,7 @@ fn the_proxy_runs_beside_the_agent_without_any_privilege() {
 
 #[test]
 fn rbac_grants_only_what_the_binaries_call() {
+    kubeha_e2e::skip_unless_root!();
     let docs = render(&[]).unwrap();
     for d in docs.iter().filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role") {
         for rule in d["rules"].as_array().unwrap() {
@@ -202,6 +207,7 @@ fn rbac_grants_only_what_the_binaries_call() {
 
 #[test]
 fn the_admission_policy_follows_the_api_server_and_the_value() {
+    kubeha_e2e::skip_unless_root!();
     let has = |docs: &[Value]| kinds(docs).contains(&"ValidatingAdmissionPolicy".to_string());
     assert!(!has(&render(&[]).unwrap()), "an API server without the API gets no policy");
     let docs = render(&[VAP]).unwrap();
@@ -224,6 +230,7 @@ fn the_admission_policy_follows_the_api_server_and_the_value() {
 
 #[test]
 fn crds_follow_enabled_and_keep() {
+    kubeha_e2e::skip_unless_root!();
     let docs = render(&[]).unwrap();
     let crd = find(&docs, "CustomResourceDefinition", "highavailabilityclusters.kubeha.io");
     assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
@@ -236,6 +243,7 @@ fn crds_follow_enabled_and_keep() {
 
 #[test]
 fn metrics_and_the_install_time_cluster_are_opt_in() {
+    kubeha_e2e::skip_unless_root!();
     let docs = render(&[]).unwrap();
     for kind in ["Service", "ServiceMonitor", "HighAvailabilityCluster"] {
         assert!(!kinds(&docs).contains(&kind.to_string()), "{kind} rendered by default");
@@ -265,6 +273,7 @@ fn metrics_and_the_install_time_cluster_are_opt_in() {
 
 #[test]
 fn bad_values_are_refused_by_name() {
+    kubeha_e2e::skip_unless_root!();
     let cases: [(&[&str], &str); 5] = [
         (&["--set", "operator.replicass=3"], "replicass"),
         (&["--set", "logFormat=yaml"], "/logFormat"),
@@ -298,6 +307,7 @@ async fn wait_ready(up: &Up, name: &str) {
 
 #[tokio::test]
 async fn helm_install_apply_upgrade_uninstall() {
+    kubeha_e2e::skip_unless_root!();
     let up = Up::new().await;
     let cluster = &up.cluster;
     let helm = |args: &[&str]| up.helm(args);
@@ -424,6 +434,7 @@ async fn helm_install_apply_upgrade_uninstall() {
 /// releases its VIP everywhere.
 #[tokio::test]
 async fn every_example_comes_up_ready() {
+    kubeha_e2e::skip_unless_root!();
     let up = Up::new().await;
     let cluster = &up.cluster;
     up.install_chart(&[]).await;
@@ -462,6 +473,7 @@ async fn every_example_comes_up_ready() {
 /// `kubectl describe pod` work as a user expects.
 #[tokio::test]
 async fn the_runtime_enforces_the_security_context_and_the_kubelet_restarts_a_killed_agent() {
+    kubeha_e2e::skip_unless_root!();
     let up = Up::new().await;
     let cluster = &up.cluster;
     let (_, pods) = up.install_chart(&[]).await;

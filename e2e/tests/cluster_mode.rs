@@ -75,6 +75,7 @@ async fn status_shows(up: &Up, master: &str) {
 
 #[tokio::test]
 async fn a_cluster_gets_its_vip_follows_changes_and_rides_out_an_api_outage() {
+    kubeha_e2e::skip_unless_root!();
     let up = installed().await;
     apply(&up, "api", "");
     // Default priorities: n1 200, n2 190, n3 180.
@@ -135,6 +136,7 @@ async fn a_cluster_gets_its_vip_follows_changes_and_rides_out_an_api_outage() {
 
 #[tokio::test]
 async fn a_master_that_loses_etcd_quorum_hands_the_vip_to_the_majority_and_a_partition_heals_cleanly() {
+    kubeha_e2e::skip_unless_root!();
     let up = installed().await;
     // No API-server health check: only quorum fencing may move the VIP here.
     let spec = |preempt: bool| {
@@ -194,6 +196,7 @@ async fn a_master_that_loses_etcd_quorum_hands_the_vip_to_the_majority_and_a_par
 
 #[tokio::test]
 async fn lease_mode_holds_one_vip_on_a_network_that_drops_vrrp() {
+    kubeha_e2e::skip_unless_root!();
     let up = installed().await;
     up.cluster.block_vrrp().unwrap();
     apply(&up, "api", "  election: {mode: Lease, leaseDuration: 4s, renewDeadline: 3s, retryPeriod: 1s}\n");
@@ -229,6 +232,7 @@ async fn lease_mode_holds_one_vip_on_a_network_that_drops_vrrp() {
 
 #[tokio::test]
 async fn the_proxy_adds_the_api_servers_of_the_kubernetes_endpointslice() {
+    kubeha_e2e::skip_unless_root!();
     let up = installed().await;
     // Only n1 and n2 are masters of this cluster, so their members list only their two API servers; the API
     // servers themselves list all three in default/kubernetes, and the agents add the third.
@@ -248,6 +252,7 @@ async fn the_proxy_adds_the_api_servers_of_the_kubernetes_endpointslice() {
 
 #[tokio::test]
 async fn the_status_shows_the_control_plane_and_follows_the_controller_manager_leader() {
+    kubeha_e2e::skip_unless_root!();
     let up = installed().await;
     apply(&up, "api", "");
     let healthy = "true true true true";

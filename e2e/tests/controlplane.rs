@@ -17,6 +17,7 @@ use common::{Up, wait_until};
 
 #[tokio::test]
 async fn every_master_serves_the_cluster_and_one_holds_each_controller_lease() {
+    kubeha_e2e::skip_unless_root!();
     let up = Up::new().await;
     let c = &up.cluster;
 
@@ -79,6 +80,7 @@ async fn every_master_serves_the_cluster_and_one_holds_each_controller_lease() {
 
 #[tokio::test]
 async fn killing_the_node_that_holds_a_controller_lease_moves_it_to_another_master() {
+    kubeha_e2e::skip_unless_root!();
     let up = Up::new().await;
     let c = &up.cluster;
 
@@ -117,6 +119,7 @@ async fn killing_the_node_that_holds_a_controller_lease_moves_it_to_another_mast
 
 #[tokio::test]
 async fn a_partitioned_master_loses_readiness_while_the_majority_keeps_writing() {
+    kubeha_e2e::skip_unless_root!();
     let up = Up::new().await;
     let c = &up.cluster;
     let [isolated, a, b] = NODES;
@@ -147,6 +150,7 @@ async fn a_partitioned_master_loses_readiness_while_the_majority_keeps_writing()
 
 #[tokio::test]
 async fn a_stopped_api_server_is_the_only_one_not_ready_and_comes_back() {
+    kubeha_e2e::skip_unless_root!();
     let up = Up::new().await;
     let c = &up.cluster;
     let [stopped, a, b] = NODES;
@@ -160,6 +164,7 @@ async fn a_stopped_api_server_is_the_only_one_not_ready_and_comes_back() {
 
 #[tokio::test]
 async fn down_leaves_no_process_namespace_or_link_behind() {
+    kubeha_e2e::skip_unless_root!();
     let cluster = Cluster::open().unwrap();
     let _lock = cluster.lock().unwrap();
     cluster.up().await.unwrap();

@@ -24,6 +24,7 @@ fn blob(layout: &Path, digest: &str) -> std::path::PathBuf {
 
 #[test]
 fn the_image_holds_two_static_binaries_and_nothing_else() {
+    kubeha_e2e::skip_unless_root!();
     let archive = kubeha_e2e::kubeha_image().expect("make image ran");
     let dir = std::env::temp_dir().join(format!("kh-image-test-{}", std::process::id()));
     let layout = dir.join("layout");

@@ -72,20 +72,24 @@ fn keepalived_master_then_kubeha_takes_over(version: u8) {
 
 #[test]
 fn vrrp_v3_kubeha_master_keepalived_takes_over() {
+    kubeha_e2e::skip_unless_root!();
     kubeha_master_then_keepalived_takes_over(3);
 }
 
 #[test]
 fn vrrp_v3_keepalived_master_kubeha_takes_over() {
+    kubeha_e2e::skip_unless_root!();
     keepalived_master_then_kubeha_takes_over(3);
 }
 
 #[test]
 fn vrrp_v2_kubeha_master_keepalived_takes_over() {
+    kubeha_e2e::skip_unless_root!();
     kubeha_master_then_keepalived_takes_over(2);
 }
 
 #[test]
 fn vrrp_v2_keepalived_master_kubeha_takes_over() {
+    kubeha_e2e::skip_unless_root!();
     keepalived_master_then_kubeha_takes_over(2);
 }

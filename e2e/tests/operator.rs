@@ -92,6 +92,7 @@ fn events(up: &Up, name: &str) -> String {
 
 #[tokio::test]
 async fn the_operator_renders_members_reports_status_and_cleans_up() {
+    kubeha_e2e::skip_unless_root!();
     let up = Up::with_crds().await;
     up.kubectl(&["create", "namespace", "kubeha-system"]);
     let _op = operator(&up, "op-a", 18081);
@@ -193,6 +194,7 @@ async fn the_operator_renders_members_reports_status_and_cleans_up() {
 
 #[tokio::test]
 async fn a_standby_operator_takes_over_when_the_leader_dies() {
+    kubeha_e2e::skip_unless_root!();
     let up = Up::with_crds().await;
     up.kubectl(&["create", "namespace", "kubeha-system"]);
     let leases: Api<Lease> = Api::namespaced(up.cluster.client(&kubeha_e2e::NODES[0]).await.unwrap(), "kubeha-system");

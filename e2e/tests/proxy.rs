@@ -356,6 +356,7 @@ async fn proxy_for(up: &Up, dir: &Path) -> Agent {
 
 #[tokio::test]
 async fn kubectl_through_the_proxy_keeps_working_while_api_servers_stop_and_start_one_at_a_time() {
+    kubeha_e2e::skip_unless_root!();
     let up = Up::new().await;
     let dir = tempdir::Dir::new("plane");
     let agent = proxy_for(&up, &dir.0).await;
@@ -421,6 +422,7 @@ fn expect_line(rx: &mpsc::Receiver<String>, want: &str, within: Duration) {
 
 #[tokio::test]
 async fn a_watch_through_the_proxy_survives_idle_and_a_new_one_lands_elsewhere_when_its_api_server_stops() {
+    kubeha_e2e::skip_unless_root!();
     let up = Up::new().await;
     let dir = tempdir::Dir::new("watch-plane");
     let agent = proxy_for(&up, &dir.0).await;

@@ -71,6 +71,7 @@ fn processes(up: &Up) -> Vec<usize> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn random_faults_leak_nothing_and_leave_one_holder() {
+    kubeha_e2e::skip_unless_root!();
     let seconds: u64 = std::env::var("KUBEHA_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1800);
     let mut seed: u64 = std::env::var("KUBEHA_SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1

@@ -21,6 +21,7 @@ use kubeha_e2e::{Host, NODES, Process, VipWatch};
 
 #[test]
 fn three_agents_elect_the_highest_priority() {
+    kubeha_e2e::skip_unless_root!();
     let w = World::new();
     let [_, n2, _] = NODES;
     let _a = three(&w);
@@ -30,6 +31,7 @@ fn three_agents_elect_the_highest_priority() {
 
 #[test]
 fn a_sigkilled_master_is_replaced_and_its_vip_expires_by_itself() {
+    kubeha_e2e::skip_unless_root!();
     let w = World::new();
     let [_, n2, n3] = NODES;
     let mut agents = three(&w);
@@ -44,6 +46,7 @@ fn a_sigkilled_master_is_replaced_and_its_vip_expires_by_itself() {
 
 #[test]
 fn a_sigtermed_master_hands_over_at_once() {
+    kubeha_e2e::skip_unless_root!();
     let w = World::new();
     let [_, n2, n3] = NODES;
     let mut agents = three(&w);
@@ -60,6 +63,7 @@ fn a_sigtermed_master_hands_over_at_once() {
 
 #[test]
 fn a_master_cut_off_beyond_its_nic_meets_the_new_master_and_one_remains() {
+    kubeha_e2e::skip_unless_root!();
     let w = World::new();
     let [_, n2, n3] = NODES;
     let _a = three(&w);
@@ -75,6 +79,7 @@ fn a_master_cut_off_beyond_its_nic_meets_the_new_master_and_one_remains() {
 
 #[test]
 fn a_master_whose_link_drops_releases_the_vip_and_takes_it_back_when_it_returns() {
+    kubeha_e2e::skip_unless_root!();
     let w = World::new();
     let [_, n2, n3] = NODES;
     let _a = three(&w);
@@ -87,6 +92,7 @@ fn a_master_whose_link_drops_releases_the_vip_and_takes_it_back_when_it_returns(
 
 #[test]
 fn a_master_restarted_after_a_crash_comes_back_without_a_duplicate_vip() {
+    kubeha_e2e::skip_unless_root!();
     let w = World::new();
     let [_, n2, n3] = NODES;
     let mut agents = three(&w);
@@ -103,6 +109,7 @@ fn a_master_restarted_after_a_crash_comes_back_without_a_duplicate_vip() {
 
 #[test]
 fn a_master_restarted_before_anyone_took_over_keeps_its_vip() {
+    kubeha_e2e::skip_unless_root!();
     // 1 s adverts: the backups wait 3.4 s before they take over; the kubelet restarts a killed container in
     // well under that. The restarted master hears no other master and resumes with the VIP in place: the
     // VIP is never nowhere and never on two nodes.
@@ -126,6 +133,7 @@ fn a_master_restarted_before_anyone_took_over_keeps_its_vip() {
 
 #[test]
 fn unicast_peers_work_with_multicast_blocked() {
+    kubeha_e2e::skip_unless_root!();
     let w = World::new();
     let [n1, n2, n3] = NODES;
     // The bridge floods no multicast to any node: 224.0.0.18 reaches nobody.
@@ -161,6 +169,7 @@ fn unicast_peers_work_with_multicast_blocked() {
 
 #[test]
 fn a_bad_config_file_stops_the_agent_naming_the_key() {
+    kubeha_e2e::skip_unless_root!();
     let w = World::new();
     let mut a = w.agent(NODES[0], 100, "garp: {repeat: 500}\n");
     let start = Instant::now();
@@ -211,6 +220,7 @@ fn wait_client_sees(client: Host, mac: &str, within: Duration) -> Duration {
 
 #[test]
 fn gratuitous_arp_moves_clients_to_the_new_master() {
+    kubeha_e2e::skip_unless_root!();
     let w = World::new();
     let [_, n2, n3] = NODES;
     let c1 = kubeha_e2e::CLIENTS[0];
@@ -230,6 +240,7 @@ fn gratuitous_arp_moves_clients_to_the_new_master() {
 
 #[test]
 fn after_a_partition_heals_clients_follow_the_surviving_master() {
+    kubeha_e2e::skip_unless_root!();
     let w = World::new();
     let [_, n2, n3] = NODES;
     let c1 = kubeha_e2e::CLIENTS[0];
@@ -264,6 +275,7 @@ const TCP_CHECK: &str = "health:\n  - {name: api, tcp: {address: \"127.0.0.1:180
 
 #[test]
 fn a_failing_health_check_on_the_master_moves_the_vip_and_back() {
+    kubeha_e2e::skip_unless_root!();
     let w = World::new();
     let [n1, n2, n3] = NODES;
     let mut service = listener(&w, n2);
@@ -285,6 +297,7 @@ fn a_failing_health_check_on_the_master_moves_the_vip_and_back() {
 
 #[test]
 fn a_failing_check_of_weight_zero_gives_the_vip_up_at_once() {
+    kubeha_e2e::skip_unless_root!();
     let w = World::new();
     let [n1, n2, n3] = NODES;
     let mut service = listener(&w, n2);
@@ -299,6 +312,7 @@ fn a_failing_check_of_weight_zero_gives_the_vip_up_at_once() {
 
 #[test]
 fn an_ipv6_vip_fails_over_and_clients_follow() {
+    kubeha_e2e::skip_unless_root!();
     let w = World::new();
     let [n1, n2, n3] = NODES;
     let c1 = kubeha_e2e::CLIENTS[0];
@@ -330,6 +344,7 @@ fn an_ipv6_vip_fails_over_and_clients_follow() {
 
 #[test]
 fn the_address_owner_with_priority_255_is_master_at_once() {
+    kubeha_e2e::skip_unless_root!();
     let w = World::new();
     let [n1, n2, _] = NODES;
     // n1 owns the address (it is its own primary address): priority 255, master without waiting.
@@ -349,6 +364,7 @@ fn the_address_owner_with_priority_255_is_master_at_once() {
 
 #[test]
 fn without_net_raw_the_agent_says_so_and_does_not_start() {
+    kubeha_e2e::skip_unless_root!();
     let w = World::new();
     let file = w.cluster.dir().join("n1.yaml");
     std::fs::write(&file, format!("nodeName: n1\ninterface: eth0\nvip: {VIP}/24\nvrid: 51\npriority: 100\n")).unwrap();

@@ -80,8 +80,14 @@ pub fn load(path: &Path) -> Result<HighAvailabilityMemberSpec, ConfigError> {
 pub fn parse(text: &str) -> Result<HighAvailabilityMemberSpec, ConfigError> {
     let mut unknown = Vec::new();
     let de = serde_norway::Deserializer::from_str(text);
-    let spec: HighAvailabilityMemberSpec = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
-        .map_err(|e| ConfigError::Syntax { path: String::new(), message: e.to_string() })?;
+    let mut note_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let de = serde_ignored::Deserializer::new(de, &mut note_unknown);
+    // The path names the key of a value of the wrong form (`vrrp.advertInterval`), where the parser alone
+    // names only the section it was reading.
+    let spec: HighAvailabilityMemberSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::Syntax { path: String::new(), message: with_key(&key, &e.into_inner().to_string()) }
+    })?;
     let mut problems: Vec<Problem> = unknown
         .into_iter()
         .map(|key| Problem { key, message: "unknown key (check its spelling against docs/agent-config.md)".into() })
@@ -96,6 +102,22 @@ pub fn parse(text: &str) -> Result<HighAvailabilityMemberSpec, ConfigError> {
         });
     }
     if problems.is_empty() { Ok(spec) } else { Err(ConfigError::Invalid { path: String::new(), problems }) }
+}
+
+/// The parser's `message` naming `key`: the parser puts the section it was in first (`vrrp: …`), which is
+/// replaced by the whole key (`vrrp.advertInterval: …`).
+fn with_key(key: &str, message: &str) -> String {
+    if key == "." {
+        return message.to_string();
+    }
+    match message.split_once(": ") {
+        Some((section, rest))
+            if key == section || key.strip_prefix(section).is_some_and(|r| r.starts_with(['.', '['])) =>
+        {
+            format!("{key}: {rest}")
+        }
+        _ => format!("{key}: {message}"),
+    }
 }
 
 /// The VIP of a spec, if it has one and it is valid.
@@ -178,6 +200,12 @@ pub fn validate(spec: &HighAvailabilityMemberSpec) -> Vec<Problem> {
             bad(&format!("vrrp.peers[{i}]"), format!("'{peer}' is not an IP address, e.g. 198.51.100.12"));
         }
     }
+    if !(0..=253).contains(&spec.fencing_boost) {
+        bad(
+            "fencingBoost",
+            format!("{} is not from 0 to 253 (the operator sets it in cluster mode)", spec.fencing_boost),
+        );
+    }
     if !(0..=100).contains(&spec.garp.repeat) {
         bad("garp.repeat", format!("{} is not from 0 to 100", spec.garp.repeat));
     }
@@ -196,8 +224,8 @@ pub fn validate(spec: &HighAvailabilityMemberSpec) -> Vec<Problem> {
         if !(-254..=0).contains(&h.weight) {
             bad(&key("weight"), format!("{} is not from -254 to 0 (0: give up the VIP while failing)", h.weight));
         }
-        if h.interval.as_millis() < 10 {
-            bad(&key("interval"), format!("{} is shorter than 10ms", h.interval));
+        if !(10..=3_600_000).contains(&h.interval.as_millis()) {
+            bad(&key("interval"), format!("{} is not from 10ms to 3600s", h.interval));
         }
         if let Some(https) = &h.https
             && !https.url.starts_with("https://")
@@ -373,6 +401,39 @@ mod tests {
             let found = problems(&text);
             assert!(found.iter().any(|p| p.key == key && p.message.contains(words)), "{to}: {found:?}");
         }
+    }
+
+    /// The table the API server's CEL rules are held to as well (`e2e/tests/api.rs`): a rule one side
+    /// enforces and the other does not fails here or there.
+    #[test]
+    fn the_shared_member_cases_get_the_verdicts_the_api_server_gives() {
+        use kubeha_crds::cases::{Side, member_cases};
+        let mut failures = Vec::new();
+        for case in member_cases().into_iter().filter(|c| c.only != Some(Side::Api)) {
+            // JSON is YAML: the file the case describes.
+            let verdict = parse(&case.spec.to_string());
+            let names = |field: &str, key: &str| {
+                key == field || key.strip_prefix(field).is_some_and(|rest| rest.starts_with(['.', '[']))
+            };
+            match (&case.rejected, verdict) {
+                (None, Ok(_)) => {}
+                (None, Err(e)) => failures.push(format!("{}: rejected: {e}", case.name)),
+                (Some(field), Ok(_)) => failures.push(format!("{}: accepted, wanted {field} named", case.name)),
+                (Some(field), Err(ConfigError::Invalid { problems, .. })) => {
+                    if !problems.iter().any(|p| names(field, &p.key)) {
+                        failures.push(format!("{}: wanted {field} named, got {problems:?}", case.name));
+                    }
+                }
+                // A value of the wrong form stops the parser, which names the key (its last part).
+                (Some(field), Err(e)) => {
+                    let last = field.rsplit('.').next().unwrap_or(field);
+                    if !e.to_string().contains(last) {
+                        failures.push(format!("{}: wanted {field} named, got {e}", case.name));
+                    }
+                }
+            }
+        }
+        assert!(failures.is_empty(), "the file check disagrees with the table:\n{}", failures.join("\n"));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! generator can depend on it without pulling either in. Validation lives in the schema as CEL rules, so
 //! the API server rejects bad input with a message that names the field.
 
+#[cfg(any(test, feature = "cases"))]
+pub mod cases;
 mod cluster;
 pub mod contract;
 mod interval;

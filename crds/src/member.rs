@@ -35,7 +35,11 @@ use crate::rules;
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = rules::with([
     kube::core::Rule::new("has(self.vip) == has(self.vrid) && has(self.vip) == has(self.interface)")
-        .message("vip, vrid and interface go together: set all three for a VIP, or none for a proxy-only agent"),
+        .message("vip, vrid and interface go together: set all three for a VIP, or none for a proxy-only agent")
+        .field_path(".vip"),
+    kube::core::Rule::new("!has(self.vip) || !has(self.vrrp) || self.vrrp.version != 2 || !self.vip.contains(':')")
+        .message("vrrp.version 2 is IPv4 only: use version 3 for an IPv6 VIP")
+        .field_path(".vrrp.version"),
 ]))]
 pub struct HighAvailabilityMemberSpec {
     /// The node this agent runs on.
@@ -132,6 +136,7 @@ pub struct MemberVrrp {
     pub preempt: bool,
     /// Delay before preempting after start (default 0s).
     #[serde(default)]
+    #[schemars(transform = rules::with([rules::duration_range("vrrp.preemptDelay", "0s", "1000s")]))]
     pub preempt_delay: Interval,
     /// Unicast peers (the other members' addresses). Empty (default): multicast to 224.0.0.18 / ff02::12.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -173,6 +178,7 @@ pub struct HealthCheck {
     pub link: Option<LinkCheck>,
     /// Time between checks (default 1s).
     #[serde(default = "second")]
+    #[schemars(transform = rules::with([rules::duration_range("interval", "10ms", "3600s")]))]
     pub interval: Interval,
     /// How long one check may take (default 1s).
     #[serde(default = "second")]
@@ -232,16 +238,21 @@ pub struct LinkCheck {
 /// The member's API proxy.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = rules::with([
+    kube::core::Rule::new("!self.enabled || (has(self.backends) && size(self.backends) > 0)")
+        .message("proxy.backends needs at least one kube-apiserver address:port when the proxy is enabled")
+        .field_path(".backends"),
+]))]
 pub struct MemberProxy {
     /// Whether to run it (default true).
     #[serde(default = "yes")]
     pub enabled: bool,
     /// address:port to listen on, e.g. 198.51.100.10:8443; it may be bound before the address is present.
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), transform = rules::with([rules::host_port("proxy.listen")]))]
     pub listen: String,
     /// address:port of every kube-apiserver.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(length(max = 64)))]
+    #[schemars(length(max = 64), inner(length(max = 64)), transform = rules::with([rules::host_ports("proxy.backends")]))]
     pub backends: Vec<String>,
     /// RoundRobin (default) or LeastConnections.
     #[serde(default)]
@@ -251,18 +262,22 @@ pub struct MemberProxy {
     pub health_check: ProxyHealthCheck,
     /// Connect timeout per backend (default 1s).
     #[serde(default = "second")]
+    #[schemars(transform = rules::with([rules::duration_range("proxy.connectTimeout", "100ms", "30s")]))]
     pub connect_timeout: Interval,
     /// Idle timeout; absent (default): none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = rules::with([rules::duration_range("proxy.idleTimeout", "1s", "86400s")]))]
     pub idle_timeout: Option<Interval>,
     /// Close connections to a backend that turns unhealthy (default true).
     #[serde(default = "yes")]
     pub close_on_backend_down: bool,
     /// Most client connections open at once (default 10000).
     #[serde(default = "crate::cluster::defaults::max_connections")]
+    #[schemars(transform = rules::with([rules::range("proxy.maxConnections", 1, 1_000_000, "client connections at once")]))]
     pub max_connections: i32,
     /// TCP keepalive idle time on both sides (default 30s; 0s: off).
     #[serde(default = "crate::cluster::defaults::tcp_keepalive")]
+    #[schemars(transform = rules::with([rules::duration_range("proxy.tcpKeepalive", "0s", "7200s")]))]
     pub tcp_keepalive: Interval,
 }
 
@@ -272,7 +287,7 @@ pub struct MemberProxy {
 pub struct Metrics {
     /// address:port for /metrics (default 127.0.0.1:9641).
     #[serde(default = "default_metrics")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), transform = rules::with([rules::host_port("metrics.listen")]))]
     pub listen: String,
 }
 

@@ -81,6 +81,23 @@ pub(crate) fn port(field: &str) -> Rule {
     Rule::new("self >= 1 && self <= 65535").message(format!("{field} must be a TCP port from 1 to 65535").as_str())
 }
 
+/// `address:port` with an IP address (IPv6 in brackets), as a socket address is written.
+pub(crate) fn host_port(field: &str) -> Rule {
+    Rule::new(HOST_PORT.replace("$v", "self"))
+        .message(format!("{field} must be address:port, like 127.0.0.1:9641 or [2001:db8::10]:8443").as_str())
+}
+
+/// Every item of a list is `address:port`.
+pub(crate) fn host_ports(field: &str) -> Rule {
+    Rule::new(format!("self.all(s, {})", HOST_PORT.replace("$v", "s")))
+        .message(format!("{field} must be address:port items, like 198.51.100.11:6443 or [2001:db8::11]:6443").as_str())
+}
+
+/// `$v` is `address:port`: the shape by pattern, the address by `isIP`, the port by value.
+const HOST_PORT: &str = "$v.matches('^([0-9.]+|\\\\[[0-9a-fA-F:.]+\\\\]):[0-9]{1,5}$') && \
+     isIP($v.startsWith('[') ? $v.substring(1, $v.lastIndexOf(']')) : $v.substring(0, $v.lastIndexOf(':'))) && \
+     int($v.substring($v.lastIndexOf(':') + 1)) <= 65535";
+
 /// An integer in `min..=max`, with what it means.
 pub(crate) fn range(field: &str, min: i64, max: i64, meaning: &str) -> Rule {
     Rule::new(format!("self >= {min} && self <= {max}"))

@@ -187,4 +187,41 @@ async fn the_api_server_accepts_good_clusters_and_explains_every_rejection() {
         bad.len(),
         failures.join("\n")
     );
+
+    members_get_the_verdicts_of_the_shared_table(c);
+}
+
+/// The member rules on the API server, held to the table the agent's check of a file is held to as well
+/// (crds/cases/member.yaml; agent/src/config.rs runs the other side): a rule only one side enforces fails here
+/// or there.
+fn members_get_the_verdicts_of_the_shared_table(c: &Cluster) {
+    use kubeha_crds::cases::{Side, member_cases};
+    let cases: Vec<_> = member_cases().into_iter().filter(|c| c.only != Some(Side::File)).collect();
+    let mut failures = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let member = json!({
+            "apiVersion": "kubeha.io/v1alpha1",
+            "kind": "HighAvailabilityMember",
+            "metadata": {"name": format!("case-{i}")},
+            "spec": case.spec,
+        });
+        let out = kubectl_stdin(c, &["create", "--dry-run=server", "-f", "-"], &member.to_string());
+        let err = String::from_utf8_lossy(&out.stderr);
+        match (&case.rejected, out.status.success()) {
+            (None, true) => {}
+            (None, false) => failures.push(format!("{}: rejected: {}", case.name, err.trim())),
+            (Some(field), true) => failures.push(format!("{}: accepted, wanted spec.{field} named", case.name)),
+            (Some(field), false) if !err.contains(&format!("spec.{field}")) => {
+                failures.push(format!("{}: wanted spec.{field} named in: {}", case.name, err.trim()));
+            }
+            (Some(_), false) => {}
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "the API server disagrees with the table in {} of {} cases:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }

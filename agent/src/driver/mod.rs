@@ -10,10 +10,20 @@ use kubeha_vrrp::wire::{Advertisement, ChecksumForm, Endpoints, Version, decode}
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+mod link;
+#[cfg(test)]
+mod memory;
+mod policy;
+#[cfg(test)]
+mod tests;
+
+pub use link::{Link, NetLink};
+use policy::{AtStart, Effective, Leftover, Policy};
+
 use crate::announce::Announcer;
 use crate::config::{self, Vip};
 use crate::handover::Slot;
-use crate::health::{self, Checks, Verdict};
+use crate::health::{Checks, Verdict};
 use crate::metrics::{Reason, VrrpMetrics};
 use crate::socket::{SocketError, VrrpSocket};
 use crate::vip::{NetError, REFRESH, VipOnLink};
@@ -183,34 +193,27 @@ impl VipHolder {
     }
 }
 
-/// A running VRRP instance.
+/// A running VRRP instance on the link `L`: the node's interface ([`NetLink`]) in the agent, an in-memory
+/// segment in the driver's tests.
 #[derive(Debug)]
-pub struct Driver {
+pub struct Driver<L: Link = NetLink> {
     router: Router,
-    socket: VrrpSocket,
-    vip: VipHolder,
+    link: L,
     primary: IpAddr,
     checksum: ChecksumForm,
     metrics: VrrpMetrics,
     origin: Instant,
     holds_vip: bool,
     checks: Checks,
-    interface: String,
-    base_priority: u8,
-    boost: u8,
-    take_over: bool,
-    /// The tuning the spec asks for; fencing may turn preempt on over it.
-    tuning: Tuning,
+    policy: Policy,
     commands: Option<mpsc::UnboundedReceiver<Command>>,
     observed: watch::Sender<Observed>,
     last_transition: Option<Seen>,
-    /// This node owns the address: it is never added or removed by the agent.
-    owner: bool,
     faulted: bool,
     /// This node's right to run the instance (see [`crate::handover`]).
     slot: Option<Slot>,
     /// The VIP was on the interface when the driver was set up, and not as this node's own address.
-    leftover: bool,
+    present: bool,
     /// That VIP is kept and the driver starts as master: no other master was heard (see [`Driver::take`]).
     resume_leftover: bool,
 }
@@ -224,7 +227,7 @@ pub enum Ended {
     HandedOver,
 }
 
-impl Driver {
+impl Driver<NetLink> {
     /// Sets up the interface, socket, health checks and router for `spec`. Nothing changes on the node until
     /// [`Driver::take`]: another agent of this node may still run the instance.
     pub async fn new(spec: &HighAvailabilityMemberSpec, metrics: VrrpMetrics) -> Result<Self, DriverError> {
@@ -268,41 +271,48 @@ impl Driver {
             IpAddr::V4(p4) => VrrpSocket::open_v4(interface, link.ifindex(), p4, &peers)?,
             IpAddr::V6(_) => VrrpSocket::open_v6(interface, link.ifindex(), &peers)?,
         };
-        let checks = health::spawn(&with_link_check(&spec.health, interface), Some(link.clone()));
-        let mut vip = VipHolder::new(link, interface, address, metrics.clone()).await?;
+        let vip = VipHolder::new(link, interface, address, metrics.clone()).await?;
+        let link = NetLink { socket, vip, interface: interface.to_string() };
         let cfg = router_config(spec, address, primary)?;
+        Ok(Driver::with_link(link, cfg, &spec.health, present && !owner, metrics))
+    }
+}
+
+impl<L: Link> Driver<L> {
+    /// A driver of the router `cfg` on `link`, with `health` checks; `present` when the VIP is on the link
+    /// already (and is not this node's own address).
+    pub(crate) fn with_link(
+        mut link: L,
+        cfg: Config,
+        health: &[kubeha_crds::HealthCheck],
+        present: bool,
+        metrics: VrrpMetrics,
+    ) -> Self {
         let router = Router::new(cfg.clone());
-        vip.link.set_lifetime(crate::vip::lifetime_for(router.master_down_interval()));
+        link.set_lifetime(crate::vip::lifetime_for(router.master_down_interval()));
+        let checks = link.checks(health);
         metrics.effective_priority.set(i64::from(cfg.priority));
         metrics.set_state("Initialize");
-        let base_priority = cfg.priority;
-        let tuning = Tuning::of(&cfg);
-        let (observed, _) = watch::channel(Observed::starting(State::Initialize, base_priority));
-        Ok(Self {
+        let (observed, _) = watch::channel(Observed::starting(State::Initialize, cfg.priority));
+        Self {
             checks,
             router,
-            socket,
-            vip,
-            primary,
+            link,
+            primary: cfg.primary,
             // keepalived (Debian 12) checks IPv4 VRRPv3 adverts with the RFC 5798 pseudo-header by default.
             checksum: ChecksumForm::PseudoHeader,
             metrics,
             origin: Instant::now(),
             holds_vip: false,
-            interface: interface.to_string(),
-            base_priority,
-            boost: 0,
-            take_over: false,
-            tuning,
+            policy: Policy::new(cfg.priority, Tuning::of(&cfg)),
             commands: None,
             observed,
             last_transition: None,
-            owner,
             faulted: false,
             slot: None,
-            leftover: present && !owner,
+            present,
             resume_leftover: false,
-        })
+        }
     }
 
     /// Waits (at most 5 s) for the first verdict of every health check, so that the router starts from
@@ -326,24 +336,22 @@ impl Driver {
     /// until the backups' down timers fire (2.3 s at 1 s adverts, measured). When another master is heard,
     /// the VIP is removed: this node starts as a backup and preempts by the usual rules.
     pub async fn take(&mut self, slot: Option<Slot>) -> Result<(), DriverError> {
-        let resume = slot.as_ref().is_some_and(|s| s.resume_master);
+        let resumed = slot.as_ref().is_some_and(|s| s.resume_master);
         self.slot = slot;
-        if self.leftover && !resume {
-            let listen = self.router.advert_interval() * 3 / 2;
-            match self.another_master(listen).await {
-                Some(master) => {
-                    tracing::warn!(interface = %self.interface, %master,
-                        "removing a VIP left over from an earlier run: another master holds it now");
-                    self.vip.link.remove().await?;
+        if let AtStart::Listen(listen) = self.policy.at_start(self.present, resumed, self.router.advert_interval()) {
+            match Policy::leftover(self.another_master(listen).await) {
+                Leftover::Remove(master) => {
+                    tracing::warn!(%master, "removing a VIP left over from an earlier run: another master holds it now");
+                    self.link.remove_vip().await;
                 }
-                None => {
-                    tracing::warn!(interface = %self.interface, listened = ?listen,
+                Leftover::Resume => {
+                    tracing::warn!(listened = ?listen,
                         "a VIP left over from an earlier run and no other master heard: resuming as master");
                     self.resume_leftover = true;
                 }
             }
         }
-        self.leftover = false;
+        self.present = false;
         Ok(())
     }
 
@@ -351,7 +359,7 @@ impl Driver {
     async fn another_master(&mut self, listen: Duration) -> Option<IpAddr> {
         let deadline = Instant::now() + listen;
         loop {
-            let p = match tokio::time::timeout_at(deadline, self.socket.recv()).await {
+            let p = match tokio::time::timeout_at(deadline, self.link.recv()).await {
                 Err(_) => return None,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "receiving VRRP failed");
@@ -375,17 +383,13 @@ impl Driver {
         Control { commands: tx, observed: self.observed.subscribe() }
     }
 
-    fn tuning(&self) -> Tuning {
-        Tuning { preempt: self.tuning.preempt || self.take_over, ..self.tuning }
-    }
-
     fn publish(&self) {
         let next = Observed {
             state: self.router.state(),
             holds_vip: self.holds_vip,
-            base_priority: self.base_priority,
+            base_priority: self.policy.base(),
             effective_priority: self.router.effective_priority(),
-            boost: self.boost,
+            boost: self.policy.boost(),
             verdicts: self.checks.verdicts.iter().map(|rx| rx.borrow().clone()).collect(),
             master_seen: self.router.master_seen(),
             last_transition: self.last_transition.clone(),
@@ -401,37 +405,39 @@ impl Driver {
         match command {
             Command::Tune(t) => {
                 tracing::info!(advert_interval_cs = t.advert_interval_cs, preempt = t.preempt, "VRRP timers changed");
-                self.tuning = t;
-                self.input(Input::Tune(self.tuning())).await;
+                self.policy.set_tuning(t);
+                self.input(Input::Tune(self.policy.tuning())).await;
                 // The next refresh carries the new lifetime.
-                self.vip.link.set_lifetime(crate::vip::lifetime_for(self.router.master_down_interval()));
+                self.link.set_lifetime(crate::vip::lifetime_for(self.router.master_down_interval()));
             }
-            Command::Priority(p) if !self.owner => {
-                tracing::info!(from = self.base_priority, to = p, "base priority changed");
-                self.base_priority = p;
-                self.apply_health().await;
+            Command::Priority(p) => {
+                let from = self.policy.base();
+                if self.policy.set_base(p) {
+                    tracing::info!(from, to = p, "base priority changed");
+                    self.apply_health().await;
+                } else if self.policy.owner() {
+                    tracing::warn!("the address owner keeps priority 255");
+                }
             }
-            Command::Priority(_) => tracing::warn!("the address owner keeps priority 255"),
             Command::Fencing { boost, take_over } => {
-                if boost != self.boost {
+                let (boosted, took_over) = self.policy.set_fencing(boost, take_over);
+                if boosted {
                     tracing::info!(boost, "quorum-fencing boost changed");
-                    self.boost = boost;
                     self.apply_health().await;
                 }
-                if take_over != self.take_over {
+                if took_over {
                     tracing::info!(take_over, "the VIP holder cannot renew its heartbeat: preempting it");
-                    self.take_over = take_over;
-                    self.input(Input::Tune(self.tuning())).await;
+                    self.input(Input::Tune(self.policy.tuning())).await;
                 }
             }
             Command::Health(checks) => {
                 tracing::info!(checks = checks.len(), "health checks replaced");
-                self.checks = health::spawn(&with_link_check(&checks, &self.interface), Some(self.vip.link.clone()));
+                self.checks = self.link.checks(&checks);
                 self.apply_health().await;
             }
             Command::Peers(peers) => {
                 tracing::info!(peers = ?peers, "unicast peers changed");
-                self.socket.set_peers(&peers);
+                self.link.set_peers(&peers);
             }
         }
     }
@@ -459,13 +465,13 @@ impl Driver {
             tokio::select! {
                 () = &mut shutdown => break,
                 () = tokio::time::sleep_until(deadline) => self.input(Input::Timer).await,
-                packet = self.socket.recv() => match packet {
+                packet = self.link.recv() => match packet {
                     Ok(p) => self.packet(p).await,
                     Err(e) => tracing::warn!(error = %e, "receiving VRRP failed"),
                 },
                 () = changed(&mut self.checks.verdicts) => self.apply_health().await,
                 Some(c) = next_command(&mut commands) => self.command(c).await,
-                _ = refresh.tick(), if self.holds_vip && !self.owner => drop(self.vip.add().await),
+                _ = refresh.tick(), if self.holds_vip && !self.policy.owner() => drop(self.link.add_vip().await),
                 _ = asked.tick(), if self.slot.as_ref().is_some_and(Slot::requested) => return self.step_aside().await,
             }
             // Once per turn, whatever happened: the status reporter sees only real changes (compared here).
@@ -474,8 +480,8 @@ impl Driver {
         tracing::info!("shutting down: handing the VIP over");
         self.input(Input::Shutdown).await;
         self.publish();
-        if !self.owner {
-            self.vip.remove().await;
+        if !self.policy.owner() {
+            self.link.remove_vip().await;
         }
         Ended::Stopped
     }
@@ -497,8 +503,7 @@ impl Driver {
     /// Feeds the router the priority and fault state the current verdicts give.
     async fn apply_health(&mut self) {
         let verdicts: Vec<Verdict> = self.checks.verdicts.iter_mut().map(|rx| rx.borrow_and_update().clone()).collect();
-        let (priority, fault) = health::effective(self.base_priority, &verdicts);
-        let priority = boosted(priority, self.boost, self.owner);
+        let Effective { priority, fault } = self.policy.effective(&verdicts);
         if fault != self.faulted {
             self.faulted = fault;
             let failing: Vec<&str> = verdicts
@@ -510,7 +515,7 @@ impl Driver {
             self.input(Input::Fault(fault)).await;
         }
         if priority != self.router.effective_priority() {
-            tracing::info!(priority, base = self.base_priority, "effective priority changed by health checks");
+            tracing::info!(priority, base = self.policy.base(), "effective priority changed by health checks");
             self.metrics.effective_priority.set(i64::from(priority));
             self.input(Input::Priority(priority)).await;
         }
@@ -559,9 +564,9 @@ impl Driver {
             Action::Advertise { priority } => {
                 let adv = self.router.advertisement(priority);
                 // One encoding per destination: the pseudo-header checksum covers the destination.
-                for dst in self.socket.destinations().to_vec() {
+                for dst in self.link.destinations() {
                     match adv.encode(&Endpoints { src: self.primary, dst }, self.checksum) {
-                        Ok(bytes) => match self.socket.send_to(&bytes, dst).await {
+                        Ok(bytes) => match self.link.send_to(&bytes, dst).await {
                             Ok(()) => drop(self.metrics.adverts_sent.inc()),
                             Err(e) => {
                                 tracing::warn!(to = %dst, error = %e, "sending an advert failed")
@@ -571,14 +576,14 @@ impl Driver {
                     }
                 }
             }
-            Action::AddAddresses if self.owner => self.holds_vip = true,
-            Action::RemoveAddresses if self.owner => self.holds_vip = false,
-            Action::AddAddresses => self.holds_vip |= self.vip.add().await,
+            Action::AddAddresses if self.policy.owner() => self.holds_vip = true,
+            Action::RemoveAddresses if self.policy.owner() => self.holds_vip = false,
+            Action::AddAddresses => self.holds_vip |= self.link.add_vip().await,
             Action::RemoveAddresses => {
                 self.holds_vip = false;
-                self.vip.remove().await;
+                self.link.remove_vip().await;
             }
-            Action::Announce { count } => self.vip.announce(count),
+            Action::Announce { count } => self.link.announce(count),
             Action::Transition { from, to, reason } => {
                 self.last_transition =
                     Some(Seen { from, to, reason: reason.as_str().to_string(), at: std::time::SystemTime::now() });
@@ -597,11 +602,6 @@ async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<Command>>) -
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// The priority after the quorum-fencing boost: raised by `boost`, at most 254 (255 stays the owner's).
-fn boosted(priority: u8, boost: u8, owner: bool) -> u8 {
-    if owner || boost == 0 { priority } else { priority.saturating_add(boost).min(254) }
 }
 
 /// The router configuration a spec gives, for `address` sent from `primary`.
@@ -655,25 +655,4 @@ fn check_capabilities() -> Result<(), DriverError> {
         .map(|(_, name)| name)
         .collect();
     if missing.is_empty() { Ok(()) } else { Err(DriverError::Capabilities(missing.join(" and "))) }
-}
-
-/// The configured checks, plus — unless one is configured for it — a link check of the VIP's own interface
-/// with weight 0: a master whose link has no carrier cannot serve the VIP, so it goes to FAULT and releases
-/// it, as keepalived does for the interface of an instance.
-fn with_link_check(checks: &[kubeha_crds::HealthCheck], interface: &str) -> Vec<kubeha_crds::HealthCheck> {
-    let mut all = checks.to_vec();
-    if !checks.iter().any(|c| c.link.as_ref().is_some_and(|l| l.interface == interface)) {
-        all.push(kubeha_crds::HealthCheck {
-            name: format!("link-{interface}"),
-            https: None,
-            tcp: None,
-            link: Some(kubeha_crds::LinkCheck { interface: interface.to_string() }),
-            interval: kubeha_crds::Interval::from_millis(100),
-            timeout: kubeha_crds::Interval::from_millis(100),
-            rise: 1,
-            fall: 1,
-            weight: 0,
-        });
-    }
-    all
 }

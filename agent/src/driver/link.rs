@@ -1,0 +1,105 @@
+//! Everything the VRRP driver does to the world, behind one trait: adverts out and in, the VIP on the
+//! interface, announcements, and the health checks that watch the link. [`NetLink`] is the node's raw
+//! socket and netlink; the driver's tests run the same driver on an in-memory segment (`memory.rs`) under
+//! tokio's paused clock, without root, sockets or waiting.
+
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use kubeha_crds::HealthCheck;
+
+use super::VipHolder;
+use crate::health::{self, Checks};
+use crate::socket::{Incoming, VrrpSocket};
+
+/// The driver's side of one interface.
+pub trait Link: Send + Sync + 'static {
+    /// Sends one encoded VRRP message to `dst` (the group or a peer).
+    fn send_to(&self, message: &[u8], dst: IpAddr) -> impl Future<Output = io::Result<()>> + Send;
+    /// Receives the next VRRP packet.
+    fn recv(&self) -> impl Future<Output = io::Result<Incoming>> + Send;
+    /// Where adverts go: the multicast group, or each unicast peer.
+    fn destinations(&self) -> Vec<IpAddr>;
+    /// New unicast peers (a unicast link only).
+    fn set_peers(&mut self, peers: &[IpAddr]);
+    /// Adds the VIP, or refreshes its lifetime; whether it is on the interface now. Failures are counted and
+    /// logged here.
+    fn add_vip(&self) -> impl Future<Output = bool> + Send;
+    /// Removes the VIP; a failure is counted and logged, and the VIP's lifetime ends it.
+    fn remove_vip(&self) -> impl Future<Output = ()> + Send;
+    /// Sends `count` gratuitous ARPs / unsolicited NAs for the VIP.
+    fn announce(&self, count: u8);
+    /// The lifetime the VIP gets at its next add or refresh.
+    fn set_lifetime(&mut self, lifetime: Duration);
+    /// Starts `checks`, plus the carrier check of the VIP's interface unless one is configured.
+    fn checks(&self, checks: &[HealthCheck]) -> Checks;
+}
+
+/// The node's interface: the raw VRRP socket and the VIP by netlink.
+#[derive(Debug)]
+pub struct NetLink {
+    pub(super) socket: VrrpSocket,
+    pub(super) vip: VipHolder,
+    pub(super) interface: String,
+}
+
+impl Link for NetLink {
+    async fn send_to(&self, message: &[u8], dst: IpAddr) -> io::Result<()> {
+        self.socket.send_to(message, dst).await
+    }
+
+    async fn recv(&self) -> io::Result<Incoming> {
+        self.socket.recv().await
+    }
+
+    fn destinations(&self) -> Vec<IpAddr> {
+        self.socket.destinations().to_vec()
+    }
+
+    fn set_peers(&mut self, peers: &[IpAddr]) {
+        self.socket.set_peers(peers);
+    }
+
+    async fn add_vip(&self) -> bool {
+        self.vip.add().await
+    }
+
+    async fn remove_vip(&self) {
+        self.vip.remove().await;
+    }
+
+    fn announce(&self, count: u8) {
+        self.vip.announce(count);
+    }
+
+    fn set_lifetime(&mut self, lifetime: Duration) {
+        self.vip.link.set_lifetime(lifetime);
+    }
+
+    fn checks(&self, checks: &[HealthCheck]) -> Checks {
+        health::spawn(&with_link_check(checks, &self.interface), Some(self.vip.link.clone()))
+    }
+}
+
+/// The configured checks, plus — unless one is configured for it — a link check of the VIP's own interface
+/// with weight 0: a master whose link has no carrier cannot serve the VIP, so it goes to FAULT and releases
+/// it, as keepalived does for the interface of an instance.
+fn with_link_check(checks: &[HealthCheck], interface: &str) -> Vec<HealthCheck> {
+    let mut all = checks.to_vec();
+    if !checks.iter().any(|c| c.link.as_ref().is_some_and(|l| l.interface == interface)) {
+        all.push(HealthCheck {
+            name: format!("link-{interface}"),
+            https: None,
+            tcp: None,
+            link: Some(kubeha_crds::LinkCheck { interface: interface.to_string() }),
+            interval: kubeha_crds::Interval::from_millis(100),
+            timeout: kubeha_crds::Interval::from_millis(100),
+            rise: 1,
+            fall: 1,
+            weight: 0,
+        });
+    }
+    all
+}

@@ -1,0 +1,187 @@
+//! An in-memory segment for the driver's tests: every driver's adverts reach the others at once, the VIP is
+//! an entry in a shared table, and health verdicts are set by the test. With tokio's clock paused, a test of
+//! seconds of VRRP runs in milliseconds and is the same on every run.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use kubeha_crds::HealthCheck;
+use tokio::sync::{mpsc, watch};
+
+use super::link::Link;
+use crate::health::{Checks, Verdict};
+use crate::socket::Incoming;
+
+/// The shared medium and the VIP's whereabouts.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Segment {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    ports: Vec<(IpAddr, mpsc::UnboundedSender<Incoming>)>,
+    /// Nodes whose link is cut: they neither send nor receive.
+    cut: BTreeSet<IpAddr>,
+    holders: Vec<IpAddr>,
+    /// (who added the VIP, who held it already)
+    overlaps: Vec<(IpAddr, IpAddr)>,
+    /// Every add and remove, with the virtual time since the segment was made.
+    events: Vec<String>,
+    origin: Option<tokio::time::Instant>,
+}
+
+/// A test's handle on one node's health: the carrier of its interface and any other check.
+#[derive(Debug)]
+pub(crate) struct Health {
+    /// The carrier check (weight 0): false is a link without carrier.
+    pub(crate) carrier: watch::Sender<Verdict>,
+    /// The checks configured with [`Segment::join`], in order.
+    pub(crate) checks: Vec<watch::Sender<Verdict>>,
+}
+
+/// A healthy verdict of a check called `name` with `weight`.
+pub(crate) fn healthy(name: &str, weight: i32) -> Verdict {
+    Verdict { name: name.into(), healthy: Some(true), detail: String::new(), weight, since: None }
+}
+
+impl Health {
+    /// Sets the carrier.
+    pub(crate) fn set_carrier(&self, up: bool) {
+        self.carrier.send_modify(|v| v.healthy = Some(up));
+    }
+
+    /// Sets check `i`.
+    pub(crate) fn set(&self, i: usize, ok: bool) {
+        self.checks[i].send_modify(|v| v.healthy = Some(ok));
+    }
+}
+
+impl Segment {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A node with primary address `me` on this segment, with checks of these weights; `holding` when the
+    /// VIP is on its interface already.
+    pub(crate) fn join(&self, me: IpAddr, weights: &[i32], holding: bool) -> (MemoryLink, Health) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut inner = self.lock();
+        inner.origin.get_or_insert_with(tokio::time::Instant::now);
+        inner.ports.push((me, tx));
+        if holding {
+            inner.holders.push(me);
+        }
+        let (carrier, carrier_rx) = watch::channel(healthy("carrier", 0));
+        let (checks, check_rxs): (Vec<_>, Vec<_>) =
+            weights.iter().enumerate().map(|(i, w)| watch::channel(healthy(&format!("check-{i}"), *w))).unzip();
+        let mut verdicts = vec![carrier_rx];
+        verdicts.extend(check_rxs);
+        let link = MemoryLink { me, segment: self.clone(), rx: tokio::sync::Mutex::new(rx), verdicts };
+        (link, Health { carrier, checks })
+    }
+
+    /// Cuts or restores `node`'s link.
+    pub(crate) fn set_cut(&self, node: IpAddr, cut: bool) {
+        let mut inner = self.lock();
+        if cut {
+            inner.cut.insert(node)
+        } else {
+            inner.cut.remove(&node)
+        };
+    }
+
+    /// Who holds the VIP now.
+    pub(crate) fn holders(&self) -> Vec<IpAddr> {
+        self.lock().holders.clone()
+    }
+
+    /// Every time a node added the VIP while another held it: (adder, holder).
+    pub(crate) fn overlaps(&self) -> Vec<(IpAddr, IpAddr)> {
+        self.lock().overlaps.clone()
+    }
+
+    /// The adds and removes so far, for failure messages.
+    pub(crate) fn events(&self) -> String {
+        self.lock().events.join("\n")
+    }
+
+    fn record(inner: &mut Inner, what: String) {
+        let at = inner.origin.map_or(Duration::ZERO, |o| o.elapsed());
+        inner.events.push(format!("{:9.3}s {what}", at.as_secs_f64()));
+    }
+}
+
+/// One node's side of the segment.
+#[derive(Debug)]
+pub(crate) struct MemoryLink {
+    me: IpAddr,
+    segment: Segment,
+    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Incoming>>,
+    verdicts: Vec<watch::Receiver<Verdict>>,
+}
+
+impl Link for MemoryLink {
+    async fn send_to(&self, message: &[u8], dst: IpAddr) -> io::Result<()> {
+        let inner = self.segment.lock();
+        if inner.cut.contains(&self.me) {
+            return Ok(());
+        }
+        for (addr, port) in &inner.ports {
+            let to_it = dst.is_multicast() || dst == *addr;
+            if *addr != self.me && to_it && !inner.cut.contains(addr) {
+                // A node whose driver ended has dropped its receiver: like a host that is off.
+                let _ = port.send(Incoming { message: message.to_vec(), ttl: 255, src: self.me, dst });
+            }
+        }
+        Ok(())
+    }
+
+    async fn recv(&self) -> io::Result<Incoming> {
+        match self.rx.lock().await.recv().await {
+            Some(p) => Ok(p),
+            None => std::future::pending().await,
+        }
+    }
+
+    fn destinations(&self) -> Vec<IpAddr> {
+        vec![IpAddr::from([224, 0, 0, 18])]
+    }
+
+    fn set_peers(&mut self, _peers: &[IpAddr]) {}
+
+    async fn add_vip(&self) -> bool {
+        let mut inner = self.segment.lock();
+        if !inner.holders.contains(&self.me) {
+            let others: Vec<IpAddr> = inner.holders.clone();
+            for other in others {
+                inner.overlaps.push((self.me, other));
+            }
+            inner.holders.push(self.me);
+            Segment::record(&mut inner, format!("{} adds the VIP", self.me));
+        }
+        true
+    }
+
+    async fn remove_vip(&self) {
+        let mut inner = self.segment.lock();
+        if inner.holders.contains(&self.me) {
+            inner.holders.retain(|h| *h != self.me);
+            Segment::record(&mut inner, format!("{} removes the VIP", self.me));
+        }
+    }
+
+    fn announce(&self, count: u8) {
+        let mut inner = self.segment.lock();
+        Segment::record(&mut inner, format!("{} announces x{count}", self.me));
+    }
+
+    fn set_lifetime(&mut self, _lifetime: Duration) {}
+
+    fn checks(&self, _checks: &[HealthCheck]) -> Checks {
+        Checks::of(self.verdicts.clone())
+    }
+}

@@ -1,0 +1,193 @@
+//! The driver on an in-memory segment under tokio's paused clock: the behaviour the e2e tests show on
+//! network namespaces (handover, preemption both ways, carrier loss, a leftover VIP, quorum fencing), here
+//! without root, sockets or waiting. Each test's seconds of VRRP run in milliseconds, the same every run.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use kubeha_vrrp::router::{Announce, Config, State};
+use kubeha_vrrp::wire::Version;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::memory::{Health, MemoryLink, Segment};
+use super::{Command, Control, Driver, Ended};
+use crate::metrics::VrrpMetrics;
+
+const VIP: [u8; 4] = [198, 51, 100, 10];
+
+fn addr(n: u8) -> IpAddr {
+    IpAddr::from([198, 51, 100, 10 + n])
+}
+
+fn config(n: u8, priority: u8, preempt: bool) -> Config {
+    Config {
+        version: Version::V3,
+        vrid: 51,
+        priority,
+        addresses: vec![IpAddr::from(VIP)],
+        advert_interval_cs: 10,
+        preempt,
+        preempt_delay: Duration::ZERO,
+        primary: addr(n),
+        announce: Announce { repeat: 2, second_burst: Duration::ZERO, refresh: Duration::ZERO },
+    }
+}
+
+/// One driver running on the segment.
+struct Node {
+    health: Health,
+    control: Control,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Ended>,
+}
+
+impl Node {
+    fn state(&self) -> State {
+        self.control.observed.borrow().state
+    }
+
+    fn reason(&self) -> String {
+        self.control.observed.borrow().last_transition.as_ref().map(|t| t.reason.clone()).unwrap_or_default()
+    }
+
+    async fn stop(self) -> Ended {
+        self.stop.send_replace(true);
+        self.task.await.unwrap()
+    }
+}
+
+/// Starts node `n` (198.51.100.1n) with `priority`, health checks of `weights`, the VIP on its interface
+/// already when `holding`.
+async fn start(seg: &Segment, n: u8, cfg: Config, weights: &[i32], holding: bool) -> Node {
+    let (link, health): (MemoryLink, Health) = seg.join(addr(n), weights, holding);
+    let mut driver = Driver::with_link(link, cfg, &[], holding, VrrpMetrics::default());
+    driver.prepare().await;
+    driver.take(None).await.unwrap();
+    let control = driver.control();
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(driver.run(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    Node { health, control, stop, task }
+}
+
+/// Lets virtual time pass.
+async fn after(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_higher_priority_holds_the_vip_and_a_graceful_stop_hands_it_over_within_the_skew_time() {
+    let seg = Segment::default();
+    let n1 = start(&seg, 1, config(1, 150, true), &[], false).await;
+    let n2 = start(&seg, 2, config(2, 100, true), &[], false).await;
+    after(1000).await;
+    assert_eq!((n1.state(), n2.state()), (State::Master, State::Backup));
+    assert_eq!(seg.holders(), [addr(1)]);
+
+    assert_eq!(n1.stop().await, Ended::Stopped);
+    // n2's Skew_Time at priority 100 and 100 ms adverts: 156/256 × 100 ms ≈ 61 ms; not its down interval.
+    after(70).await;
+    assert_eq!((n2.state(), n2.reason().as_str()), (State::Master, "MasterReleased"));
+    assert_eq!(seg.holders(), [addr(2)]);
+    assert!(seg.overlaps().is_empty(), "{:?}\n{}", seg.overlaps(), seg.events());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_health_penalty_moves_the_vip_and_its_end_moves_it_back_never_onto_two_nodes() {
+    let seg = Segment::default();
+    let n1 = start(&seg, 1, config(1, 150, true), &[-60], false).await;
+    let n2 = start(&seg, 2, config(2, 100, true), &[], false).await;
+    after(1000).await;
+    assert_eq!(seg.holders(), [addr(1)]);
+
+    n1.health.set(0, false); // 150 − 60 = 90 < 100
+    after(500).await;
+    assert_eq!((n2.state(), n2.reason().as_str()), (State::Master, "Preempted"));
+    assert_eq!((n1.state(), n1.control.observed.borrow().effective_priority), (State::Backup, 90));
+    assert_eq!(seg.holders(), [addr(2)]);
+
+    n1.health.set(0, true);
+    after(500).await;
+    assert_eq!((n1.state(), n1.reason().as_str()), (State::Master, "Preempted"));
+    assert_eq!(seg.holders(), [addr(1)]);
+    assert!(seg.overlaps().is_empty(), "{:?}\n{}", seg.overlaps(), seg.events());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_master_that_loses_its_carrier_gives_the_vip_up_at_once() {
+    let seg = Segment::default();
+    let n1 = start(&seg, 1, config(1, 150, true), &[], false).await;
+    let n2 = start(&seg, 2, config(2, 100, true), &[], false).await;
+    after(1000).await;
+
+    n1.health.set_carrier(false);
+    // Fault: the VIP is removed and released; n2 takes over after its skew, not 3 advert intervals.
+    after(70).await;
+    assert_eq!((n1.state(), n2.state(), n2.reason().as_str()), (State::Fault, State::Master, "MasterReleased"));
+    assert_eq!(seg.holders(), [addr(2)]);
+
+    n1.health.set_carrier(true);
+    after(1000).await;
+    assert_eq!((n1.state(), seg.holders()), (State::Master, vec![addr(1)]), "back, by preemption");
+    assert!(seg.overlaps().is_empty(), "{:?}\n{}", seg.overlaps(), seg.events());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leftover_vip_is_kept_when_no_other_master_speaks() {
+    // The agent was killed and restarted before any backup took over: it resumes with the VIP in place.
+    let seg = Segment::default();
+    let n1 = start(&seg, 1, config(1, 100, true), &[], true).await;
+    after(10).await;
+    assert_eq!((n1.state(), n1.reason().as_str()), (State::Master, "HandedOver"));
+    assert_eq!(seg.holders(), [addr(1)]);
+    assert!(!seg.events().contains("removes"), "{}", seg.events());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leftover_vip_is_removed_when_another_master_holds_it_and_won_back_by_preemption() {
+    let seg = Segment::default();
+    let n2 = start(&seg, 2, config(2, 100, true), &[], false).await;
+    after(1000).await;
+    assert_eq!(seg.holders(), [addr(2)]);
+    // n1 comes back with its old VIP still on its interface while n2 holds it.
+    let n1 = start(&seg, 1, config(1, 150, true), &[], true).await;
+    assert!(seg.events().contains(&format!("{} removes the VIP", addr(1))), "{}", seg.events());
+    after(1000).await;
+    assert_eq!((n1.state(), n1.reason().as_str(), n2.state()), (State::Master, "Preempted", State::Backup));
+    assert_eq!(seg.holders(), [addr(1)]);
+    assert!(seg.overlaps().is_empty(), "n1 added the VIP only after n2 released it\n{}", seg.events());
+}
+
+#[tokio::test(start_paused = true)]
+async fn quorum_fencing_takes_over_from_a_master_without_quorum_even_with_preempt_off() {
+    let seg = Segment::default();
+    let n1 = start(&seg, 1, config(1, 100, false), &[], false).await;
+    after(1000).await;
+    let n2 = start(&seg, 2, config(2, 150, false), &[], false).await;
+    after(1000).await;
+    assert_eq!((n1.state(), n2.state()), (State::Master, State::Backup), "preempt off: the first master stays");
+
+    n2.control.commands.send(Command::Fencing { boost: 0, take_over: true }).unwrap();
+    after(1000).await;
+    assert_eq!((n2.state(), n2.reason().as_str()), (State::Master, "Preempted"));
+    assert_eq!(seg.holders(), [addr(2)]);
+    assert!(seg.overlaps().is_empty(), "{:?}\n{}", seg.overlaps(), seg.events());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partition_makes_two_masters_and_healing_leaves_the_higher_one() {
+    let seg = Segment::default();
+    let n1 = start(&seg, 1, config(1, 150, true), &[], false).await;
+    let n2 = start(&seg, 2, config(2, 100, true), &[], false).await;
+    after(1000).await;
+    seg.set_cut(addr(1), true);
+    after(1000).await;
+    assert_eq!((n1.state(), n2.state()), (State::Master, State::Master), "each side elects its own");
+    seg.set_cut(addr(1), false);
+    after(500).await;
+    assert_eq!((n1.state(), n2.state(), n2.reason().as_str()), (State::Master, State::Backup, "HigherPriority"));
+    assert_eq!(seg.holders(), [addr(1)]);
+    assert!(seg.events().contains(&format!("{} announces", addr(1))), "the winner re-announces\n{}", seg.events());
+}

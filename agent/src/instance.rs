@@ -224,8 +224,7 @@ impl Instance {
     }
 
     fn start_proxy(&self) -> Result<Option<(Task, ProxyHandle)>, StartError> {
-        let Some(p) = self.spec.proxy.as_ref().filter(|p| p.enabled && self.parts.proxy) else { return Ok(None) };
-        let proxy = Proxy::bind(proxy::Settings::from_spec(p)?, self.proxy_metrics.clone())?;
+        let Some(proxy) = proxy_of(&self.spec, self.parts, &self.proxy_metrics)? else { return Ok(None) };
         let handle = proxy.handle();
         handle.set_backends(&self.backends());
         Ok(Some((Task::spawn(|rx| proxy.run(stopped(rx))), handle)))
@@ -240,13 +239,8 @@ impl Instance {
             let (holder, control) = LeaseHolder::new(&self.spec, ctx, self.vrrp_metrics.clone()).await?;
             return Ok(Some((Task::spawn(|rx| holder.run(stopped(rx))), control)));
         }
-        // A bootstrap agent (static pod) of this node may run the same instance: everything is set up before
-        // it is asked to step aside, and if it held the VIP the driver resumes as master without dropping it.
-        let mut driver = Driver::new(&self.spec, self.vrrp_metrics.clone()).await?;
-        driver.prepare().await;
-        let (interface, vrid) = handover::instance_of(&self.spec);
-        let slot = Slot::acquire(&self.state_dir, interface, vrid, Role::Takes, std::future::pending()).await?;
-        driver.take(slot).await?;
+        let taken = driver_of(&self.spec, &self.vrrp_metrics, &self.state_dir, Role::Takes, std::future::pending());
+        let Some(mut driver) = taken.await? else { return Ok(None) };
         let control = driver.control();
         Ok(Some((
             Task::spawn(|rx| async move {
@@ -345,6 +339,50 @@ impl Instance {
             task.stop().await;
         }
     }
+}
+
+/// The proxy `spec` asks for, bound, when this process runs the proxy part: standalone and cluster mode
+/// start it alike.
+pub fn proxy_of(
+    spec: &HighAvailabilityMemberSpec,
+    parts: Parts,
+    metrics: &ProxyMetrics,
+) -> Result<Option<Proxy>, StartError> {
+    let Some(p) = spec.proxy.as_ref().filter(|p| p.enabled && parts.proxy) else { return Ok(None) };
+    Ok(Some(Proxy::bind(proxy::Settings::from_spec(p)?, metrics.clone())?))
+}
+
+/// The VRRP driver of `spec`, set up, with this node's side of the instance taken in `role`: standalone
+/// and cluster mode assemble it alike and differ only in the role (docs/adr/0005).
+///
+/// - [`Role::Takes`] (cluster mode): everything is set up before a bootstrap agent of this node is asked to
+///   step aside, so that the hand-over waits for nothing; if it held the VIP, the driver resumes as master
+///   without dropping it.
+/// - [`Role::Yields`] (a standalone agent, the bootstrap static pod): waits while another agent of this
+///   node runs the instance, then sets up; `None` when `cancel` resolves first.
+pub async fn driver_of(
+    spec: &HighAvailabilityMemberSpec,
+    metrics: &VrrpMetrics,
+    state_dir: &std::path::Path,
+    role: Role,
+    cancel: impl Future<Output = ()>,
+) -> Result<Option<Driver>, StartError> {
+    let (interface, vrid) = handover::instance_of(spec);
+    let slot = match role {
+        Role::Takes => None,
+        Role::Yields => match Slot::acquire(state_dir, interface, vrid, role, cancel).await? {
+            Some(slot) => Some(slot),
+            None => return Ok(None),
+        },
+    };
+    let mut driver = Driver::new(spec, metrics.clone()).await?;
+    driver.prepare().await;
+    let slot = match slot {
+        Some(slot) => Some(slot),
+        None => Slot::acquire(state_dir, interface, vrid, role, std::future::pending()).await?,
+    };
+    driver.take(slot).await?;
+    Ok(Some(driver))
 }
 
 /// How long a proxy without the VIP part waits, when stopped, for the VIP to leave this node. The VIP part

@@ -8,11 +8,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kubeha_agent::bootstrap::Bootstrap;
-use kubeha_agent::driver::{Driver, Ended};
-use kubeha_agent::handover::{self, Role, Slot};
-use kubeha_agent::instance::Parts;
+use kubeha_agent::driver::Ended;
+use kubeha_agent::handover::Role;
+use kubeha_agent::instance::{self, Parts};
 use kubeha_agent::metrics::{ProxyMetrics, VrrpMetrics};
-use kubeha_agent::proxy;
 use kubeha_agent::{api, cluster, config};
 use kubeha_common::telemetry::{self, LogFormat};
 use prometheus_client::registry::Registry;
@@ -167,10 +166,7 @@ async fn run_standalone(path: PathBuf, parts: Parts) -> anyhow::Result<ExitCode>
     ));
 
     // The proxy binds first: with IP_FREEBIND it does not need the VIP, and a takeover must not wait for it.
-    let proxy = match spec.proxy.as_ref().filter(|p| p.enabled && parts.proxy) {
-        Some(p) => Some(proxy::Proxy::bind(proxy::Settings::from_spec(p)?, proxy_metrics)?),
-        None => None,
-    };
+    let proxy = instance::proxy_of(&spec, parts, &proxy_metrics)?;
     let has_vip = config::vip(&spec).is_some() && parts.vip;
     ready_tx.send_replace(true);
     tracing::info!(node = %spec.node_name, vip = ?spec.vip, vrid = ?spec.vrid, priority = spec.priority,
@@ -186,15 +182,10 @@ async fn run_standalone(path: PathBuf, parts: Parts) -> anyhow::Result<ExitCode>
         if !has_vip {
             return anyhow::Ok(());
         }
-        let (interface, vrid) = handover::instance_of(&spec);
         let dir = std::path::Path::new(&spec.state_dir);
         loop {
-            let Some(slot) = Slot::acquire(dir, interface, vrid, Role::Yields, stopped(term_rx.clone())).await? else {
-                return Ok(());
-            };
-            let mut driver = Driver::new(&spec, vrrp_metrics.clone()).await?;
-            driver.prepare().await;
-            driver.take(Some(slot)).await?;
+            let next = instance::driver_of(&spec, &vrrp_metrics, dir, Role::Yields, stopped(term_rx.clone()));
+            let Some(driver) = next.await? else { return Ok(()) };
             if driver.run(stopped(term_rx.clone())).await == Ended::Stopped {
                 return Ok(());
             }
@@ -205,7 +196,7 @@ async fn run_standalone(path: PathBuf, parts: Parts) -> anyhow::Result<ExitCode>
         if let Some(p) = proxy {
             p.run(async {
                 stopped(term_rx.clone()).await;
-                kubeha_agent::instance::let_the_vip_go(&spec, parts).await;
+                instance::let_the_vip_go(&spec, parts).await;
             })
             .await;
         }

@@ -85,9 +85,13 @@ pub async fn serve_probes(
 
 /// Binds the probe listener, naming the address in the error (a port in use is a common mistake).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} for metrics and probes: {e}")))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} for metrics and probes: {e}")))?;
+    // The bound address: with port 0 the kernel picked one, and this line is how to find it.
+    let listen = listener.local_addr().map_or_else(|_| addr.to_string(), |a| a.to_string());
+    tracing::info!(%listen, "metrics and probes listening");
+    Ok(listener)
 }
 
 async fn metrics(State(p): State<Probes>) -> impl IntoResponse {

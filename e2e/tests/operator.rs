@@ -216,9 +216,10 @@ async fn a_standby_operator_takes_over_when_the_leader_dies() {
     .await;
     let handover = killed.elapsed();
     eprintln!("handover after SIGKILL of the leader: {handover:?} (lease 6 s, retry 1 s)");
-    // client-go semantics bound it: the standby may see the last renewal up to one jittered retry (≤ 2.2 s)
-    // after it happened, and notices the expiry up to another one late: 6 + 2 × 2.2 s, plus 1 s of slack.
-    assert!(handover <= Duration::from_millis(6000 + 4400 + 1000), "handover took {handover:?}");
+    // Not before the lease ran out: op-a renewed at most one retry (1 s, jittered up to 1.2 s) before it
+    // was killed, and the lease lasts 6 s from that renewal. (How late is load-dependent: wait_until bounds
+    // it, and the figure above records it.)
+    assert!(handover >= Duration::from_millis(6000 - 1200), "op-b took a lease that had not run out: {handover:?}");
 
     // The new leader reconciles.
     let members: Api<HighAvailabilityMember> = api(&up).await;

@@ -18,8 +18,11 @@ use kubeha_e2e::{NODES, kubeha_binary, observe};
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const FAST_CHECKS: &str = "interval: 200ms, timeout: 500ms, rise: 2, fall: 2";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// The address the agent logged for `what` (`proxy listening`, `metrics and probes listening`): it binds
+/// port 0 and the kernel picks the port, so no other process can take it between a test's choice and the bind.
+fn logged_address(log: &str, what: &str) -> Option<SocketAddr> {
+    let line = log.lines().find(|l| l.contains(what))?;
+    line.split_whitespace().find_map(|w| w.strip_prefix("listen=")).and_then(|a| a.parse().ok())
 }
 
 /// A kubeha-agent in proxy-only mode; killed when dropped.
@@ -34,17 +37,18 @@ impl Agent {
     /// Starts it with `check` as the healthCheck timings and `extra` YAML under `proxy:` (indented two
     /// spaces), and waits until it listens.
     async fn start(dir: &Path, backends: &[SocketAddr], ca: &Path, check: &str, extra: &str) -> Self {
-        let listen = SocketAddr::new(LOCAL, free_port());
-        let metrics = SocketAddr::new(LOCAL, free_port());
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (listen, metrics) = (SocketAddr::new(LOCAL, 0), SocketAddr::new(LOCAL, 0));
         let list = backends.iter().map(|b| format!("\"{b}\"")).collect::<Vec<_>>().join(", ");
         let config = format!(
             "nodeName: local\nproxy:\n  listen: \"{listen}\"\n  backends: [{list}]\n  healthCheck: {{{check}, caFile: {}}}\n  \
              connectTimeout: 500ms\n{extra}metrics: {{listen: \"{metrics}\"}}\n",
             ca.display()
         );
-        let path = dir.join(format!("agent-{}.yaml", listen.port()));
+        let path = dir.join(format!("agent-{n}.yaml"));
         std::fs::write(&path, config).unwrap();
-        let log = dir.join(format!("agent-{}.log", listen.port()));
+        let log = dir.join(format!("agent-{n}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(kubeha_binary("kubeha-agent").unwrap())
             .args(["run", "--log-format", "text", "--config"])
@@ -53,12 +57,17 @@ impl Agent {
             .stderr(out)
             .spawn()
             .unwrap();
-        let agent = Self { child, listen, metrics, log };
-        wait_until("the proxy listens", Duration::from_secs(20), || async {
-            tokio::net::TcpStream::connect(listen).await.is_ok()
+        let read = || std::fs::read_to_string(&log).unwrap_or_default();
+        wait_until("the agent logs where it listens", Duration::from_secs(20), || async {
+            let text = read();
+            logged_address(&text, "proxy listening").is_some()
+                && logged_address(&text, "metrics and probes listening").is_some()
         })
         .await;
-        agent
+        let text = read();
+        let listen = logged_address(&text, "proxy listening").unwrap();
+        let metrics = logged_address(&text, "metrics and probes listening").unwrap();
+        Self { child, listen, metrics, log }
     }
 
     /// One sample from /metrics (0 when absent).

@@ -261,12 +261,25 @@ fn after_a_partition_heals_clients_follow_the_surviving_master() {
     assert!(ping(&w, c1), "no black hole");
 }
 
+/// Whether a TCP socket of `host`'s network namespace listens on `port`.
+fn listening(host: Host, port: u16) -> bool {
+    let out = std::process::Command::new("ss")
+        .args(["-N", &host.netns(), "-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("ss runs");
+    !out.stdout.is_empty()
+}
+
 /// A TCP listener on 127.0.0.1:18000 of `host`, for health checks to find.
 fn listener(w: &World, host: Host) -> Process {
     let code = "import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
                 s.bind(('127.0.0.1',18000))\ns.listen(64)\ntime.sleep(600)";
     let p = w.cluster.spawn(&host, "listener", &["python3", "-c", code].map(String::from)).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    while !listening(host, 18000) {
+        assert!(start.elapsed() < Duration::from_secs(10), "the listener on {host} did not bind: {}", p.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     p
 }
 

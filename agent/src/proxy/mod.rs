@@ -201,7 +201,9 @@ impl Proxy {
     /// process).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let limit = Arc::new(Semaphore::new(self.settings.max_connections));
-        tracing::info!(listen = %self.settings.listen, backends = self.pool.backends().len(),
+        // The bound address, not the configured one: port 0 is a port the kernel picked.
+        let listen = self.listener.local_addr().map_or_else(|_| self.settings.listen.to_string(), |a| a.to_string());
+        tracing::info!(%listen, backends = self.pool.backends().len(),
             zero_copy = self.settings.zero_copy, "proxy listening");
         tokio::pin!(shutdown);
         loop {

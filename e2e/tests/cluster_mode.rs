@@ -183,8 +183,18 @@ async fn a_master_that_loses_etcd_quorum_hands_the_vip_to_the_majority_and_a_par
         "partition: n1 isolated → n3 holds the VIP on the majority side after {:.2} s",
         cut.elapsed().as_secs_f64()
     );
-    // Long enough for n1's heartbeat to turn stale on the majority side, which then outranks it.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Until n1's heartbeat is stale on the majority side and fencing raises n3 there, as n3's own API
+    // server shows it (n1's cannot be asked).
+    wait_until("the majority raises n3 over the isolated n1", Duration::from_secs(30), || async {
+        let out = up
+            .cluster
+            .kubectl()
+            .args(["--context", "n3", "get", "ham", "api-n3", "-o", "jsonpath={.status.effectivePriority}"])
+            .output()
+            .expect("kubectl runs");
+        String::from_utf8_lossy(&out.stdout).trim().parse::<i32>().is_ok_and(|p| p > 250)
+    })
+    .await;
     let healed = Instant::now();
     up.cluster.rejoin(&N1).unwrap();
     // When the two masters meet, the majority's boosted n3 wins; n1 steps down and, preempt off, stays down.

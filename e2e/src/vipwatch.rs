@@ -13,6 +13,9 @@ use crate::cluster::Cluster;
 use crate::error::{IoContext as _, Result};
 use crate::net::{CLIENTS, Host, NODES};
 
+/// An address no test uses, added and removed once on each host so that every monitor is known to listen.
+const MARKER: &str = "203.0.113.254";
+
 #[derive(Debug)]
 /// Watches `address` on every host from [`VipWatch::start`] to [`VipWatch::finish`].
 pub struct VipWatch {
@@ -47,6 +50,7 @@ impl VipWatch {
     /// Starts one `ip monitor` per host, then reads where `address` is now.
     pub fn start(cluster: &Cluster, address: IpAddr) -> Result<Self> {
         let (mut monitors, mut readers) = (Vec::new(), Vec::new());
+        let (subscribed_tx, subscribed) = std::sync::mpsc::channel::<Host>();
         for host in NODES.iter().chain(CLIENTS.iter()).copied() {
             let mut child = Command::new("ip")
                 .args(["-ts", "-n", &host.netns(), "monitor", "address", "dev", "eth0"])
@@ -58,13 +62,42 @@ impl VipWatch {
                 .ctx(|| format!("ip monitor on {host}"))?;
             let out = child.stdout.take().expect("piped");
             let want = address.to_string();
+            let subscribed_tx = subscribed_tx.clone();
             readers.push(std::thread::spawn(move || {
-                BufReader::new(out).lines().map_while(|l| l.ok()).filter_map(|l| change(&l, host, &want)).collect()
+                let mut changes = Vec::new();
+                for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
+                    if line.contains(&format!(" {MARKER}/32 ")) {
+                        let _ = subscribed_tx.send(host);
+                    }
+                    changes.extend(change(&line, host, &want));
+                }
+                changes
             }));
             monitors.push(child);
         }
-        // `ip monitor` subscribes before its first read; give all of them time to, then take the snapshot.
-        std::thread::sleep(Duration::from_millis(200));
+        // `ip monitor` prints nothing when it has subscribed: a marker address added on each host and seen
+        // by every monitor says that all of them hear changes now.
+        let marker = |op: &str, host: &Host| {
+            Command::new("ip")
+                .args(["-n", &host.netns(), "addr", op, &format!("{MARKER}/32"), "dev", "eth0"])
+                .status()
+                .ctx(|| format!("ip addr {op} {MARKER} on {host}"))
+        };
+        let hosts: Vec<Host> = NODES.iter().chain(CLIENTS.iter()).copied().collect();
+        let mut waiting = hosts.clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !waiting.is_empty() && std::time::Instant::now() < deadline {
+            for h in &waiting {
+                marker("add", h)?;
+                marker("del", h)?;
+            }
+            while let Ok(h) = subscribed.recv_timeout(Duration::from_millis(100)) {
+                waiting.retain(|w| *w != h);
+            }
+        }
+        if !waiting.is_empty() {
+            return Err(crate::Error::Usage(format!("ip monitor did not start on {waiting:?} within 10 s")));
+        }
         let since = epoch_now();
         let initial = cluster.holders(address);
         Ok(Self { monitors, readers, since, initial })

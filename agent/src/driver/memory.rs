@@ -32,6 +32,8 @@ struct Inner {
     /// Every add and remove, with the virtual time since the segment was made.
     events: Vec<String>,
     origin: Option<tokio::time::Instant>,
+    /// The lifetime each node gives the VIP at its next add or refresh.
+    lifetimes: Vec<(IpAddr, Duration)>,
 }
 
 /// A test's handle on one node's health: the carrier of its interface and any other check.
@@ -102,6 +104,11 @@ impl Segment {
     /// Every time a node added the VIP while another held it: (adder, holder).
     pub(crate) fn overlaps(&self) -> Vec<(IpAddr, IpAddr)> {
         self.lock().overlaps.clone()
+    }
+
+    /// The lifetime `node` gives the VIP now.
+    pub(crate) fn lifetime(&self, node: IpAddr) -> Option<Duration> {
+        self.lock().lifetimes.iter().find(|(n, _)| *n == node).map(|(_, l)| *l)
     }
 
     /// The adds and removes so far, for failure messages.
@@ -179,7 +186,11 @@ impl Link for MemoryLink {
         Segment::record(&mut inner, format!("{} announces x{count}", self.me));
     }
 
-    fn set_lifetime(&mut self, _lifetime: Duration) {}
+    fn set_lifetime(&mut self, lifetime: Duration) {
+        let mut inner = self.segment.lock();
+        inner.lifetimes.retain(|(n, _)| *n != self.me);
+        inner.lifetimes.push((self.me, lifetime));
+    }
 
     fn checks(&self, _checks: &[HealthCheck]) -> Checks {
         Checks::of(self.verdicts.clone())

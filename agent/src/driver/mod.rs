@@ -17,10 +17,10 @@ mod policy;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use link::VipHolder;
 pub use link::{Link, NetLink};
 use policy::{AtStart, Effective, Leftover, Policy};
 
-use crate::announce::Announcer;
 use crate::config::{self, Vip};
 use crate::handover::Slot;
 use crate::health::{Checks, Verdict};
@@ -131,66 +131,6 @@ pub struct Control {
     pub commands: mpsc::UnboundedSender<Command>,
     /// What the driver observes.
     pub observed: watch::Receiver<Observed>,
-}
-
-/// The VIP on this node's interface with what goes with holding it — gratuitous ARP / unsolicited NA, and
-/// the counts and logs of failures. The VRRP driver and Lease mode share it; they differ only in who decides.
-#[derive(Debug)]
-pub(crate) struct VipHolder {
-    /// The address on its link (also what link checks ask about the interface).
-    pub(crate) link: VipOnLink,
-    announcer: Option<Announcer>,
-    metrics: VrrpMetrics,
-}
-
-impl VipHolder {
-    /// Opens the announcer for `address` on `interface`; without a MAC address there is none.
-    pub(crate) async fn new(
-        link: VipOnLink,
-        interface: &str,
-        address: IpAddr,
-        metrics: VrrpMetrics,
-    ) -> Result<Self, DriverError> {
-        let announcer = match link.mac().await? {
-            Some(mac) => {
-                Some(Announcer::new(interface, link.ifindex(), mac, address).map_err(SocketError::Permission)?)
-            }
-            None => {
-                tracing::warn!(interface, "the interface has no MAC address: no gratuitous ARP will be sent");
-                None
-            }
-        };
-        Ok(Self { link, announcer, metrics })
-    }
-
-    /// Adds the VIP, or refreshes its lifetime; whether it is on the interface now.
-    pub(crate) async fn add(&self) -> bool {
-        match self.link.add().await {
-            Ok(()) => true,
-            Err(e) => {
-                self.metrics.vip_errors.inc();
-                tracing::error!(error = %e, "adding or refreshing the VIP failed");
-                false
-            }
-        }
-    }
-
-    /// Removes the VIP; if that fails its short lifetime ends it.
-    pub(crate) async fn remove(&self) {
-        if let Err(e) = self.link.remove().await {
-            self.metrics.vip_errors.inc();
-            tracing::error!(error = %e, "removing the VIP failed; it expires by itself");
-        }
-    }
-
-    /// Sends `count` gratuitous ARPs / unsolicited NAs.
-    pub(crate) fn announce(&self, count: u8) {
-        let Some(a) = &self.announcer else { return };
-        match a.announce(count) {
-            Ok(sent) => drop(self.metrics.announcements.inc_by(u64::from(sent))),
-            Err(e) => tracing::warn!(error = %e, "sending gratuitous ARP failed"),
-        }
-    }
 }
 
 /// A running VRRP instance on the link `L`: the node's interface ([`NetLink`]) in the agent, an in-memory

@@ -191,3 +191,20 @@ async fn a_partition_makes_two_masters_and_healing_leaves_the_higher_one() {
     assert_eq!(seg.holders(), [addr(1)]);
     assert!(seg.events().contains(&format!("{} announces", addr(1))), "the winner re-announces\n{}", seg.events());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_master_tuned_to_slower_adverts_gives_its_vip_the_longer_lifetime() {
+    // A crashed master's VIP must outlive the backups' wait: 2 s at 100 ms adverts, 5 s at 1 s
+    // (Master_Down_Interval + 1.5 s, rounded up). Tuned in place, the master must not keep the 2 s.
+    let seg = Segment::default();
+    let n1 = start(&seg, 1, config(1, 200, true), &[], false).await;
+    after(1000).await;
+    assert_eq!((n1.state(), seg.lifetime(addr(1))), (State::Master, Some(Duration::from_secs(2))));
+    let tuning = kubeha_vrrp::router::Tuning {
+        advert_interval_cs: 100,
+        ..kubeha_vrrp::router::Tuning::of(&config(1, 200, true))
+    };
+    n1.control.commands.send(Command::Tune(tuning)).unwrap();
+    after(100).await;
+    assert_eq!(seg.lifetime(addr(1)), Some(Duration::from_secs(5)));
+}

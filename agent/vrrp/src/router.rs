@@ -360,6 +360,11 @@ impl Router {
     fn tune(&mut self, now: Duration, t: Tuning, out: &mut Vec<Action>) {
         let interval_changed = t.advert_interval_cs != self.cfg.advert_interval_cs;
         self.cfg.advert_interval_cs = t.advert_interval_cs;
+        if self.state != State::Backup {
+            // Only a backup times a master by the interval it hears; anywhere else the interval that counts is
+            // our own, and Master_Down_Interval (which sizes the VIP's lifetime) must follow it.
+            self.master_interval_cs = t.advert_interval_cs;
+        }
         self.cfg.preempt = t.preempt;
         self.cfg.preempt_delay = t.preempt_delay;
         self.cfg.announce = t.announce;

@@ -393,6 +393,21 @@ fn a_tuned_master_keeps_the_vip_and_advertises_the_new_interval_now() {
 
 /// Not in the RFC: a tuning that changes nothing the master sends sends nothing.
 #[test]
+fn a_tuned_master_counts_its_down_interval_by_the_new_interval() {
+    // The driver sizes the VIP's kernel lifetime by Master_Down_Interval: a master tuned from 100 ms to 1 s
+    // adverts must not keep the 100 ms figure (its VIP would expire 2 s after a crash, before the backups,
+    // waiting 3 s, take over).
+    let mut r = Router::new(Config { advert_interval_cs: 10, ..cfg(200) });
+    let mut out = Vec::new();
+    r.handle(t(0), Input::Startup, &mut out);
+    r.handle(r.deadline().unwrap(), Input::Timer, &mut out);
+    assert_eq!(r.state(), State::Master);
+    let before = r.master_down_interval();
+    r.handle(t(5000), Input::Tune(Tuning { advert_interval_cs: 100, ..Tuning::of(r.config()) }), &mut out);
+    assert_eq!(r.master_down_interval(), before * 10);
+}
+
+#[test]
 fn tuning_without_an_interval_change_sends_nothing() {
     let mut r = in_state(200, State::Master);
     let mut out = Vec::new();

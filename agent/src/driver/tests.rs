@@ -72,6 +72,21 @@ async fn start(seg: &Segment, n: u8, cfg: Config, weights: &[i32], holding: bool
     Node { health, control, stop, task }
 }
 
+/// n1 (priority 150, checks of `weights`) and n2 (100), settled: n1 holds the VIP.
+async fn two(weights: &[i32]) -> (Segment, Node, Node) {
+    let seg = Segment::default();
+    let n1 = start(&seg, 1, config(1, 150, true), weights, false).await;
+    let n2 = start(&seg, 2, config(2, 100, true), &[], false).await;
+    after(1000).await;
+    assert_eq!((n1.state(), n2.state(), seg.holders()), (State::Master, State::Backup, vec![addr(1)]));
+    (seg, n1, n2)
+}
+
+/// Fails the test if the VIP was ever added while another node held it.
+fn never_two(seg: &Segment) {
+    assert!(seg.overlaps().is_empty(), "the VIP was on two nodes: {:?}\n{}", seg.overlaps(), seg.events());
+}
+
 /// Lets virtual time pass.
 async fn after(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -79,28 +94,19 @@ async fn after(ms: u64) {
 
 #[tokio::test(start_paused = true)]
 async fn the_higher_priority_holds_the_vip_and_a_graceful_stop_hands_it_over_within_the_skew_time() {
-    let seg = Segment::default();
-    let n1 = start(&seg, 1, config(1, 150, true), &[], false).await;
-    let n2 = start(&seg, 2, config(2, 100, true), &[], false).await;
-    after(1000).await;
-    assert_eq!((n1.state(), n2.state()), (State::Master, State::Backup));
-    assert_eq!(seg.holders(), [addr(1)]);
+    let (seg, n1, n2) = two(&[]).await;
 
     assert_eq!(n1.stop().await, Ended::Stopped);
     // n2's Skew_Time at priority 100 and 100 ms adverts: 156/256 × 100 ms ≈ 61 ms; not its down interval.
     after(70).await;
     assert_eq!((n2.state(), n2.reason().as_str()), (State::Master, "MasterReleased"));
     assert_eq!(seg.holders(), [addr(2)]);
-    assert!(seg.overlaps().is_empty(), "{:?}\n{}", seg.overlaps(), seg.events());
+    never_two(&seg);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_health_penalty_moves_the_vip_and_its_end_moves_it_back_never_onto_two_nodes() {
-    let seg = Segment::default();
-    let n1 = start(&seg, 1, config(1, 150, true), &[-60], false).await;
-    let n2 = start(&seg, 2, config(2, 100, true), &[], false).await;
-    after(1000).await;
-    assert_eq!(seg.holders(), [addr(1)]);
+    let (seg, n1, n2) = two(&[-60]).await;
 
     n1.health.set(0, false); // 150 − 60 = 90 < 100
     after(500).await;
@@ -112,15 +118,12 @@ async fn a_health_penalty_moves_the_vip_and_its_end_moves_it_back_never_onto_two
     after(500).await;
     assert_eq!((n1.state(), n1.reason().as_str()), (State::Master, "Preempted"));
     assert_eq!(seg.holders(), [addr(1)]);
-    assert!(seg.overlaps().is_empty(), "{:?}\n{}", seg.overlaps(), seg.events());
+    never_two(&seg);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_master_that_loses_its_carrier_gives_the_vip_up_at_once() {
-    let seg = Segment::default();
-    let n1 = start(&seg, 1, config(1, 150, true), &[], false).await;
-    let n2 = start(&seg, 2, config(2, 100, true), &[], false).await;
-    after(1000).await;
+    let (seg, n1, n2) = two(&[]).await;
 
     n1.health.set_carrier(false);
     // Fault: the VIP is removed and released; n2 takes over after its skew, not 3 advert intervals.
@@ -131,7 +134,7 @@ async fn a_master_that_loses_its_carrier_gives_the_vip_up_at_once() {
     n1.health.set_carrier(true);
     after(1000).await;
     assert_eq!((n1.state(), seg.holders()), (State::Master, vec![addr(1)]), "back, by preemption");
-    assert!(seg.overlaps().is_empty(), "{:?}\n{}", seg.overlaps(), seg.events());
+    never_two(&seg);
 }
 
 #[tokio::test(start_paused = true)]
@@ -173,15 +176,12 @@ async fn quorum_fencing_takes_over_from_a_master_without_quorum_even_with_preemp
     after(1000).await;
     assert_eq!((n2.state(), n2.reason().as_str()), (State::Master, "Preempted"));
     assert_eq!(seg.holders(), [addr(2)]);
-    assert!(seg.overlaps().is_empty(), "{:?}\n{}", seg.overlaps(), seg.events());
+    never_two(&seg);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_partition_makes_two_masters_and_healing_leaves_the_higher_one() {
-    let seg = Segment::default();
-    let n1 = start(&seg, 1, config(1, 150, true), &[], false).await;
-    let n2 = start(&seg, 2, config(2, 100, true), &[], false).await;
-    after(1000).await;
+    let (seg, n1, n2) = two(&[]).await;
     seg.set_cut(addr(1), true);
     after(1000).await;
     assert_eq!((n1.state(), n2.state()), (State::Master, State::Master), "each side elects its own");

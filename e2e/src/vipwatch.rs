@@ -190,24 +190,8 @@ fn change(line: &str, host: Host, want: &str) -> Option<Change> {
 
 /// `2026-12-06T14:41:18.763126` (UTC) in seconds since the epoch.
 fn epoch_of(stamp: &str) -> Option<f64> {
-    let (date, time) = stamp.split_once('T')?;
-    let mut d = date.split('-').map(str::parse::<i64>);
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut t = time.split(':');
-    let (h, min, s) = (t.next()?.parse::<f64>().ok()?, t.next()?.parse::<f64>().ok()?, t.next()?.parse::<f64>().ok()?);
-    Some(days_from_civil(y, m, day) as f64 * 86_400.0 + h * 3600.0 + min * 60.0 + s)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (the era-based algorithm: 400-year eras of 146,097
-/// days, March-based years so that the leap day falls last).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let t: k8s_openapi::jiff::Timestamp = format!("{stamp}Z").parse().ok()?;
+    Some(t.as_microsecond() as f64 / 1e6)
 }
 
 fn epoch_now() -> f64 {

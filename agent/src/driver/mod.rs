@@ -1,5 +1,6 @@
-//! The VRRP driver: feeds the sans-IO router with time and packets and carries out its actions on the real
-//! socket and interface. One task, one timer (the router's deadline), plus the VIP lifetime refresh.
+//! The VRRP driver: feeds the sans-IO router with time and packets and carries out its actions on a
+//! [`Link`] (the node's socket and interface, or the tests' in-memory segment), with the decisions beside
+//! the protocol in `policy.rs`. One task, one timer (the router's deadline), plus the VIP lifetime refresh.
 
 use std::net::IpAddr;
 use std::time::Duration;

@@ -384,9 +384,13 @@ fn member_stamps(m: &HighAvailabilityMember) -> Vec<(String, String)> {
 
 /// A heartbeat Lease's renewal, under its member's name.
 fn heartbeat_stamps(l: &Lease) -> Vec<(String, String)> {
-    let member = l.metadata.name.as_deref().and_then(kubeha_crds::contract::member_of_heartbeat);
-    let renewed = l.spec.as_ref().and_then(|s| s.renew_time.as_ref());
-    member.zip(renewed).map(|(m, t)| (format!("lease:{m}"), t.0.to_string())).into_iter().collect()
+    renewal(l).map(|(m, t)| (format!("lease:{m}"), t.to_string())).into_iter().collect()
+}
+
+/// A heartbeat Lease's member and when its agent last renewed it, by the agent's clock.
+fn renewal(l: &Lease) -> Option<(&str, Timestamp)> {
+    let member = kubeha_crds::contract::member_of_heartbeat(l.metadata.name.as_deref()?)?;
+    Some((member, l.spec.as_ref()?.renew_time.as_ref()?.0))
 }
 
 /// A kube-system Lease's holder and renewal.
@@ -423,10 +427,7 @@ fn heartbeats(ctx: &Context, cluster: &str) -> BTreeMap<String, Timestamp> {
         .state()
         .iter()
         .filter(|l| l.labels().get(CLUSTER_LABEL).is_some_and(|c| c == cluster))
-        .filter_map(|l| {
-            let member = kubeha_crds::contract::member_of_heartbeat(l.metadata.name.as_deref()?)?.to_string();
-            Some((member, l.spec.as_ref()?.renew_time.as_ref()?.0))
-        })
+        .filter_map(|l| renewal(l).map(|(m, t)| (m.to_string(), t)))
         .collect()
 }
 

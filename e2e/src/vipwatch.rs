@@ -1,8 +1,12 @@
-//! Where an address was, when: the kernel's own address events (`ip -ts monitor address`) on every host,
-//! merged into one timeline. Polling each host in turn with `ip addr` takes milliseconds per host, so it can
-//! see the VIP on two hosts that held it one after the other, and miss a stretch shorter than its round;
-//! the events carry the time each change was announced, to the microsecond.
+//! Where an address was, when: the kernel's own address events on every host, in the order the kernel
+//! made them. One `ip -ts monitor address all-nsid` in the root namespace hears every host's namespace
+//! through its nsid (RFC-free kernel feature: a netlink socket with NETLINK_LISTEN_ALL_NSID), so one queue
+//! holds the events of all hosts in kernel order. One monitor per host would not do: each stamps an event
+//! when its process reads it, so a monitor scheduled late on a busy machine puts a removal after the add
+//! that followed it on another host, and shows the VIP on two hosts that never held it together.
+//! Polling each host in turn with `ip addr` is worse still (milliseconds per host).
 
+use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
 use std::net::IpAddr;
 use std::process::{Child, Command, Stdio};
@@ -13,20 +17,20 @@ use crate::cluster::Cluster;
 use crate::error::{IoContext as _, Result};
 use crate::net::{CLIENTS, Host, NODES};
 
-/// An address no test uses, added and removed once on each host so that every monitor is known to listen.
+/// An address no test uses, added and removed on a host until the monitor is known to listen.
 const MARKER: &str = "203.0.113.254";
 
 #[derive(Debug)]
 /// Watches `address` on every host from [`VipWatch::start`] to [`VipWatch::finish`].
 pub struct VipWatch {
-    monitors: Vec<Child>,
-    readers: Vec<JoinHandle<Vec<Change>>>,
+    monitor: Child,
+    reader: Option<JoinHandle<Vec<Change>>>,
     /// When the initial holders were read (seconds since the epoch).
     since: f64,
     initial: Vec<Host>,
 }
 
-/// One change of one host, at the time `ip monitor` stamped it (seconds since the epoch).
+/// One change of one host, at the time `ip monitor` read it (seconds since the epoch).
 #[derive(Clone, Copy, Debug)]
 struct Change {
     at: f64,
@@ -44,85 +48,105 @@ pub struct Timeline {
     pub on_two: Vec<(f64, Duration, Vec<Host>)>,
     /// How many times the address moved (was added somewhere).
     pub adds: usize,
+    /// Every add and removal (refreshes left out), as `+4.624438 n2 added`: what a failure message shows.
+    pub events: Vec<String>,
 }
 
 impl VipWatch {
-    /// Starts one `ip monitor` per host, then reads where `address` is now.
+    /// Starts the monitor, then reads where `address` is now.
     pub fn start(cluster: &Cluster, address: IpAddr) -> Result<Self> {
-        let (mut monitors, mut readers) = (Vec::new(), Vec::new());
-        let (subscribed_tx, subscribed) = std::sync::mpsc::channel::<Host>();
-        for host in NODES.iter().chain(CLIENTS.iter()).copied() {
-            let mut child = Command::new("ip")
-                .args(["-ts", "-n", &host.netns(), "monitor", "address", "dev", "eth0"])
-                // The stamps are local time; UTC makes them comparable with the epoch.
-                .env("TZ", "UTC")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .ctx(|| format!("ip monitor on {host}"))?;
-            let out = child.stdout.take().expect("piped");
-            let want = address.to_string();
-            let subscribed_tx = subscribed_tx.clone();
-            readers.push(std::thread::spawn(move || {
-                let mut changes = Vec::new();
-                for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
-                    if line.contains(&format!(" {MARKER}/32 ")) {
-                        let _ = subscribed_tx.send(host);
-                    }
-                    changes.extend(change(&line, host, &want));
-                }
-                changes
-            }));
-            monitors.push(child);
-        }
-        // `ip monitor` prints nothing when it has subscribed: a marker address added on each host and seen
-        // by every monitor says that all of them hear changes now.
-        let marker = |op: &str, host: &Host| {
-            Command::new("ip")
-                .args(["-n", &host.netns(), "addr", op, &format!("{MARKER}/32"), "dev", "eth0"])
-                .status()
-                .ctx(|| format!("ip addr {op} {MARKER} on {host}"))
-        };
         let hosts: Vec<Host> = NODES.iter().chain(CLIENTS.iter()).copied().collect();
-        let mut waiting = hosts.clone();
+        let nsids = nsids(&hosts)?;
+        let mut monitor = Command::new("ip")
+            .args(["-ts", "monitor", "address", "all-nsid"])
+            // The stamps are local time; UTC makes them comparable with the epoch.
+            .env("TZ", "UTC")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ctx(|| "ip monitor all-nsid".to_string())?;
+        let out = monitor.stdout.take().expect("piped");
+        let want = address.to_string();
+        let (subscribed_tx, subscribed) = std::sync::mpsc::channel::<()>();
+        let reader = std::thread::spawn(move || {
+            let mut changes = Vec::new();
+            for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
+                if line.contains(&format!(" {MARKER}/32 ")) {
+                    let _ = subscribed_tx.send(());
+                }
+                changes.extend(change(&line, &nsids, &want));
+            }
+            changes
+        });
+        // `ip monitor` prints nothing when it has subscribed: a marker address it reports says it hears.
+        let marker = |op: &str| {
+            Command::new("ip")
+                .args(["-n", &hosts[0].netns(), "addr", op, &format!("{MARKER}/32"), "dev", "eth0"])
+                .status()
+                .ctx(|| format!("ip addr {op} {MARKER} on {}", hosts[0]))
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !waiting.is_empty() && std::time::Instant::now() < deadline {
-            for h in &waiting {
-                marker("add", h)?;
-                marker("del", h)?;
-            }
-            while let Ok(h) = subscribed.recv_timeout(Duration::from_millis(100)) {
-                waiting.retain(|w| *w != h);
-            }
+        let mut heard = false;
+        while !heard && std::time::Instant::now() < deadline {
+            marker("add")?;
+            marker("del")?;
+            heard = subscribed.recv_timeout(Duration::from_millis(100)).is_ok();
         }
-        if !waiting.is_empty() {
-            return Err(crate::Error::Usage(format!("ip monitor did not start on {waiting:?} within 10 s")));
+        if !heard {
+            let _ = monitor.kill();
+            return Err(crate::Error::Usage("ip monitor all-nsid did not start within 10 s".into()));
         }
         let since = epoch_now();
         let initial = cluster.holders(address);
-        Ok(Self { monitors, readers, since, initial })
+        Ok(Self { monitor, reader: Some(reader), since, initial })
     }
 
-    /// Stops the monitors and tells what happened since the start.
+    /// Stops the monitor and tells what happened since the start.
     pub fn finish(mut self) -> Timeline {
         let end = epoch_now();
-        for m in &mut self.monitors {
-            let _ = m.kill();
-            let _ = m.wait();
-        }
-        let mut changes: Vec<Change> =
-            self.readers.drain(..).flat_map(|r| r.join().unwrap_or_default()).filter(|c| c.at > self.since).collect();
-        changes.sort_by(|a, b| a.at.total_cmp(&b.at));
+        let _ = self.monitor.kill();
+        let _ = self.monitor.wait();
+        // Kept in the order read, which is the kernel's: the stamps only measure the stretches.
+        let changes: Vec<Change> = self
+            .reader
+            .take()
+            .and_then(|r| r.join().ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.at > self.since)
+            .collect();
         timeline(self.since, end, &self.initial, &changes)
     }
 }
 
 impl Drop for VipWatch {
     fn drop(&mut self) {
-        for m in &mut self.monitors {
-            let _ = m.kill();
-            let _ = m.wait();
+        let _ = self.monitor.kill();
+        let _ = self.monitor.wait();
+    }
+}
+
+/// The nsid under which the root namespace knows each host's namespace, assigned where there is none yet
+/// (`ip netns set NAME auto`; a namespace keeps its nsid until it is deleted).
+fn nsids(hosts: &[Host]) -> Result<HashMap<u32, Host>> {
+    let mut ids = HashMap::new();
+    for host in hosts {
+        let _ = Command::new("ip").args(["netns", "set", &host.netns(), "auto"]).stderr(Stdio::null()).status();
+    }
+    let list = Command::new("ip").args(["netns", "list"]).output().ctx(|| "ip netns list".to_string())?;
+    for line in String::from_utf8_lossy(&list.stdout).lines() {
+        // `kh-n1 (id: 3)`
+        let mut words = line.split_whitespace();
+        let (Some(name), Some("(id:"), Some(id)) = (words.next(), words.next(), words.next()) else { continue };
+        if let (Some(host), Ok(id)) =
+            (hosts.iter().find(|h| h.netns() == name), id.trim_end_matches(')').parse::<u32>())
+        {
+            ids.insert(id, *host);
         }
+    }
+    match hosts.iter().find(|h| !ids.values().any(|v| v == *h)) {
+        Some(h) => Err(crate::Error::Usage(format!("{} has no nsid in the root namespace", h.netns()))),
+        None => Ok(ids),
     }
 }
 
@@ -144,6 +168,7 @@ fn timeline(since: f64, end: f64, initial: &[Host], changes: &[Change]) -> Timel
             }
             (false, true) => holders.retain(|h| *h != c.host),
         }
+        t.events.push(format!("+{:.6} {} {}", c.at - since, c.host, if c.present { "added" } else { "removed" }));
         match (holders.len(), nowhere_since) {
             (0, None) => nowhere_since = Some(c.at),
             (1.., Some(from)) => {
@@ -177,10 +202,12 @@ fn timeline(since: f64, end: f64, initial: &[Host], changes: &[Change]) -> Timel
     t
 }
 
-/// A change of `want` on `host` in one line of `ip -ts monitor address`:
-/// `[2026-12-06T14:41:18.763126] Deleted 3: eth0    inet 198.51.100.10/24 scope global dynamic eth0`.
-fn change(line: &str, host: Host, want: &str) -> Option<Change> {
+/// A change of `want` in one line of `ip -ts monitor address all-nsid`, on the host of its nsid:
+/// `[2026-12-06T14:41:18.763126] [nsid 2]Deleted 3: eth0    inet 198.51.100.10/24 scope global dynamic eth0`.
+fn change(line: &str, nsids: &HashMap<u32, Host>, want: &str) -> Option<Change> {
     let (stamp, rest) = line.strip_prefix('[')?.split_once("] ")?;
+    let (nsid, rest) = rest.strip_prefix("[nsid ")?.split_once(']')?;
+    let host = *nsids.get(&nsid.parse().ok()?)?;
     let mut words = rest.split_whitespace();
     let present = words.clone().next() != Some("Deleted");
     words.find(|w| *w == "inet" || *w == "inet6")?;
@@ -217,14 +244,17 @@ mod tests {
     }
 
     #[test]
-    fn lines_of_ip_monitor_are_changes_of_the_address() {
-        let n1 = NODES[0];
-        let add = "[2026-12-06T14:41:18.759174] 3: eth0    inet 198.51.100.10/24 scope global dynamic eth0";
-        let del = "[2026-12-06T14:41:18.763126] Deleted 3: eth0    inet 198.51.100.10/24 scope global dynamic eth0";
-        assert!(change(add, n1, VIP).is_some_and(|c| c.present));
-        assert!(change(del, n1, VIP).is_some_and(|c| !c.present));
-        assert!(change("       valid_lft 6sec preferred_lft 6sec", n1, VIP).is_none());
-        assert!(change(&add.replace(".10/", ".100/"), n1, VIP).is_none(), "another address");
+    fn lines_of_ip_monitor_are_changes_of_the_address_on_the_host_of_their_nsid() {
+        let [n1, n2, _] = NODES;
+        let ids = HashMap::from([(3, n1), (4, n2)]);
+        let add = "[2026-12-06T14:41:18.759174] [nsid 3]3: eth0    inet 198.51.100.10/24 scope global dynamic eth0";
+        let del =
+            "[2026-12-06T14:41:18.763126] [nsid 4]Deleted 3: eth0    inet 198.51.100.10/24 scope global dynamic eth0";
+        assert!(change(add, &ids, VIP).is_some_and(|c| c.present && c.host == n1));
+        assert!(change(del, &ids, VIP).is_some_and(|c| !c.present && c.host == n2));
+        assert!(change("       valid_lft 6sec preferred_lft 6sec", &ids, VIP).is_none());
+        assert!(change(&add.replace(".10/", ".100/"), &ids, VIP).is_none(), "another address");
+        assert!(change(&add.replace("nsid 3", "nsid 9"), &ids, VIP).is_none(), "a namespace of no host");
     }
 
     #[test]

@@ -483,11 +483,10 @@ impl Router {
                     self.down_at = Some(now + self.master_down_interval());
                 } else {
                     // A lower-priority master: discard (its advert does not restart the down timer, which then
-                    // takes it over), and remember that the takeover is a preemption — unless the master
-                    // released the VIP first, which makes it a hand-over.
-                    if self.heard != Heard::Release {
-                        self.heard = Heard::LowerMaster;
-                    }
+                    // takes it over), and remember that the takeover is a preemption, to be claimed. Even after
+                    // a release: a lower backup whose skew timer fired first (milliseconds apart at 100 ms
+                    // adverts, closer than a busy host's scheduling) holds the VIP now, until it hears us.
+                    self.heard = Heard::LowerMaster;
                 }
             }
             State::Master => {

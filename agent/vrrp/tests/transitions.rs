@@ -535,6 +535,36 @@ fn a_backup_ignores_the_release_of_a_router_it_does_not_follow() {
     assert!(r.deadline().unwrap() < down);
 }
 
+#[test]
+fn a_backup_that_a_lower_one_beat_to_a_release_claims_the_vip_from_it() {
+    // kubeha: the master (.11) releases; a lower backup (.13) fires its Skew_Time first — the skews of
+    // priorities 10 apart differ by 4 ms at 100 ms adverts — and holds the VIP. This backup's own timer
+    // then preempts it: it claims, so that the VIP is not on both until .13 has heard it.
+    let mut r = in_state(190, State::Backup);
+    let mut out = Vec::new();
+    r.handle(t(100), adv_from("198.51.100.11", 200), &mut out);
+    r.handle(t(150), adv_from("198.51.100.11", 0), &mut out);
+    r.handle(t(180), adv_from("198.51.100.13", 180), &mut out);
+    out.clear();
+    r.handle(r.deadline().unwrap(), Input::Timer, &mut out);
+    assert_eq!(transitions(&out), vec![(State::Backup, State::Master, Reason::Preempted)]);
+    assert_eq!(actions(&out), vec![Action::Advertise { priority: 190 }], "no address before .13 lets go");
+    assert!(r.claiming());
+    let mut out = Vec::new();
+    r.handle(r.deadline().unwrap() - t(1), adv_from("198.51.100.13", 0), &mut out);
+    assert!(actions(&out).contains(&Action::AddAddresses));
+
+    // Nobody took over after the release: the hand-over adds the VIP at once.
+    let mut r = in_state(190, State::Backup);
+    let mut out = Vec::new();
+    r.handle(t(100), adv_from("198.51.100.11", 200), &mut out);
+    r.handle(t(150), adv_from("198.51.100.11", 0), &mut out);
+    out.clear();
+    r.handle(r.deadline().unwrap(), Input::Timer, &mut out);
+    assert_eq!(transitions(&out), vec![(State::Backup, State::Master, Reason::MasterReleased)]);
+    assert!(actions(&out).contains(&Action::AddAddresses));
+}
+
 /// What dashboards and alerts match on (`kubeha_vrrp_transitions_total{reason=…}`, the member status) is
 /// spelled out once and stays put when a variant is renamed.
 #[test]

@@ -1,9 +1,9 @@
-//! One VRRP instance per interface and VRID on a node, and the hand-over between two agent processes of
+//! One VRRP instance per interface, VRID and address family on a node, and the hand-over between two agent processes of
 //! the same node without dropping the VIP (docs/adr/0005): the bootstrap agent (a static pod, standalone)
 //! steps aside for the DaemonSet agent (cluster mode) and stands by; when the DaemonSet agent stops, the
 //! bootstrap agent takes the instance back.
 //!
-//! Both mount the state directory. `<state-dir>/vrrp/<netns>-<interface>-<vrid>.lock` is flocked by whichever runs
+//! Both mount the state directory. `<state-dir>/vrrp/<netns>-<interface>[-ipv6]-<vrid>.lock` is flocked by whichever runs
 //! the instance. A cluster-mode agent that finds it held writes `.request`; the holder, if it yields
 //! (standalone), sends one last advertisement, leaves the VIP on the interface, writes `.handoff` ("master"
 //! or "backup" and the time) and unlocks. The taker locks within milliseconds and, if the hand-off says
@@ -52,21 +52,51 @@ pub enum HandoverError {
     },
     /// The holder did not step aside in time.
     #[error(
-        "another kubeha agent on this node runs VRID {vrid} on {interface} and did not step aside within {}s \
+        "another kubeha agent on this node runs {instance} and did not step aside within {}s \
          (an agent older than the hand-over, or a second standalone agent with the same VRID: stop it)",
         STEP_ASIDE_WITHIN.as_secs()
     )]
     Busy {
-        /// The VRID.
-        vrid: u8,
-        /// The interface.
-        interface: String,
+        /// The instance.
+        instance: Instance,
     },
 }
 
-/// The VRRP instance a member runs: its interface and VRID (validated before any driver starts).
-pub fn instance_of(spec: &kubeha_crds::HighAvailabilityMemberSpec) -> (&str, u8) {
-    (spec.interface.as_deref().unwrap_or_default(), spec.vrid.and_then(|v| u8::try_from(v).ok()).unwrap_or_default())
+/// One VRRP instance of a node: a VRID of one address family on one interface. IPv4 and IPv6 routers have
+/// separate VRID spaces (RFC 9568 §5.2.3), so a dual-stack control plane runs both with one VRID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// The interface.
+    pub interface: String,
+    /// The VRID.
+    pub vrid: u8,
+    /// Whether the VIP is an IPv6 address.
+    pub ipv6: bool,
+}
+
+impl Instance {
+    /// The instance a member runs (its spec validated before any driver starts).
+    pub fn of(spec: &kubeha_crds::HighAvailabilityMemberSpec) -> Self {
+        Self {
+            interface: spec.interface.clone().unwrap_or_default(),
+            vrid: spec.vrid.and_then(|v| u8::try_from(v).ok()).unwrap_or_default(),
+            ipv6: spec.vip.as_deref().is_some_and(|v| v.contains(':')),
+        }
+    }
+
+    /// The lock file's stem. An IPv4 instance keeps the name agents before dual-stack used, so that an
+    /// upgrade between them still hands over.
+    fn stem(&self, netns: u64) -> String {
+        let family = if self.ipv6 { "-ipv6" } else { "" };
+        format!("{netns}-{}{family}-{}", self.interface, self.vrid)
+    }
+}
+
+impl std::fmt::Display for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let family = if self.ipv6 { "IPv6" } else { "IPv4" };
+        write!(f, "{family} VRID {} on {}", self.vrid, self.interface)
+    }
 }
 
 /// The right to run one VRRP instance on this node, held until dropped or handed off.
@@ -80,12 +110,11 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// Takes the instance `(interface, vrid)`. `Yields` waits as long as somebody else runs it (until
+    /// Takes `instance`. `Yields` waits as long as somebody else runs it (until
     /// `cancel` resolves: `None`); `Takes` asks the holder to step aside and waits [`STEP_ASIDE_WITHIN`].
     pub async fn acquire(
         dir: &Path,
-        interface: &str,
-        vrid: u8,
+        instance: &Instance,
         role: Role,
         cancel: impl Future<Output = ()>,
     ) -> Result<Option<Self>, HandoverError> {
@@ -98,7 +127,7 @@ impl Slot {
         // Keyed by network namespace too: "this node" is the network a hostNetwork pod sees; agents of
         // different namespaces sharing a directory (tests, several nodes on one machine) never collide.
         let netns = fs::metadata("/proc/self/ns/net").map(|m| m.ino()).unwrap_or(0);
-        let base = vrrp.join(format!("{netns}-{interface}-{vrid}"));
+        let base = vrrp.join(instance.stem(netns));
         let lock_path = base.with_extension("lock");
         let mut cancel = std::pin::pin!(cancel);
         let deadline = tokio::time::Instant::now() + STEP_ASIDE_WITHIN;
@@ -114,7 +143,7 @@ impl Slot {
                     let _ = fs::remove_file(base.with_extension("handoff"));
                     let _ = fs::remove_file(base.with_extension("request"));
                     if asked || resume_master {
-                        tracing::info!(vrid, interface, resume_master, "took the VRRP instance over on this node");
+                        tracing::info!(%instance, resume_master, "took the VRRP instance over on this node");
                     }
                     return Ok(Some(Self { lock, base, role, resume_master }));
                 }
@@ -132,21 +161,20 @@ impl Slot {
                     }
                     if !asked {
                         tracing::info!(
-                            vrid,
-                            interface,
+                            %instance,
                             "another agent on this node runs this VRRP instance; asking it to step aside"
                         );
                         asked = true;
                     }
                     if tokio::time::Instant::now() > deadline {
                         let _ = fs::remove_file(base.with_extension("request"));
-                        return Err(HandoverError::Busy { vrid, interface: interface.to_string() });
+                        return Err(HandoverError::Busy { instance: instance.clone() });
                     }
                     TAKE_POLL
                 }
                 Role::Yields => {
                     if !told {
-                        tracing::info!(vrid, interface, "the cluster-mode agent runs this VRRP instance; standing by");
+                        tracing::info!(%instance, "the cluster-mode agent runs this VRRP instance; standing by");
                         told = true;
                     }
                     STANDBY_POLL
@@ -220,6 +248,10 @@ mod tests {
         }
     }
 
+    fn v4(vrid: u8) -> Instance {
+        Instance { interface: "eth0".into(), vrid, ipv6: false }
+    }
+
     impl Drop for Scratch {
         fn drop(&mut self) {
             let _ = fs::remove_dir_all(&self.0);
@@ -229,10 +261,10 @@ mod tests {
     #[tokio::test]
     async fn a_taker_gets_the_instance_from_a_yielding_holder_and_resumes_as_master() {
         let dir = Scratch::new("take");
-        let held = Slot::acquire(dir.path(), "eth0", 51, Role::Yields, never()).await.unwrap().unwrap();
+        let held = Slot::acquire(dir.path(), &v4(51), Role::Yields, never()).await.unwrap().unwrap();
         assert!(!held.resume_master && !held.requested());
         let path = dir.path().to_path_buf();
-        let taker = tokio::spawn(async move { Slot::acquire(&path, "eth0", 51, Role::Takes, never()).await });
+        let taker = tokio::spawn(async move { Slot::acquire(&path, &v4(51), Role::Takes, never()).await });
         while !held.requested() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -243,26 +275,28 @@ mod tests {
 
         // The standing-by agent gets the instance back once the taker stops — as a backup.
         drop(took);
-        let back = Slot::acquire(dir.path(), "eth0", 51, Role::Yields, never()).await.unwrap().unwrap();
+        let back = Slot::acquire(dir.path(), &v4(51), Role::Yields, never()).await.unwrap().unwrap();
         assert!(!back.resume_master);
     }
 
     #[tokio::test]
     async fn a_holder_that_does_not_yield_is_reported_by_vrid_and_interface() {
         let dir = Scratch::new("busy");
-        let _held = Slot::acquire(dir.path(), "eth0", 51, Role::Takes, never()).await.unwrap().unwrap();
+        let _held = Slot::acquire(dir.path(), &v4(51), Role::Takes, never()).await.unwrap().unwrap();
         tokio::time::pause();
-        let err = Slot::acquire(dir.path(), "eth0", 51, Role::Takes, never()).await.unwrap_err();
-        assert!(err.to_string().contains("VRID 51 on eth0"), "{err}");
-        // Another VRID is another instance.
+        let err = Slot::acquire(dir.path(), &v4(51), Role::Takes, never()).await.unwrap_err();
+        assert!(err.to_string().contains("IPv4 VRID 51 on eth0"), "{err}");
+        // Another VRID is another instance, and so is the same VRID for IPv6.
         tokio::time::resume();
-        assert!(Slot::acquire(dir.path(), "eth0", 52, Role::Takes, never()).await.unwrap().is_some());
+        assert!(Slot::acquire(dir.path(), &v4(52), Role::Takes, never()).await.unwrap().is_some());
+        let v6 = Instance { ipv6: true, ..v4(51) };
+        assert!(Slot::acquire(dir.path(), &v6, Role::Takes, never()).await.unwrap().is_some());
     }
 
     #[tokio::test]
     async fn a_request_from_a_taker_that_died_is_ignored() {
         let dir = Scratch::new("stale");
-        let held = Slot::acquire(dir.path(), "eth0", 51, Role::Yields, never()).await.unwrap().unwrap();
+        let held = Slot::acquire(dir.path(), &v4(51), Role::Yields, never()).await.unwrap().unwrap();
         let request = held.base.with_extension("request");
         fs::write(&request, "1").unwrap();
         assert!(held.requested());
@@ -274,8 +308,9 @@ mod tests {
     #[tokio::test]
     async fn a_standing_by_agent_can_be_stopped() {
         let dir = Scratch::new("standby");
-        let _held = Slot::acquire(dir.path(), "eth0", 51, Role::Takes, never()).await.unwrap().unwrap();
-        let waited = Slot::acquire(dir.path(), "eth0", 51, Role::Yields, tokio::time::sleep(Duration::from_millis(50)));
+        let _held = Slot::acquire(dir.path(), &v4(51), Role::Takes, never()).await.unwrap().unwrap();
+        let instance = v4(51);
+        let waited = Slot::acquire(dir.path(), &instance, Role::Yields, tokio::time::sleep(Duration::from_millis(50)));
         assert!(waited.await.unwrap().is_none());
     }
 }

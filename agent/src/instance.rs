@@ -367,10 +367,10 @@ pub async fn driver_of(
     role: Role,
     cancel: impl Future<Output = ()>,
 ) -> Result<Option<Driver>, StartError> {
-    let (interface, vrid) = handover::instance_of(spec);
+    let instance = handover::Instance::of(spec);
     let slot = match role {
         Role::Takes => None,
-        Role::Yields => match Slot::acquire(state_dir, interface, vrid, role, cancel).await? {
+        Role::Yields => match Slot::acquire(state_dir, &instance, role, cancel).await? {
             Some(slot) => Some(slot),
             None => return Ok(None),
         },
@@ -379,7 +379,7 @@ pub async fn driver_of(
     driver.prepare().await;
     let slot = match slot {
         Some(slot) => Some(slot),
-        None => Slot::acquire(state_dir, interface, vrid, role, std::future::pending()).await?,
+        None => Slot::acquire(state_dir, &instance, role, std::future::pending()).await?,
     };
     driver.take(slot).await?;
     Ok(Some(driver))

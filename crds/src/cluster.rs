@@ -39,8 +39,9 @@ pub struct HighAvailabilityClusterSpec {
     #[schemars(length(max = 64), transform = rules::with(rules::vip("spec.vip")))]
     pub vip: String,
 
-    /// The VRRP virtual router id, 1–255. Every virtual router on one network segment needs its own: two
-    /// clusters with the same VRID on one segment fight over the VIP.
+    /// The VRRP virtual router id, 1–255. Every virtual router of one address family on one network segment
+    /// needs its own: two IPv4 (or two IPv6) clusters with the same VRID on one segment fight over the VIP.
+    /// IPv4 and IPv6 have separate VRID spaces, so a dual-stack control plane may use one VRID for both.
     #[schemars(transform = rules::with([rules::vrid("spec.vrid")]))]
     pub vrid: i32,
 

@@ -1,5 +1,8 @@
-//! Two clusters that would fight on the wire: the same VRID on the same interface of a shared master (their
-//! adverts collide), or the same VIP. Both are told; only the older one keeps changing its members.
+//! Two clusters that would fight on the wire: the same VRID for the same address family on the same
+//! interface of a shared master (their adverts collide), or the same VIP. Both are told; only the older one
+//! keeps changing its members. IPv4 and IPv6 routers have separate VRID spaces (RFC 9568 §5.2.3: IPv4
+//! adverts go to 224.0.0.18 and carry the virtual MAC 00-00-5E-00-01-{VRID}, IPv6 ones go to ff02::12 with
+//! 00-00-5E-00-02-{VRID}), so a dual-stack control plane may use one VRID for both.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -59,15 +62,20 @@ pub fn conflicts(me: &Claim, others: &[Claim]) -> Vec<Conflict> {
                 ),
                 newer,
             });
-        } else if me.vrid == other.vrid && me.interface == other.interface && !shared.is_empty() {
+        } else if me.vrid == other.vrid
+            && me.interface == other.interface
+            && !shared.is_empty()
+            && me.vip.map(|v| v.is_ipv4()) == other.vip.map(|v| v.is_ipv4())
+        {
             let nodes: Vec<&str> = shared.iter().map(|s| s.as_str()).collect();
             out.push(Conflict {
                 with: other.name.clone(),
                 reason: "VRIDInUse",
                 message: format!(
-                    "HighAvailabilityCluster {} uses VRID {} on {} of {}; give one of them another spec.vrid",
+                    "HighAvailabilityCluster {} uses VRID {} for {} on {} of {}; give one of them another spec.vrid",
                     other.name,
                     me.vrid,
+                    if me.vip.is_some_and(|v| v.is_ipv6()) { "IPv6" } else { "IPv4" },
                     me.interface,
                     nodes.join(", ")
                 ),
@@ -114,6 +122,18 @@ mod tests {
         let mut c = claim("c", 3, "198.51.100.30", 51, &["n1"]);
         c.interface = "eth1".into();
         assert!(conflicts(&c, &[a, c.clone()]).is_empty());
+    }
+
+    #[test]
+    fn the_same_vrid_in_the_other_address_family_is_fine() {
+        let v4 = claim("v4", 1, "198.51.100.10", 51, &["n1", "n2", "n3"]);
+        let v6 = claim("v6", 2, "2001:db8::10", 51, &["n1", "n2", "n3"]);
+        assert!(conflicts(&v6, &[v4.clone(), v6.clone()]).is_empty(), "IPv4 and IPv6 have separate VRID spaces");
+        let v6b = claim("v6b", 3, "2001:db8::20", 51, &["n3"]);
+        let c = conflicts(&v6b, &[v4, v6, v6b.clone()]);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!((c[0].with.as_str(), c[0].reason), ("v6", "VRIDInUse"));
+        assert!(c[0].message.contains("VRID 51 for IPv6"), "{}", c[0].message);
     }
 
     #[test]

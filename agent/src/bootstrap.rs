@@ -100,14 +100,7 @@ impl Bootstrap {
     /// The standalone config and the static pod, checked as `kubeha-agent check` checks a config: a bad
     /// flag is refused here, not by a crash-looping static pod.
     pub fn render(&self) -> Result<Vec<File>, BootstrapError> {
-        let config = self.config();
-        let text = serde_norway::to_string(&config).unwrap_or_default();
-        let spec = config::parse(&text).map_err(|e| match e {
-            config::ConfigError::Invalid { problems, .. } => {
-                BootstrapError(problems.iter().map(|p| format!("  - {}: {}", flag(&p.key), p.message)).collect())
-            }
-            other => BootstrapError(vec![format!("  - {other}")]),
-        })?;
+        let (text, spec) = self.spec()?;
         let config_path = self.config_dir.join(CONFIG_FILE);
         let mut contents = String::new();
         let _ = writeln!(
@@ -122,6 +115,18 @@ impl Bootstrap {
             File { path: config_path.clone(), contents },
             File { path: self.manifest_dir.join(MANIFEST_FILE), contents: self.static_pod(&spec, &config_path) },
         ])
+    }
+
+    /// The standalone config these flags make, as written and as the agent reads it; the problems by flag.
+    pub fn spec(&self) -> Result<(String, HighAvailabilityMemberSpec), BootstrapError> {
+        let text = serde_norway::to_string(&self.config()).unwrap_or_default();
+        let spec = config::parse(&text).map_err(|e| match e {
+            config::ConfigError::Invalid { problems, .. } => {
+                BootstrapError(problems.iter().map(|p| format!("  - {}: {}", flag(&p.key), p.message)).collect())
+            }
+            other => BootstrapError(vec![format!("  - {other}")]),
+        })?;
+        Ok((text, spec))
     }
 
     fn config(&self) -> serde_json::Value {

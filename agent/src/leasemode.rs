@@ -69,6 +69,8 @@ impl LeaseHolder {
         let vip = config::vip(spec).ok_or_else(|| DriverError::Config("vip is required".into()))?;
         let interface = spec.interface.as_deref().ok_or_else(|| DriverError::Config("interface is required".into()))?;
         let link = VipOnLink::open(interface, vip).await?;
+        // Before the leftover removal below, which must never take the node's own address.
+        crate::vipcheck::check(vip.address, interface, false, &link.on_link().await?).map_err(DriverError::Config)?;
         if link.present().await? {
             tracing::warn!(vip = %vip.address, "removing a VIP left over from an earlier run");
             link.remove().await?;

@@ -20,3 +20,4 @@ pub mod proxy;
 pub mod socket;
 pub mod state;
 pub mod vip;
+pub mod vipcheck;

@@ -12,6 +12,7 @@ use kubeha_agent::driver::Ended;
 use kubeha_agent::handover::Role;
 use kubeha_agent::instance::{self, Parts};
 use kubeha_agent::metrics::{ProxyMetrics, VrrpMetrics};
+use kubeha_agent::vip::Checked;
 use kubeha_agent::{api, cluster, config};
 use kubeha_common::telemetry::{self, LogFormat};
 use prometheus_client::registry::Registry;
@@ -129,16 +130,30 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run { config: Some(config), parts, .. } => run_standalone(config, parts).await,
         Command::Run { config: None, cluster, parts } => run_cluster(cluster, parts).await,
         Command::Check { config } => Ok(match config::load(&config) {
-            Ok(_) => {
-                println!("{} is valid", config.display());
-                ExitCode::SUCCESS
-            }
+            Ok(spec) => match kubeha_agent::vip::check_here(&spec).await {
+                Ok(Checked::Interface) => {
+                    println!("{} is valid, and its vip fits its interface on this host", config.display());
+                    ExitCode::SUCCESS
+                }
+                Ok(Checked::NoInterface) => {
+                    println!(
+                        "{} is valid; its interface is not on this host, so the vip is checked against it when the \
+                         agent starts on its node",
+                        config.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("kubeha-agent: {}: {e}", config.display());
+                    ExitCode::from(2)
+                }
+            },
             Err(e) => {
                 eprintln!("kubeha-agent: {e}");
                 ExitCode::from(2)
             }
         }),
-        Command::Bootstrap(args) => bootstrap(*args),
+        Command::Bootstrap(args) => bootstrap(*args).await,
     }
 }
 
@@ -208,15 +223,29 @@ async fn run_standalone(path: PathBuf, parts: Parts) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-fn bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
+async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
     let plan = args.plan;
-    let files = match plan.render() {
-        Ok(files) => files,
+    let (files, spec) = match plan.render().and_then(|f| Ok((f, plan.spec()?.1))) {
+        Ok(rendered) => rendered,
         Err(e) => {
             eprintln!("kubeha-agent bootstrap: {e}");
             return Ok(ExitCode::from(2));
         }
     };
+    // Run on the master itself: its interface tells whether the VIP is its own address or off its subnet.
+    // A dry run elsewhere has no such interface, and the agent checks again when it starts.
+    match kubeha_agent::vip::check_here(&spec).await {
+        Ok(Checked::Interface) => {}
+        Ok(Checked::NoInterface) if args.dry_run => {}
+        Ok(Checked::NoInterface) => {
+            eprintln!("kubeha-agent bootstrap: interface {} does not exist on this host: --interface", plan.interface);
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => {
+            eprintln!("kubeha-agent bootstrap: --vip: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
     for f in files {
         if args.dry_run {
             println!("--- {}\n{}", f.path.display(), f.contents);

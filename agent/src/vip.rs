@@ -9,11 +9,11 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use futures::TryStreamExt as _;
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, CacheInfo};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, CacheInfo};
 use netlink_packet_route::link::LinkAttribute;
 use rtnetlink::Handle;
 
-use crate::config::Vip;
+use crate::config::{self, Vip};
 
 /// How long the kernel keeps the VIP without a refresh. Whole seconds are the kernel's unit.
 pub const LIFETIME: Duration = Duration::from_secs(2);
@@ -143,6 +143,23 @@ impl VipOnLink {
         Ok(None)
     }
 
+    /// Every address on the interface, with its prefix and whether it is permanent: what the VIP is checked
+    /// against before the driver starts (crate::vipcheck).
+    pub async fn on_link(&self) -> Result<Vec<crate::vipcheck::OnLink>, NetError> {
+        let mut addrs = self.handle.address().get().set_link_index_filter(self.ifindex).execute();
+        let mut out = Vec::new();
+        while let Some(msg) = addrs.try_next().await.map_err(netlink("listing addresses"))? {
+            let Some(address) = address_of(&msg) else { continue };
+            let permanent = msg.header.flags.contains(AddressHeaderFlags::Permanent)
+                || msg
+                    .attributes
+                    .iter()
+                    .any(|at| matches!(at, AddressAttribute::Flags(f) if f.contains(AddressFlags::Permanent)));
+            out.push(crate::vipcheck::OnLink { address, prefix: msg.header.prefix_len, permanent });
+        }
+        Ok(out)
+    }
+
     /// The interface's primary address of the VIP's family: what adverts are sent from and compared by.
     pub async fn primary(&self) -> Result<Option<IpAddr>, NetError> {
         let mut addrs = self.handle.address().get().set_link_index_filter(self.ifindex).execute();
@@ -186,6 +203,31 @@ impl VipOnLink {
         let carrier = link.attributes.iter().any(|a| matches!(a, LinkAttribute::Carrier(1)));
         Ok(carrier && link.header.flags.contains(netlink_packet_route::link::LinkFlags::Up))
     }
+}
+
+/// What [`check_here`] could check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checked {
+    /// The VIP was checked against the interface on this host.
+    Interface,
+    /// The interface is not on this host (a config checked off its node): nothing to check against.
+    NoInterface,
+}
+
+/// Checks `spec`'s VIP against its interface on this host, as the driver will before it starts
+/// (crate::vipcheck): `kubeha-agent check` and `kubeha-agent bootstrap` refuse what the agent would.
+/// Listing addresses needs no privilege.
+pub async fn check_here(spec: &kubeha_crds::HighAvailabilityMemberSpec) -> Result<Checked, String> {
+    let (Some(vip), Some(interface)) = (config::vip(spec), spec.interface.as_deref()) else {
+        return Ok(Checked::NoInterface);
+    };
+    let link = match VipOnLink::open(interface, vip).await {
+        Ok(link) => link,
+        Err(NetError::NoInterface(_)) => return Ok(Checked::NoInterface),
+        Err(e) => return Err(e.to_string()),
+    };
+    let on_link = link.on_link().await.map_err(|e| e.to_string())?;
+    crate::vipcheck::check(vip.address, interface, spec.priority == 255, &on_link).map(|()| Checked::Interface)
 }
 
 fn address_of(msg: &AddressMessage) -> Option<IpAddr> {

@@ -367,8 +367,8 @@ pub struct HighAvailabilityClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Ready, VIPAvailable (exactly one member holds the VIP), ProxyAvailable, Degraded, QuorumAtRisk and
-    /// Conflict.
+    /// Ready, VIPAccepted (the VIP is no node's address and lies on the masters' network), VIPAvailable
+    /// (exactly one member holds the VIP), ProxyAvailable, Degraded, QuorumAtRisk and Conflict.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 

@@ -14,12 +14,15 @@ use kubeha_crds::{
 
 use crate::conflict::Conflict;
 use crate::desired::Problem;
+use crate::vipcheck::VipMistake;
 
 /// A condition of the cluster's status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConditionType {
     /// The API is served on the VIP: it is held, proxied (when the proxy is on), and in conflict with nothing.
     Ready,
+    /// The VIP may be handed out: it is no node's own address and lies on the masters' network.
+    VipAccepted,
     /// Exactly one member holds the VIP.
     VipAvailable,
     /// The active member proxies to at least one healthy API server.
@@ -34,13 +37,21 @@ pub enum ConditionType {
 
 impl ConditionType {
     /// Every type, in the order `kubectl describe` shows them.
-    pub const ALL: [Self; 6] =
-        [Self::Ready, Self::VipAvailable, Self::ProxyAvailable, Self::Degraded, Self::QuorumAtRisk, Self::Conflict];
+    pub const ALL: [Self; 7] = [
+        Self::Ready,
+        Self::VipAccepted,
+        Self::VipAvailable,
+        Self::ProxyAvailable,
+        Self::Degraded,
+        Self::QuorumAtRisk,
+        Self::Conflict,
+    ];
 
     /// The type as the API spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ready => "Ready",
+            Self::VipAccepted => "VIPAccepted",
             Self::VipAvailable => "VIPAvailable",
             Self::ProxyAvailable => "ProxyAvailable",
             Self::Degraded => "Degraded",
@@ -92,6 +103,8 @@ pub struct Inputs<'a> {
     pub problems: &'a [Problem],
     /// Conflicts with other clusters.
     pub conflicts: &'a [Conflict],
+    /// Why the VIP is handed to no member, if it is not.
+    pub vip_mistake: Option<&'a VipMistake>,
     /// Now, by the operator's wall clock: only for the times the status records (a condition's
     /// lastTransitionTime), never compared with an agent's stamp.
     pub now: Timestamp,
@@ -246,9 +259,16 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     let mut events = Vec::new();
     let mut waiting_for: Vec<String> = views.iter().filter(|v| v.pending).map(node).collect();
     waiting_for.extend(not_cached);
-    let quorum =
-        Quorum { masters, basis: quorum_basis, counted: basis, not_probed: &not_probed, waiting_for: &waiting_for };
+    let quorum = Quorum {
+        masters,
+        basis: quorum_basis,
+        counted: basis,
+        not_probed: &not_probed,
+        waiting_for: &waiting_for,
+        blocked: i.vip_mistake.is_some() || i.conflicts.iter().any(|c| c.newer),
+    };
     let mut conds = vec![
+        (ConditionType::VipAccepted, vip_accepted(hac, i.vip_mistake)),
         (ConditionType::VipAvailable, vip_available(hac, &views, &holders)),
         (ConditionType::ProxyAvailable, proxy_available(hac, &views, active.as_deref())),
         (ConditionType::Degraded, degraded(hac, &views, i.problems)),
@@ -264,6 +284,10 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
         let was_true = prev.conditions.iter().any(|p| p.type_ == t.as_str() && p.status == "True");
         if v.status == Some(true) && !was_true && matches!(t, ConditionType::Conflict | ConditionType::QuorumAtRisk) {
             events.push(PlannedEvent { warning: true, reason: t.as_str(), note: v.message.clone(), node: None });
+        }
+        let was_false = prev.conditions.iter().any(|p| p.type_ == t.as_str() && p.status == "False");
+        if *t == ConditionType::VipAccepted && v.status == Some(false) && !was_false {
+            events.push(PlannedEvent { warning: true, reason: v.reason, note: v.message.clone(), node: None });
         }
     }
     let conditions: Vec<Condition> =
@@ -342,6 +366,11 @@ fn vip_available(hac: &HighAvailabilityCluster, views: &[View<'_>], holders: &[S
     match holders {
         [one] => verdict(Some(true), "Held", format!("{one} holds {vip}")),
         [] if views.iter().all(|v| !v.fresh) => verdict(Some(false), "AwaitingAgents", "no agent has reported yet"),
+        [] if views.iter().any(|v| member_error(v).is_some()) => {
+            let errors: Vec<String> =
+                views.iter().filter_map(|v| Some(format!("{}: {}", v.m.spec.node_name, member_error(v)?))).collect();
+            verdict(Some(false), "MemberErrors", format!("no member holds {vip}; {}", errors.join("; ")))
+        }
         [] => verdict(Some(false), "NoHolder", format!("no member holds {vip}")),
         _ => verdict(
             Some(false),
@@ -417,13 +446,16 @@ struct Quorum<'a> {
     not_probed: &'a [String],
     /// Nodes whose agents have not reported yet.
     waiting_for: &'a [String],
+    /// Members are left as they are (none created): the VIP is refused, or a conflict holds this cluster.
+    blocked: bool,
 }
 
 /// QuorumAtRisk: one more failure would lose the majority (or there is no margin at all).
 fn quorum_at_risk(q: &Quorum<'_>) -> Verdict {
-    let Quorum { masters, basis, counted, not_probed, waiting_for } = *q;
+    let Quorum { masters, basis, counted, not_probed, waiting_for, blocked } = *q;
     let quorum = masters / 2 + 1;
     match masters {
+        0 if blocked => verdict(None, "NoMembers", "no member runs until the VIPAccepted or Conflict condition clears"),
         n if !waiting_for.is_empty() && n > 2 => {
             verdict(None, "AwaitingAgents", format!("waiting for the agents on {} to report", waiting_for.join(", ")))
         }
@@ -458,6 +490,18 @@ fn quorum_at_risk(q: &Quorum<'_>) -> Verdict {
     }
 }
 
+/// VIPAccepted: the operator hands the VIP out.
+fn vip_accepted(hac: &HighAvailabilityCluster, mistake: Option<&VipMistake>) -> Verdict {
+    match mistake {
+        Some(m) => verdict(Some(false), m.reason, m.message.clone()),
+        None => verdict(
+            Some(true),
+            "Accepted",
+            format!("{} is no node's address and lies on the masters' network", hac.spec.vip),
+        ),
+    }
+}
+
 /// Conflict: another cluster claims this VIP or VRID here.
 fn conflict(conflicts: &[Conflict]) -> Verdict {
     match conflicts.first() {
@@ -474,6 +518,7 @@ fn ready(hac: &HighAvailabilityCluster, active: Option<&str>, others: &[(Conditi
             ConditionType::VipAvailable => !ok,
             ConditionType::ProxyAvailable => !ok && hac.spec.proxy.enabled,
             ConditionType::Conflict => ok,
+            ConditionType::VipAccepted => !ok,
             _ => false,
         }
     });
@@ -524,7 +569,15 @@ fn control_plane(views: &[View<'_>], masters: usize, leaders: &Leaders) -> Contr
 /// Where to look when a member's proxy is silent.
 const PROXY_HINT: &str = "is the agent pod's proxy container running? kubectl -n <namespace> logs <agent pod> -c proxy";
 
+/// Why the member's agent cannot run it, as the agent reported (fresh reports only).
+fn member_error<'a>(v: &View<'a>) -> Option<&'a str> {
+    v.m.status.as_ref().and_then(|s| s.error.as_deref()).filter(|_| v.fresh)
+}
+
 fn describe(v: &View<'_>) -> String {
+    if let Some(e) = member_error(v) {
+        return format!("{} and cannot run its member: {e}", v.state.as_str());
+    }
     let st = v.m.status.as_ref();
     let failing: Vec<&str> =
         st.map(|s| s.health.iter().filter(|h| !h.healthy).map(|h| h.name.as_str()).collect()).unwrap_or_default();
@@ -676,6 +729,7 @@ mod tests {
             expected: &[],
             problems: &[],
             conflicts: &[],
+            vip_mistake: None,
             now: now(),
             leaders: Leaders::default(),
             heartbeats: leases,
@@ -738,6 +792,33 @@ mod tests {
         let (h, mut ms) = healthy_three();
         ms[0].status.as_mut().unwrap().proxy_heartbeat_time = None;
         assert_eq!(cond(&run(&h, &ms).status, "ProxyAvailable"), ("False", "ProxyNotReporting"));
+    }
+
+    #[test]
+    fn a_members_error_reaches_the_clusters_conditions_with_its_node() {
+        // interface: eth9 on every master: each agent reports the error and stays in Initialize.
+        let (h, mut ms) = cluster(json!({}), 3);
+        for i in 1..=3 {
+            report(&mut ms, i, VrrpState::Initialize, false);
+            ms[i - 1].status.as_mut().unwrap().error = Some("interface 'eth9' does not exist on this node".into());
+        }
+        let s = run(&h, &ms).status;
+        let message = |t: &str| s.conditions.iter().find(|c| c.type_ == t).unwrap().message.clone();
+        assert_eq!(cond(&s, "VIPAvailable"), ("False", "MemberErrors"));
+        assert_eq!(cond(&s, "Ready"), ("False", "MemberErrors"));
+        assert!(message("Ready").contains("n1: interface 'eth9' does not exist on this node"), "{}", message("Ready"));
+        assert!(message("Ready").contains("n3: interface 'eth9'"), "{}", message("Ready"));
+        let degraded = message("Degraded");
+        assert!(degraded.contains("n2 is Initialize and cannot run its member: interface 'eth9'"), "{degraded}");
+
+        // One master with the error while another holds the VIP: Ready, and Degraded names it.
+        let (h, mut ms) = healthy_three();
+        report(&mut ms, 3, VrrpState::Initialize, false);
+        ms[2].status.as_mut().unwrap().error = Some("interface 'eth9' does not exist on this node".into());
+        let s = run(&h, &ms).status;
+        assert_eq!(cond(&s, "Ready"), ("True", "Ready"));
+        let degraded = s.conditions.iter().find(|c| c.type_ == "Degraded").unwrap().message.clone();
+        assert!(degraded.contains("n3 is Initialize and cannot run its member: interface 'eth9'"), "{degraded}");
     }
 
     #[test]

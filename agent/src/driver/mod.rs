@@ -187,6 +187,9 @@ impl Driver<NetLink> {
                  use a priority of 1 to 254"
             )));
         }
+        // Before anything is sent or added: a VIP that is this node's own address, or off the interface's
+        // subnets, hurts someone the moment it is taken.
+        crate::vipcheck::check(address, interface, owner, &link.on_link().await?).map_err(DriverError::Config)?;
         let primary = if owner {
             address
         } else {

@@ -28,6 +28,7 @@ use crate::conflict::{Claim, conflicts};
 use crate::desired::{CLUSTER_LABEL, RELEASE_FINALIZER, desired, masters, member_name, vip_address};
 use crate::seen::Sightings;
 use crate::status::{Ages, Inputs, Leaders, aggregate, meaningfully_different};
+use crate::vipcheck;
 
 pub use kubeha_crds::contract::{CLEANUP_FINALIZER, OPERATOR_MANAGER as MANAGER};
 
@@ -270,10 +271,16 @@ async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, E
     let want = desired(hac, &nodes);
     let claims: Vec<Claim> = ctx.clusters.state().iter().map(|c| claim(c, &nodes)).collect();
     let found = conflicts(&claim(hac, &nodes), &claims);
+    let mistake = vipcheck::check(&hac.spec.vip, &masters(hac, &nodes).0, &nodes, &hac.spec.masters.priorities);
     let members_api: Api<HighAvailabilityMember> = Api::all(ctx.client.clone());
     let existing = owned(ctx, hac);
 
-    if found.iter().any(|c| c.newer) {
+    // Members left unchanged: the newer of two conflicting clusters, or a VIP nobody may take. Members that
+    // run already keep the VIP they had; none is created with this one.
+    let blocked = found.iter().any(|c| c.newer) || mistake.is_some();
+    if let Some(m) = &mistake {
+        tracing::warn!(cluster = %name, reason = m.reason, message = %m.message, "VIP refused: leaving members unchanged");
+    } else if blocked {
         tracing::warn!(cluster = %name, conflict = %found[0].message, "conflict: leaving members unchanged");
     } else {
         for m in &want.members {
@@ -292,8 +299,7 @@ async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, E
     }
 
     let members = owned(ctx, hac);
-    // Members left unchanged for a conflict are not coming: expect only those that exist then.
-    let blocked = found.iter().any(|c| c.newer);
+    // Members left unchanged are not coming: expect only those that exist then.
     let expected: Vec<String> =
         if blocked { Vec::new() } else { want.members.iter().map(|m| m.spec.node_name.clone()).collect() };
     let out = aggregate(&Inputs {
@@ -302,6 +308,7 @@ async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, E
         expected: &expected,
         problems: &want.problems,
         conflicts: &found,
+        vip_mistake: mistake.as_ref(),
         now: Timestamp::now(),
         leaders: leaders(ctx),
         heartbeats: &heartbeats(ctx, &name),
@@ -568,6 +575,7 @@ mod tests {
             expected: &[],
             problems: &[],
             conflicts: &[],
+            vip_mistake: None,
             now: wall0 + Duration::from_secs(look),
             leaders: Leaders::default(),
             heartbeats: &BTreeMap::new(),

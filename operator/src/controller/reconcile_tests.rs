@@ -229,7 +229,8 @@ async fn a_finalized_cluster_gets_one_member_per_master_by_apply_then_its_status
     // The cache does not show the members yet: three masters awaited, not none.
     let status = &sent[3].2["status"];
     assert_eq!(status["membersReady"], "0/3");
-    assert_eq!(status["conditions"][4]["reason"], "AwaitingAgents");
+    let quorum = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "QuorumAtRisk").unwrap();
+    assert_eq!(quorum["reason"], "AwaitingAgents");
 }
 
 #[tokio::test]
@@ -280,4 +281,24 @@ async fn a_member_of_a_node_that_is_no_longer_a_master_is_deleted_and_the_others
     let n9 = member_path("n9");
     assert_eq!(summary(&sent)[0], ("DELETE", n9.as_str()), "{sent:?}");
     assert!(sent.iter().all(|(m, p, _)| m != "PATCH" || !p.contains("highavailabilitymembers")), "no member rewritten");
+}
+
+#[tokio::test]
+async fn a_vip_that_is_a_nodes_own_address_gets_no_member_and_a_condition_that_names_the_node() {
+    let mut h = finalized();
+    h.spec.vip = "198.51.100.12/24".into();
+    let sent = reconciled(h, Vec::new()).await;
+    let reasons: Vec<&Value> = sent[1..].iter().map(|s| &s.2["reason"]).collect();
+    assert_eq!(summary(&sent), [("PATCH", STATUS), ("POST", EVENTS)], "no member is applied: {reasons:?}");
+    let conditions = sent[0].2["status"]["conditions"].as_array().unwrap().clone();
+    let find = |t: &str| conditions.iter().find(|c| c["type"] == t).unwrap().clone();
+    assert_eq!(
+        (find("VIPAccepted")["status"].as_str(), find("VIPAccepted")["reason"].as_str()),
+        (Some("False"), Some("VIPIsNodeAddress"))
+    );
+    assert_eq!(find("Ready")["reason"], "VIPIsNodeAddress");
+    let message = find("Ready")["message"].as_str().unwrap().to_string();
+    assert!(message.contains("198.51.100.12 is node n2's own address"), "{message}");
+    assert_eq!(sent[1].2["reason"], "VIPIsNodeAddress");
+    assert_eq!(sent[1].2["type"], "Warning");
 }

@@ -38,7 +38,9 @@ pub enum NetError {
     #[error("cannot open a netlink socket: {0}")]
     Socket(std::io::Error),
     /// The configured interface does not exist.
-    #[error("interface '{0}' does not exist on this node (check `interface` in the configuration)")]
+    #[error(
+        "interface '{0}' does not exist on this node: set `interface` (spec.interface of a HighAvailabilityCluster) to one it has"
+    )]
     NoInterface(String),
     /// The kernel refused, usually for lack of CAP_NET_ADMIN.
     #[error("netlink {what} failed: {source}{hint}")]

@@ -259,17 +259,19 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     let mut events = Vec::new();
     let mut waiting_for: Vec<String> = views.iter().filter(|v| v.pending).map(node).collect();
     waiting_for.extend(not_cached);
+    // Members are left as they are (none created): the VIP is refused, or a conflict holds this cluster back.
+    let blocked = i.vip_mistake.is_some() || i.conflicts.iter().any(|c| c.newer);
     let quorum = Quorum {
         masters,
         basis: quorum_basis,
         counted: basis,
         not_probed: &not_probed,
         waiting_for: &waiting_for,
-        blocked: i.vip_mistake.is_some() || i.conflicts.iter().any(|c| c.newer),
+        blocked,
     };
     let mut conds = vec![
         (ConditionType::VipAccepted, vip_accepted(hac, i.vip_mistake)),
-        (ConditionType::VipAvailable, vip_available(hac, &views, &holders)),
+        (ConditionType::VipAvailable, vip_available(hac, &views, &holders, blocked)),
         (ConditionType::ProxyAvailable, proxy_available(hac, &views, active.as_deref())),
         (ConditionType::Degraded, degraded(hac, &views, i.problems)),
         (ConditionType::QuorumAtRisk, quorum_at_risk(&quorum)),
@@ -361,10 +363,11 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
 }
 
 /// VIPAvailable: exactly one member holds the VIP.
-fn vip_available(hac: &HighAvailabilityCluster, views: &[View<'_>], holders: &[String]) -> Verdict {
+fn vip_available(hac: &HighAvailabilityCluster, views: &[View<'_>], holders: &[String], blocked: bool) -> Verdict {
     let vip = &hac.spec.vip;
     match holders {
         [one] => verdict(Some(true), "Held", format!("{one} holds {vip}")),
+        [] if views.is_empty() && blocked => verdict(Some(false), NO_MEMBERS.0, NO_MEMBERS.1),
         [] if views.iter().all(|v| !v.fresh) => verdict(Some(false), "AwaitingAgents", "no agent has reported yet"),
         [] if views.iter().any(|v| member_error(v).is_some()) => {
             let errors: Vec<String> =
@@ -455,7 +458,7 @@ fn quorum_at_risk(q: &Quorum<'_>) -> Verdict {
     let Quorum { masters, basis, counted, not_probed, waiting_for, blocked } = *q;
     let quorum = masters / 2 + 1;
     match masters {
-        0 if blocked => verdict(None, "NoMembers", "no member runs until the VIPAccepted or Conflict condition clears"),
+        0 if blocked => verdict(None, NO_MEMBERS.0, NO_MEMBERS.1),
         n if !waiting_for.is_empty() && n > 2 => {
             verdict(None, "AwaitingAgents", format!("waiting for the agents on {} to report", waiting_for.join(", ")))
         }
@@ -490,10 +493,22 @@ fn quorum_at_risk(q: &Quorum<'_>) -> Verdict {
     }
 }
 
+/// The reason and message of a cluster held back from having members.
+const NO_MEMBERS: (&str, &str) = ("NoMembers", "no member runs until the VIPAccepted or Conflict condition clears");
+
 /// VIPAccepted: the operator hands the VIP out.
 fn vip_accepted(hac: &HighAvailabilityCluster, mistake: Option<&VipMistake>) -> Verdict {
     match mistake {
         Some(m) => verdict(Some(false), m.reason, m.message.clone()),
+        None if hac.spec.vip.ends_with("/32") || hac.spec.vip.ends_with("/128") => verdict(
+            Some(true),
+            "Accepted",
+            format!(
+                "{} is no node's address; a host route says nothing of the network, so each agent checks it \
+                 against its interface's subnet",
+                hac.spec.vip
+            ),
+        ),
         None => verdict(
             Some(true),
             "Accepted",

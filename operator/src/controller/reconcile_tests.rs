@@ -297,6 +297,7 @@ async fn a_vip_that_is_a_nodes_own_address_gets_no_member_and_a_condition_that_n
         (Some("False"), Some("VIPIsNodeAddress"))
     );
     assert_eq!(find("Ready")["reason"], "VIPIsNodeAddress");
+    assert_eq!(find("VIPAvailable")["reason"], "NoMembers", "not awaiting agents that are not coming");
     let message = find("Ready")["message"].as_str().unwrap().to_string();
     assert!(message.contains("198.51.100.12 is node n2's own address"), "{message}");
     assert_eq!(sent[1].2["reason"], "VIPIsNodeAddress");

@@ -1,0 +1,219 @@
+//! The mistakes a new user makes, tried as one would: a VIP that is a master's own address, a VIP off the
+//! masters' subnet, a missing interface, and one VRID for an IPv4 and an IPv6 cluster. Each is refused or
+//! reported with a message that names the field and the fix, and nothing is taken from anyone: a client's
+//! ARP entry for the node whose address was given still points at that node.
+
+mod common;
+
+use std::net::IpAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Up, World, wait_until};
+use kubeha_e2e::{CLIENTS, Host, NODES};
+
+const N1: Host = NODES[0];
+const N2: Host = NODES[1];
+const C1: Host = CLIENTS[0];
+
+/// The MAC address `host` has for `ip` after reaching it once (`ip neigh`), if any.
+fn neighbour(host: Host, ip: IpAddr) -> Option<String> {
+    let _ = Command::new("ip")
+        .args(["netns", "exec", &host.netns(), "ping", "-c", "1", "-W", "1", &ip.to_string()])
+        .output();
+    let out = Command::new("ip").args(["-n", &host.netns(), "neigh", "show", &ip.to_string()]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "lladdr")?;
+    words.next().map(str::to_string)
+}
+
+/// `kubeha-agent ARGS` on `host`: its exit code and everything it printed.
+fn agent_on(world: &World, host: Host, args: &[&str]) -> (Option<i32>, String) {
+    let bin = kubeha_e2e::kubeha_binary("kubeha-agent").unwrap().display().to_string();
+    let mut argv = vec![bin];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let mut p = world.cluster.spawn(&host, "kubeha-agent-once", &argv).unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = p.exited() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "kubeha-agent {args:?} still running:\n{}", p.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status.code(), p.log())
+}
+
+fn config(world: &World, name: &str, vip: &str, interface: &str) -> String {
+    let path = world.cluster.dir().join(format!("{name}.yaml"));
+    let yaml = format!(
+        "nodeName: n1\ninterface: {interface}\nvip: {vip}\nvrid: 51\npriority: 100\n\
+         metrics: {{listen: \"127.0.0.1:9641\"}}\n"
+    );
+    std::fs::write(&path, yaml).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn the_standalone_agent_and_its_check_refuse_a_vip_that_is_the_nodes_own_or_off_its_subnet() {
+    kubeha_e2e::skip_unless_root!();
+    let world = World::new();
+    let own: IpAddr = N1.ipv4().into();
+    let before = neighbour(C1, own).expect("c1 reaches n1");
+
+    // kubeha-agent check on the node sees the interface.
+    let good = config(&world, "good", "198.51.100.10/24", "eth0");
+    let (code, out) = agent_on(&world, N1, &["check", "--config", &good]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("its vip fits its interface on this host"), "{out}");
+
+    let mine = config(&world, "mine", "198.51.100.11/24", "eth0");
+    let (code, out) = agent_on(&world, N1, &["check", "--config", &mine]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("vip 198.51.100.11 is this node's own address on eth0 (configured outside kubeha)"), "{out}");
+    println!("kubeha-agent check, the node's own address:\n{out}");
+
+    let off = config(&world, "off", "203.0.113.10/32", "eth0");
+    let (code, out) = agent_on(&world, N1, &["check", "--config", &off]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("vip 203.0.113.10 is outside every subnet of eth0 (198.51.100.11/24)"), "{out}");
+    assert!(out.contains("set vip to an unused address in 198.51.100.0/24"), "{out}");
+    println!("kubeha-agent check, off the subnet:\n{out}");
+
+    // Off its node, check cannot see the interface and says so.
+    let elsewhere = config(&world, "elsewhere", "198.51.100.11/24", "eth9");
+    let (code, out) = agent_on(&world, N1, &["check", "--config", &elsewhere]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("its interface is not on this host"), "{out}");
+
+    // The agent itself refuses to start, and leaves the node's address where it is.
+    for (file, says) in [(&mine, "is this node's own address"), (&off, "is outside every subnet of eth0")] {
+        let (code, out) = agent_on(&world, N1, &["--log-format", "text", "run", "--config", file]);
+        assert_ne!(code, Some(0), "{out}");
+        assert!(out.contains(says), "{out}");
+        assert_eq!(world.cluster.holders(own), vec![N1], "n1 keeps its own address");
+    }
+    // bootstrap on the node refuses before it writes anything.
+    let dir = world.cluster.dir().join("bootstrap");
+    let (code, out) = agent_on(
+        &world,
+        N1,
+        &[
+            "bootstrap",
+            "--vip",
+            "198.51.100.11/24",
+            "--vrid",
+            "51",
+            "--interface",
+            "eth0",
+            "--node-name",
+            "n1",
+            "--config-dir",
+            dir.join("etc").to_str().unwrap(),
+            "--manifest-dir",
+            dir.join("manifests").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("--vip: vip 198.51.100.11 is this node's own address on eth0"), "{out}");
+    assert!(!dir.exists(), "nothing written");
+    assert_eq!(neighbour(C1, own).as_deref(), Some(before.as_str()), "c1 still reaches n1's address at n1");
+}
+
+fn apply(up: &Up, name: &str, vip: &str, vrid: u8, interface: &str) {
+    let yaml = format!(
+        "apiVersion: kubeha.io/v1alpha1\nkind: HighAvailabilityCluster\nmetadata: {{name: {name}}}\nspec:\n  \
+         vip: {vip}\n  vrid: {vrid}\n  interface: {interface}\n"
+    );
+    let path = up.cluster.dir().join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    up.kubectl(&["apply", "-f", path.to_str().unwrap()]);
+}
+
+fn condition(up: &Up, name: &str, type_: &str) -> String {
+    up.kubectl(&[
+        "get",
+        "hac",
+        name,
+        "-o",
+        &format!("jsonpath={{.status.conditions[?(@.type==\"{type_}\")].status}}/{{.status.conditions[?(@.type==\"{type_}\")].reason}}"),
+    ])
+}
+
+async fn until_condition(up: &Up, name: &str, type_: &str, want: &str) {
+    wait_until(&format!("{name} {type_} {want}"), Duration::from_secs(60), || async {
+        condition(up, name, type_) == want
+    })
+    .await;
+}
+
+/// `kubectl describe hac NAME`, printed for the closing note, with what it must say.
+fn describe(up: &Up, name: &str, says: &[&str]) {
+    let text = up.kubectl(&["describe", "hac", name]);
+    println!("--- kubectl describe hac {name}\n{text}");
+    for s in says {
+        assert!(text.contains(s), "describe hac {name} lacks {s:?}:\n{text}");
+    }
+}
+
+fn members_of(up: &Up, name: &str) -> String {
+    up.kubectl(&["get", "ham", "-l", &format!("kubeha.io/cluster={name}"), "-o", "name"])
+}
+
+#[tokio::test]
+async fn the_operator_and_the_agents_catch_a_users_mistakes_and_take_nothing_from_anyone() {
+    kubeha_e2e::skip_unless_root!();
+    let up = Up::new().await;
+    up.cluster.install_kubeha().await.expect("install kubeha");
+    let n2: IpAddr = N2.ipv4().into();
+    let n2_mac = neighbour(C1, n2).expect("c1 reaches n2");
+
+    // A one-character typo: n2's own address. No member, so nobody takes it.
+    apply(&up, "typo", "198.51.100.12/24", 61, "eth0");
+    until_condition(&up, "typo", "VIPAccepted", "False/VIPIsNodeAddress").await;
+    assert_eq!(condition(&up, "typo", "Ready"), "False/VIPIsNodeAddress");
+    assert_eq!(condition(&up, "typo", "VIPAvailable"), "False/NoMembers");
+    describe(&up, "typo", &["spec.vip 198.51.100.12 is node n2's own address (InternalIP)", "VIPIsNodeAddress"]);
+    assert_eq!(members_of(&up, "typo").trim(), "", "no member gets n2's address");
+
+    // Off the masters' subnet, with a prefix that says so: refused by the operator.
+    apply(&up, "elsewhere", "203.0.113.10/24", 62, "eth0");
+    until_condition(&up, "elsewhere", "VIPAccepted", "False/VIPOutsideSubnet").await;
+    describe(&up, "elsewhere", &["spec.vip 203.0.113.10/24 is not on the network of master n1 (198.51.100.11)"]);
+    assert_eq!(members_of(&up, "elsewhere").trim(), "");
+
+    // Off the subnet as a host route: only the agents can tell, from their interface; each reports it. (Not
+    // 203.0.113.10: that VIP is the refused cluster's, a conflict that would hold this one back.)
+    apply(&up, "host-route", "203.0.113.11/32", 63, "eth0");
+    until_condition(&up, "host-route", "VIPAvailable", "False/MemberErrors").await;
+    describe(
+        &up,
+        "host-route",
+        &["n1: VRRP: vip 203.0.113.11 is outside every subnet of eth0 (198.51.100.11/24)", "MemberErrors"],
+    );
+    assert!(up.cluster.holders("203.0.113.11".parse().unwrap()).is_empty());
+
+    // A missing interface: the agents' error reaches the cluster's conditions with each node.
+    apply(&up, "no-such-interface", "198.51.100.40/24", 64, "eth9");
+    until_condition(&up, "no-such-interface", "VIPAvailable", "False/MemberErrors").await;
+    describe(
+        &up,
+        "no-such-interface",
+        &["n1: VRRP: interface 'eth9' does not exist on this node", "n3: VRRP: interface 'eth9'"],
+    );
+
+    // Dual stack with one VRID: two virtual routers, one per family, both served.
+    apply(&up, "v4", "198.51.100.50/24", 65, "eth0");
+    apply(&up, "v6", "2001:db8::50/64", 65, "eth0");
+    for name in ["v4", "v6"] {
+        until_condition(&up, name, "Ready", "True/Ready").await;
+        assert_eq!(condition(&up, name, "Conflict"), "False/NoConflict");
+    }
+    assert_eq!(up.cluster.holders("198.51.100.50".parse().unwrap()).len(), 1);
+    assert_eq!(up.cluster.holders("2001:db8::50".parse().unwrap()).len(), 1);
+
+    // Through all of it n2's address stayed n2's.
+    assert_eq!(up.cluster.holders(n2), vec![N2]);
+    assert_eq!(neighbour(C1, n2), Some(n2_mac), "c1 still reaches n2's address at n2's MAC");
+}

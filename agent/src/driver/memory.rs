@@ -96,6 +96,15 @@ impl Segment {
         };
     }
 
+    /// Puts a packet on the wire from `from`, a host that runs no driver (a stranger), to every node.
+    pub(crate) fn inject(&self, from: IpAddr, message: &[u8], ttl: u8) {
+        let inner = self.lock();
+        for (_, port) in inner.ports.iter().filter(|(a, _)| !inner.cut.contains(a)) {
+            let _ =
+                port.send(Incoming { message: message.to_vec(), ttl, src: from, dst: IpAddr::from([224, 0, 0, 18]) });
+        }
+    }
+
     /// Who holds the VIP now.
     pub(crate) fn holders(&self) -> Vec<IpAddr> {
         self.lock().holders.clone()

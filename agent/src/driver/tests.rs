@@ -60,8 +60,13 @@ impl Node {
 /// Starts node `n` (198.51.100.1n) with `priority`, health checks of `weights`, the VIP on its interface
 /// already when `holding`.
 async fn start(seg: &Segment, n: u8, cfg: Config, weights: &[i32], holding: bool) -> Node {
+    start_with(seg, n, cfg, weights, holding, VrrpMetrics::default()).await
+}
+
+/// [`start`] with the metrics the test reads.
+async fn start_with(seg: &Segment, n: u8, cfg: Config, weights: &[i32], holding: bool, metrics: VrrpMetrics) -> Node {
     let (link, health): (MemoryLink, Health) = seg.join(addr(n), weights, holding);
-    let mut driver = Driver::with_link(link, cfg, &[], holding, VrrpMetrics::default());
+    let mut driver = Driver::with_link(link, cfg, &[], holding, metrics);
     driver.prepare().await;
     driver.take(None).await.unwrap();
     let control = driver.control();
@@ -207,4 +212,50 @@ async fn a_master_tuned_to_slower_adverts_gives_its_vip_the_longer_lifetime() {
     n1.control.commands.send(Command::Tune(tuning)).unwrap();
     after(100).await;
     assert_eq!(seg.lifetime(addr(1)), Some(Duration::from_secs(5)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_strangers_bad_packets_change_nothing_and_are_counted_by_reason() {
+    use kubeha_vrrp::wire::{Advertisement, ChecksumForm, Endpoints};
+
+    let seg = Segment::default();
+    let metrics = VrrpMetrics::default();
+    let n1 = start_with(&seg, 1, config(1, 150, true), &[], false, metrics.clone()).await;
+    after(1000).await;
+    assert_eq!((n1.state(), seg.holders()), (State::Master, vec![addr(1)]));
+
+    // A stranger's advert that would win every election (priority 254), damaged in the ways a wire or a
+    // careless sender damages it: none may take effect.
+    let stranger = IpAddr::from([198, 51, 100, 99]);
+    let good = Advertisement {
+        version: Version::V3,
+        vrid: 51,
+        priority: 254,
+        interval_cs: 10,
+        addresses: vec![IpAddr::from(VIP)],
+    }
+    .encode(&Endpoints { src: stranger, dst: IpAddr::from([224, 0, 0, 18]) }, ChecksumForm::PseudoHeader)
+    .unwrap();
+    let mut flipped = good.clone();
+    flipped[4] ^= 0x01;
+    let mut v9 = good.clone();
+    v9[0] = 0x91;
+    for _ in 0..10 {
+        seg.inject(stranger, &flipped, 255); // a changed byte: checksum
+        seg.inject(stranger, &good, 64); // routed from off the link: ttl
+        seg.inject(stranger, &good[..7], 255); // cut short: truncated
+        seg.inject(stranger, &v9, 255); // an unknown version
+        seg.inject(stranger, &[0xff; 40], 255); // noise
+        after(50).await;
+    }
+    assert_eq!((n1.state(), seg.holders()), (State::Master, vec![addr(1)]), "{}", seg.events());
+    let count =
+        |reason: &str| metrics.invalid_packets.get_or_create(&crate::metrics::Reason { reason: reason.into() }).get();
+    assert_eq!((count("checksum"), count("ttl")), (10, 10));
+    assert!(count("truncated") >= 10 && count("version") >= 10);
+    let reasons = ["truncated", "trailing_bytes", "ttl", "version", "type", "checksum", "no_addresses"];
+    assert_eq!(reasons.iter().map(|r| count(r)).sum::<u64>(), 50, "every packet, the noise too, counted once");
+    assert_eq!(metrics.adverts_received.get(), 0);
+    never_two(&seg);
+    n1.stop().await;
 }

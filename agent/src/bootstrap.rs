@@ -96,10 +96,20 @@ pub const CONFIG_FILE: &str = "bootstrap.yaml";
 /// The static pod manifest's name in the manifest directory.
 pub const MANIFEST_FILE: &str = "kubeha-bootstrap.yaml";
 
+/// What [`Bootstrap::render`] makes.
+#[derive(Debug)]
+pub struct Rendered {
+    /// The config file and the static pod manifest.
+    pub files: Vec<File>,
+    /// The spec the config file gives the agent.
+    pub spec: HighAvailabilityMemberSpec,
+}
+
 impl Bootstrap {
     /// The standalone config and the static pod, checked as `kubeha-agent check` checks a config: a bad
-    /// flag is refused here, not by a crash-looping static pod.
-    pub fn render(&self) -> Result<Vec<File>, BootstrapError> {
+    /// flag is refused here, not by a crash-looping static pod. With the spec the agent will run, for the
+    /// checks that need the node (crate::vip::check_here).
+    pub fn render(&self) -> Result<Rendered, BootstrapError> {
         let (text, spec) = self.spec()?;
         let config_path = self.config_dir.join(CONFIG_FILE);
         let mut contents = String::new();
@@ -111,14 +121,15 @@ impl Bootstrap {
             spec.node_name
         );
         contents.push_str(&text);
-        Ok(vec![
+        let files = vec![
             File { path: config_path.clone(), contents },
             File { path: self.manifest_dir.join(MANIFEST_FILE), contents: self.static_pod(&spec, &config_path) },
-        ])
+        ];
+        Ok(Rendered { files, spec })
     }
 
     /// The standalone config these flags make, as written and as the agent reads it; the problems by flag.
-    pub fn spec(&self) -> Result<(String, HighAvailabilityMemberSpec), BootstrapError> {
+    fn spec(&self) -> Result<(String, HighAvailabilityMemberSpec), BootstrapError> {
         let text = serde_norway::to_string(&self.config()).unwrap_or_default();
         let spec = config::parse(&text).map_err(|e| match e {
             config::ConfigError::Invalid { problems, .. } => {
@@ -228,7 +239,7 @@ mod tests {
 
     #[test]
     fn writes_a_config_the_agent_accepts_and_a_static_pod_that_runs_it() {
-        let files = flags().render().unwrap();
+        let files = flags().render().unwrap().files;
         assert_eq!(files[0].path, Path::new("/etc/kubeha/bootstrap.yaml"));
         let spec = config::parse(&files[0].contents).unwrap();
         assert_eq!((spec.vrid, spec.priority, spec.interface.as_deref()), (Some(51), 100, Some("eth0")));
@@ -246,7 +257,7 @@ mod tests {
     fn peers_make_it_unicast() {
         let b =
             Bootstrap { peers: vec!["198.51.100.12".parse().unwrap(), "198.51.100.13".parse().unwrap()], ..flags() };
-        let spec = config::parse(&b.render().unwrap()[0].contents).unwrap();
+        let spec = config::parse(&b.render().unwrap().files[0].contents).unwrap();
         assert_eq!(spec.vrrp.peers, ["198.51.100.12", "198.51.100.13"]);
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use kubeha_agent::bootstrap::Bootstrap;
+use kubeha_agent::bootstrap::{Bootstrap, Rendered};
 use kubeha_agent::driver::Ended;
 use kubeha_agent::handover::Role;
 use kubeha_agent::instance::{self, Parts};
@@ -225,7 +225,7 @@ async fn run_standalone(path: PathBuf, parts: Parts) -> anyhow::Result<ExitCode>
 
 async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
     let plan = args.plan;
-    let (files, spec) = match plan.render().and_then(|f| Ok((f, plan.spec()?.1))) {
+    let Rendered { files, spec } = match plan.render() {
         Ok(rendered) => rendered,
         Err(e) => {
             eprintln!("kubeha-agent bootstrap: {e}");

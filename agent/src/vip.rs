@@ -152,11 +152,8 @@ impl VipOnLink {
         let mut out = Vec::new();
         while let Some(msg) = addrs.try_next().await.map_err(netlink("listing addresses"))? {
             let Some(address) = address_of(&msg) else { continue };
-            let permanent = msg.header.flags.contains(AddressHeaderFlags::Permanent)
-                || msg
-                    .attributes
-                    .iter()
-                    .any(|at| matches!(at, AddressAttribute::Flags(f) if f.contains(AddressFlags::Permanent)));
+            // IFA_F_PERMANENT (0x80) fits the header's 8 bits of flags, which the kernel always fills.
+            let permanent = msg.header.flags.contains(AddressHeaderFlags::Permanent);
             out.push(crate::vipcheck::OnLink { address, prefix: msg.header.prefix_len, permanent });
         }
         Ok(out)

@@ -55,6 +55,13 @@ fn config(world: &World, name: &str, vip: &str, interface: &str) -> String {
     path.display().to_string()
 }
 
+/// `kubeha-agent check` on n1 of a config `name` for `vip` on `interface`: the file, the exit code, the output.
+fn check(world: &World, name: &str, vip: &str, interface: &str) -> (String, Option<i32>, String) {
+    let file = config(world, name, vip, interface);
+    let (code, out) = agent_on(world, N1, &["check", "--config", &file]);
+    (file, code, out)
+}
+
 #[test]
 fn the_standalone_agent_and_its_check_refuse_a_vip_that_is_the_nodes_own_or_off_its_subnet() {
     kubeha_e2e::skip_unless_root!();
@@ -63,27 +70,23 @@ fn the_standalone_agent_and_its_check_refuse_a_vip_that_is_the_nodes_own_or_off_
     let before = neighbour(C1, own).expect("c1 reaches n1");
 
     // kubeha-agent check on the node sees the interface.
-    let good = config(&world, "good", "198.51.100.10/24", "eth0");
-    let (code, out) = agent_on(&world, N1, &["check", "--config", &good]);
+    let (_, code, out) = check(&world, "good", "198.51.100.10/24", "eth0");
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("its vip fits its interface on this host"), "{out}");
 
-    let mine = config(&world, "mine", "198.51.100.11/24", "eth0");
-    let (code, out) = agent_on(&world, N1, &["check", "--config", &mine]);
+    let (mine, code, out) = check(&world, "mine", "198.51.100.11/24", "eth0");
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("vip 198.51.100.11 is this node's own address on eth0 (configured outside kubeha)"), "{out}");
     println!("kubeha-agent check, the node's own address:\n{out}");
 
-    let off = config(&world, "off", "203.0.113.10/32", "eth0");
-    let (code, out) = agent_on(&world, N1, &["check", "--config", &off]);
+    let (off, code, out) = check(&world, "off", "203.0.113.10/32", "eth0");
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("vip 203.0.113.10 is outside every subnet of eth0 (198.51.100.11/24)"), "{out}");
     assert!(out.contains("set vip to an unused address in 198.51.100.0/24"), "{out}");
     println!("kubeha-agent check, off the subnet:\n{out}");
 
     // Off its node, check cannot see the interface and says so.
-    let elsewhere = config(&world, "elsewhere", "198.51.100.11/24", "eth9");
-    let (code, out) = agent_on(&world, N1, &["check", "--config", &elsewhere]);
+    let (_, code, out) = check(&world, "elsewhere", "198.51.100.11/24", "eth9");
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("its interface is not on this host"), "{out}");
 

@@ -259,8 +259,7 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     let mut events = Vec::new();
     let mut waiting_for: Vec<String> = views.iter().filter(|v| v.pending).map(node).collect();
     waiting_for.extend(not_cached);
-    // Members are left as they are (none created): the VIP is refused, or a conflict holds this cluster back.
-    let blocked = i.vip_mistake.is_some() || i.conflicts.iter().any(|c| c.newer);
+    let blocked = held_back(i.conflicts, i.vip_mistake);
     let quorum = Quorum {
         masters,
         basis: quorum_basis,
@@ -493,6 +492,12 @@ fn quorum_at_risk(q: &Quorum<'_>) -> Verdict {
     }
 }
 
+/// Whether the cluster's members are left as they are (none created): its VIP is refused, or it is the newer
+/// of two conflicting clusters. The controller writes no member then, and the status says why.
+pub fn held_back(conflicts: &[Conflict], mistake: Option<&VipMistake>) -> bool {
+    mistake.is_some() || conflicts.iter().any(|c| c.newer)
+}
+
 /// The reason and message of a cluster held back from having members.
 const NO_MEMBERS: (&str, &str) = ("NoMembers", "no member runs until the VIPAccepted or Conflict condition clears");
 
@@ -500,7 +505,7 @@ const NO_MEMBERS: (&str, &str) = ("NoMembers", "no member runs until the VIPAcce
 fn vip_accepted(hac: &HighAvailabilityCluster, mistake: Option<&VipMistake>) -> Verdict {
     match mistake {
         Some(m) => verdict(Some(false), m.reason, m.message.clone()),
-        None if hac.spec.vip.ends_with("/32") || hac.spec.vip.ends_with("/128") => verdict(
+        None if crate::vipcheck::host_route(&hac.spec.vip) => verdict(
             Some(true),
             "Accepted",
             format!(

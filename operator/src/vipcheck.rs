@@ -43,9 +43,8 @@ pub fn check(vip: &str, masters: &[&Node], nodes: &[Node], priorities: &BTreeMap
             });
         }
     }
-    // A host route (/32, /128) says nothing about the network: the agents check it against their interface.
-    let host_route = if address.is_ipv4() { 32 } else { 128 };
-    if prefix == host_route {
+    // A host route says nothing about the network: the agents check it against their interface.
+    if is_host_route(address, prefix) {
         return None;
     }
     let outside: Vec<String> = masters
@@ -62,6 +61,15 @@ pub fn check(vip: &str, masters: &[&Node], nodes: &[Node], priorities: &BTreeMap
             outside.join(", ")
         ),
     })
+}
+
+/// Whether `vip` (`address/prefix`) is a host route (/32, /128), which says nothing of the masters' network.
+pub fn host_route(vip: &str) -> bool {
+    parse(vip).is_some_and(|(a, p)| is_host_route(a, p))
+}
+
+fn is_host_route(address: IpAddr, prefix: u8) -> bool {
+    prefix == if address.is_ipv4() { 32 } else { 128 }
 }
 
 fn parse(vip: &str) -> Option<(IpAddr, u8)> {

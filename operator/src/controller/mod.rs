@@ -27,7 +27,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::conflict::{Claim, conflicts};
 use crate::desired::{CLUSTER_LABEL, RELEASE_FINALIZER, desired, masters, member_name, vip_address};
 use crate::seen::Sightings;
-use crate::status::{Ages, Inputs, Leaders, aggregate, meaningfully_different};
+use crate::status::{Ages, Inputs, Leaders, aggregate, held_back, meaningfully_different};
 use crate::vipcheck;
 
 pub use kubeha_crds::contract::{CLEANUP_FINALIZER, OPERATOR_MANAGER as MANAGER};
@@ -277,7 +277,7 @@ async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, E
 
     // Members left unchanged: the newer of two conflicting clusters, or a VIP nobody may take. Members that
     // run already keep the VIP they had; none is created with this one.
-    let blocked = found.iter().any(|c| c.newer) || mistake.is_some();
+    let blocked = held_back(&found, mistake.as_ref());
     if let Some(m) = &mistake {
         tracing::warn!(cluster = %name, reason = m.reason, message = %m.message, "VIP refused: leaving members unchanged");
     } else if blocked {

@@ -146,8 +146,13 @@ pub fn validate(spec: &HighAvailabilityMemberSpec) -> Vec<Problem> {
                 );
             }
         }
-        (Some(_), Some(_), Some(_)) => {}
-        _ => bad("vip", "vip, vrid and interface go together: set all three, or none for a proxy-only agent".into()),
+        (Some(_), Some(_), _) => {}
+        _ => bad(
+            "vip",
+            "vip and vrid go together, and interface needs them: set vip and vrid (and interface, or let the agent \
+             find the one in the VIP's subnet), or none of them for a proxy-only agent"
+                .into(),
+        ),
     }
     if let Some(text) = &spec.vip {
         match vip(spec) {
@@ -450,8 +455,10 @@ mod tests {
     }
 
     #[test]
-    fn vip_vrid_and_interface_go_together() {
+    fn vip_and_vrid_go_together_and_the_interface_may_be_found() {
         let found = problems(&GOOD.replace("vrid: 51\n", ""));
         assert!(found.iter().any(|p| p.key == "vip" && p.message.contains("go together")), "{found:?}");
+        let found = parse(&GOOD.replace("interface: eth0\n", "")).unwrap();
+        assert_eq!((found.vip.as_deref(), found.interface), (Some("198.51.100.10/24"), None));
     }
 }

@@ -236,7 +236,8 @@ impl Instance {
         }
         if self.spec.election.mode == kubeha_crds::ElectionMode::Lease {
             let ctx = self.lease.clone().ok_or(StartError::LeaseMode)?;
-            let (holder, control) = LeaseHolder::new(&self.spec, ctx, self.vrrp_metrics.clone()).await?;
+            let spec = crate::vip::with_interface(&self.spec).await.map_err(driver::DriverError::from)?;
+            let (holder, control) = LeaseHolder::new(&spec, ctx, self.vrrp_metrics.clone()).await?;
             return Ok(Some((Task::spawn(|rx| holder.run(stopped(rx))), control)));
         }
         let taken = driver_of(&self.spec, &self.vrrp_metrics, &self.state_dir, Role::Takes, std::future::pending());
@@ -367,6 +368,8 @@ pub async fn driver_of(
     role: Role,
     cancel: impl Future<Output = ()>,
 ) -> Result<Option<Driver>, StartError> {
+    // The interface is found once, here, before the lock that is named after it.
+    let spec = &crate::vip::with_interface(spec).await.map_err(driver::DriverError::from)?;
     let instance = handover::Instance::of(spec);
     let slot = match role {
         Role::Takes => None,

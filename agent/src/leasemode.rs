@@ -88,7 +88,10 @@ impl LeaseHolder {
         let (elector, leadership) =
             Elector::new(ctx.client, config).map_err(|e| DriverError::Config(format!("spec.election: {e}")))?;
         let priority = u8::try_from(spec.priority).unwrap_or(100);
-        let (observed, observed_rx) = watch::channel(Observed::starting(State::Backup, priority));
+        let (observed, observed_rx) = watch::channel(Observed {
+            interface: Some(interface.to_string()),
+            ..Observed::starting(State::Backup, priority)
+        });
         let (tx, rx) = mpsc::unbounded_channel();
         metrics.set_state("Backup");
         let me = Self {
@@ -161,8 +164,13 @@ impl LeaseHolder {
         tracing::info!(holds_vip = leader, "Lease mode: VIP {}", if leader { "taken" } else { "released" });
         self.metrics.set_state(if leader { "Master" } else { "Backup" });
         self.last = Some(Seen { from, to, reason: reason.into(), at: std::time::SystemTime::now() });
-        let next =
-            Observed { holds_vip: leader, last_transition: self.last.clone(), ..Observed::starting(to, self.priority) };
-        self.observed.send_replace(next);
+        self.observed.send_modify(|o| {
+            *o = Observed {
+                holds_vip: leader,
+                last_transition: self.last.clone(),
+                interface: o.interface.take(),
+                ..Observed::starting(to, self.priority)
+            }
+        });
     }
 }

@@ -131,8 +131,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run { config: None, cluster, parts } => run_cluster(cluster, parts).await,
         Command::Check { config } => Ok(match config::load(&config) {
             Ok(spec) => match kubeha_agent::vip::check_here(&spec).await {
-                Ok(Checked::Interface) => {
-                    println!("{} is valid, and its vip fits its interface on this host", config.display());
+                Ok(Checked::Interface(interface)) => {
+                    println!("{} is valid, and its vip fits {interface} on this host", config.display());
                     ExitCode::SUCCESS
                 }
                 Ok(Checked::NoInterface) => {
@@ -235,7 +235,7 @@ async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
     // Run on the master itself: its interface tells whether the VIP is its own address or off its subnet.
     // A dry run elsewhere has no such interface, and the agent checks again when it starts.
     match kubeha_agent::vip::check_here(&spec).await {
-        Ok(Checked::Interface) => {}
+        Ok(Checked::Interface(_)) => {}
         Ok(Checked::NoInterface) if args.dry_run => {}
         Ok(Checked::NoInterface) => {
             eprintln!("kubeha-agent bootstrap: interface {} does not exist on this host: --interface", plan.interface);

@@ -42,6 +42,9 @@ pub enum NetError {
         "interface '{0}' does not exist on this node: set `interface` (spec.interface of a HighAvailabilityCluster) to one it has"
     )]
     NoInterface(String),
+    /// No interface was configured, and none (or several) of this node's has an address in the VIP's subnet.
+    #[error("{0}")]
+    Unresolved(String),
     /// The kernel refused, usually for lack of CAP_NET_ADMIN.
     #[error("netlink {what} failed: {source}{hint}")]
     Netlink {
@@ -151,10 +154,7 @@ impl VipOnLink {
         let mut addrs = self.handle.address().get().set_link_index_filter(self.ifindex).execute();
         let mut out = Vec::new();
         while let Some(msg) = addrs.try_next().await.map_err(netlink("listing addresses"))? {
-            let Some(address) = address_of(&msg) else { continue };
-            // IFA_F_PERMANENT (0x80) fits the header's 8 bits of flags, which the kernel always fills.
-            let permanent = msg.header.flags.contains(AddressHeaderFlags::Permanent);
-            out.push(crate::vipcheck::OnLink { address, prefix: msg.header.prefix_len, permanent });
+            out.extend(on_link_of(&msg));
         }
         Ok(out)
     }
@@ -204,11 +204,57 @@ impl VipOnLink {
     }
 }
 
+fn on_link_of(msg: &AddressMessage) -> Option<crate::vipcheck::OnLink> {
+    let address = address_of(msg)?;
+    // IFA_F_PERMANENT (0x80) fits the header's 8 bits of flags, which the kernel always fills.
+    let permanent = msg.header.flags.contains(AddressHeaderFlags::Permanent);
+    Some(crate::vipcheck::OnLink { address, prefix: msg.header.prefix_len, permanent })
+}
+
+/// `spec` with its interface: the configured one, or, when it names none, the one interface of this host
+/// (in this network namespace) with an address in the VIP's subnet (crate::vipcheck::choose_interface).
+/// Listing links and addresses needs no privilege.
+pub async fn with_interface(
+    spec: &kubeha_crds::HighAvailabilityMemberSpec,
+) -> Result<kubeha_crds::HighAvailabilityMemberSpec, NetError> {
+    let mut spec = spec.clone();
+    let Some(vip) = config::vip(&spec).filter(|_| spec.interface.is_none()) else { return Ok(spec) };
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(NetError::Socket)?;
+    let connection = tokio::spawn(connection);
+    let interfaces = interfaces(&handle).await;
+    connection.abort();
+    let chosen = crate::vipcheck::choose_interface(vip.address, &interfaces?).map_err(NetError::Unresolved)?;
+    tracing::info!(interface = %chosen, vip = %vip.address, "no interface configured: using the one in the VIP's subnet");
+    spec.interface = Some(chosen);
+    Ok(spec)
+}
+
+/// Every interface of this host by name, with its addresses.
+async fn interfaces(handle: &Handle) -> Result<Vec<(String, Vec<crate::vipcheck::OnLink>)>, NetError> {
+    let mut names = std::collections::BTreeMap::new();
+    let mut links = handle.link().get().execute();
+    while let Some(link) = links.try_next().await.map_err(netlink("listing links"))? {
+        if let Some(name) = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        }) {
+            names.insert(link.header.index, (name, Vec::new()));
+        }
+    }
+    let mut addrs = handle.address().get().execute();
+    while let Some(msg) = addrs.try_next().await.map_err(netlink("listing addresses"))? {
+        if let (Some((_, on)), Some(a)) = (names.get_mut(&msg.header.index), on_link_of(&msg)) {
+            on.push(a);
+        }
+    }
+    Ok(names.into_values().collect())
+}
+
 /// What [`check_here`] could check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Checked {
-    /// The VIP was checked against the interface on this host.
-    Interface,
+    /// The VIP was checked against this interface on this host (the configured one, or the one found).
+    Interface(String),
     /// The interface is not on this host (a config checked off its node): nothing to check against.
     NoInterface,
 }
@@ -217,6 +263,7 @@ pub enum Checked {
 /// (crate::vipcheck): `kubeha-agent check` and `kubeha-agent bootstrap` refuse what the agent would.
 /// Listing addresses needs no privilege.
 pub async fn check_here(spec: &kubeha_crds::HighAvailabilityMemberSpec) -> Result<Checked, String> {
+    let spec = &with_interface(spec).await.map_err(|e| e.to_string())?;
     let (Some(vip), Some(interface)) = (config::vip(spec), spec.interface.as_deref()) else {
         return Ok(Checked::NoInterface);
     };
@@ -226,7 +273,8 @@ pub async fn check_here(spec: &kubeha_crds::HighAvailabilityMemberSpec) -> Resul
         Err(e) => return Err(e.to_string()),
     };
     let on_link = link.on_link().await.map_err(|e| e.to_string())?;
-    crate::vipcheck::check(vip.address, interface, spec.priority == 255, &on_link).map(|()| Checked::Interface)
+    crate::vipcheck::check(vip.address, interface, spec.priority == 255, &on_link)
+        .map(|()| Checked::Interface(interface.to_string()))
 }
 
 fn address_of(msg: &AddressMessage) -> Option<IpAddr> {

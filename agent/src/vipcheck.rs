@@ -49,6 +49,32 @@ pub fn check(vip: IpAddr, interface: &str, owner: bool, on_link: &[OnLink]) -> R
     ))
 }
 
+/// The interface that carries `vip` when the config names none: the one of `interfaces` (name, addresses)
+/// with an address whose subnet holds the VIP. None or several is an error naming the field and the fix.
+pub fn choose_interface(vip: IpAddr, interfaces: &[(String, Vec<OnLink>)]) -> Result<String, String> {
+    let holds = |a: &OnLink| {
+        a.address.is_ipv4() == vip.is_ipv4()
+            && a.address != vip
+            && !link_local(a.address)
+            && same_network(a.address, vip, a.prefix)
+    };
+    let found: Vec<&str> =
+        interfaces.iter().filter(|(_, addrs)| addrs.iter().any(holds)).map(|(name, _)| name.as_str()).collect();
+    match found.as_slice() {
+        [one] => Ok((*one).to_string()),
+        [] => Err(format!(
+            "no interface of this node has an address in the subnet of vip {vip}: set `interface` (spec.interface \
+             of a HighAvailabilityCluster) to the one that should carry it, or set vip to an unused address in \
+             this node's subnet"
+        )),
+        several => Err(format!(
+            "interfaces {} all have an address in the subnet of vip {vip}: set `interface` (spec.interface of a \
+             HighAvailabilityCluster) to the one that should carry it",
+            several.join(", ")
+        )),
+    }
+}
+
 fn link_local(a: IpAddr) -> bool {
     matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
 }
@@ -72,6 +98,26 @@ mod tests {
 
     fn eth0() -> Vec<OnLink> {
         vec![on("198.51.100.11", 24, true), on("fe80::1", 64, true), on("2001:db8::11", 64, true)]
+    }
+
+    #[test]
+    fn the_one_interface_in_the_vips_subnet_carries_it() {
+        let lo = ("lo".to_string(), vec![on("127.0.0.1", 8, true), on("::1", 128, true)]);
+        let ens3 = ("ens3".to_string(), vec![on("198.51.100.11", 24, true), on("fe80::1", 64, true)]);
+        let eno1 = ("eno1".to_string(), vec![on("203.0.113.5", 24, true), on("2001:db8::11", 64, true)]);
+        let all = [lo.clone(), ens3.clone(), eno1.clone()];
+        assert_eq!(choose_interface(ip("198.51.100.10"), &all).as_deref(), Ok("ens3"));
+        assert_eq!(choose_interface(ip("2001:db8::10"), &all).as_deref(), Ok("eno1"));
+        // A link-local address is on every link: it chooses nothing.
+        let e = choose_interface(ip("fe80::10"), &all).unwrap_err();
+        assert!(e.starts_with("no interface of this node has an address in the subnet of vip fe80::10"), "{e}");
+        // The VIP left behind on an interface (a /32 here) does not make that interface one with its subnet.
+        let left = ("eth1".to_string(), vec![on("192.0.2.10", 32, false)]);
+        let e = choose_interface(ip("192.0.2.10"), &[lo, left]).unwrap_err();
+        assert!(e.contains("set `interface` (spec.interface of a HighAvailabilityCluster)"), "{e}");
+        let twin = ("eth1".to_string(), vec![on("198.51.100.99", 16, true)]);
+        let e = choose_interface(ip("198.51.100.10"), &[ens3, eno1, twin]).unwrap_err();
+        assert!(e.starts_with("interfaces ens3, eth1 all have an address in the subnet of vip 198.51.100.10"), "{e}");
     }
 
     #[test]

@@ -45,10 +45,13 @@ pub struct HighAvailabilityClusterSpec {
     #[schemars(transform = rules::with([rules::vrid("spec.vrid")]))]
     pub vrid: i32,
 
-    /// The network interface that carries the VIP on every master, e.g. eth0. All masters must use the same
-    /// name.
+    /// The network interface that carries the VIP on every master, e.g. eth0. Leave it out when the masters
+    /// name their NICs differently (eno1, ens3, eth0): each agent then uses the one interface of its node that
+    /// has an address in the VIP's subnet, and reports it in its member's status.interface; a master with
+    /// none (or with several) reports an error that the cluster's conditions name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 15), transform = rules::with([rules::interface("spec.interface")]))]
-    pub interface: String,
+    pub interface: Option<String>,
 
     /// Which nodes are masters. Default: the nodes labelled node-role.kubernetes.io/control-plane.
     #[serde(default)]

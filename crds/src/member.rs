@@ -34,8 +34,8 @@ use crate::rules;
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = rules::with([
-    kube::core::Rule::new("has(self.vip) == has(self.vrid) && has(self.vip) == has(self.interface)")
-        .message("vip, vrid and interface go together: set all three for a VIP, or none for a proxy-only agent")
+    kube::core::Rule::new("has(self.vip) == has(self.vrid) && (has(self.vip) || !has(self.interface))")
+        .message("vip and vrid go together, and interface needs them: set vip and vrid (and interface, or let the agent find it) for a VIP, or none of them for a proxy-only agent")
         .field_path(".vip"),
     kube::core::Rule::new("!has(self.vip) || !has(self.vrrp) || self.vrrp.version != 2 || !self.vip.contains(':')")
         .message("vrrp.version 2 is IPv4 only: use version 3 for an IPv6 VIP")
@@ -46,7 +46,8 @@ pub struct HighAvailabilityMemberSpec {
     #[schemars(length(min = 1, max = 253))]
     pub node_name: String,
 
-    /// The interface that carries the VIP, e.g. eth0.
+    /// The interface that carries the VIP, e.g. eth0. Absent with a vip: the one interface of this node with
+    /// an address in the VIP's subnet (status.interface says which).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 15), transform = rules::with([rules::interface("interface")]))]
     pub interface: Option<String>,
@@ -389,6 +390,10 @@ pub struct HighAvailabilityMemberStatus {
     /// The health of this node's control-plane components, as the agent probes them locally.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_plane: Option<ControlPlaneHealth>,
+    /// The interface that carries the VIP on this node: spec.interface, or the one the agent found with an
+    /// address in the VIP's subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
     /// Why the agent cannot run this member, while it cannot (the interface does not exist on this node, the
     /// proxy address is taken, …); absent when it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,7 +1,8 @@
 //! The mistakes a new user makes, tried as one would: a VIP that is a master's own address, a VIP off the
-//! masters' subnet, a missing interface, and one VRID for an IPv4 and an IPv6 cluster. Each is refused or
-//! reported with a message that names the field and the fix, and nothing is taken from anyone: a client's
-//! ARP entry for the node whose address was given still points at that node.
+//! masters' subnet, a missing interface (and one left out, found by the VIP's subnet), and one VRID for an
+//! IPv4 and an IPv6 cluster. Each is refused or reported with a message that names the field and the fix,
+//! and nothing is taken from anyone: a client's ARP entry for the node whose address was given still points
+//! at that node.
 
 mod common;
 
@@ -47,15 +48,17 @@ fn agent_on(world: &World, host: Host, args: &[&str]) -> (Option<i32>, String) {
 
 fn config(world: &World, name: &str, vip: &str, interface: &str) -> String {
     let path = world.cluster.dir().join(format!("{name}.yaml"));
+    // No interface: the agent finds the one in the VIP's subnet.
+    let interface = if interface.is_empty() { String::new() } else { format!("interface: {interface}\n") };
     let yaml = format!(
-        "nodeName: n1\ninterface: {interface}\nvip: {vip}\nvrid: 51\npriority: 100\n\
-         metrics: {{listen: \"127.0.0.1:9641\"}}\n"
+        "nodeName: n1\n{interface}vip: {vip}\nvrid: 51\npriority: 100\nmetrics: {{listen: \"127.0.0.1:9641\"}}\n"
     );
     std::fs::write(&path, yaml).unwrap();
     path.display().to_string()
 }
 
-/// `kubeha-agent check` on n1 of a config `name` for `vip` on `interface`: the file, the exit code, the output.
+/// `kubeha-agent check` on n1 of a config `name` for `vip` on `interface` (none when empty): the file, the
+/// exit code, the output.
 fn check(world: &World, name: &str, vip: &str, interface: &str) -> (String, Option<i32>, String) {
     let file = config(world, name, vip, interface);
     let (code, out) = agent_on(world, N1, &["check", "--config", &file]);
@@ -72,7 +75,7 @@ fn the_standalone_agent_and_its_check_refuse_a_vip_that_is_the_nodes_own_or_off_
     // kubeha-agent check on the node sees the interface.
     let (_, code, out) = check(&world, "good", "198.51.100.10/24", "eth0");
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("its vip fits its interface on this host"), "{out}");
+    assert!(out.contains("its vip fits eth0 on this host"), "{out}");
 
     let (mine, code, out) = check(&world, "mine", "198.51.100.11/24", "eth0");
     assert_eq!(code, Some(2), "{out}");
@@ -85,13 +88,25 @@ fn the_standalone_agent_and_its_check_refuse_a_vip_that_is_the_nodes_own_or_off_
     assert!(out.contains("set vip to an unused address in 198.51.100.0/24"), "{out}");
     println!("kubeha-agent check, off the subnet:\n{out}");
 
+    // No interface: the one in the VIP's subnet, or a clear error when none is.
+    let (_, code, out) = check(&world, "found", "198.51.100.10/24", "");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("its vip fits eth0 on this host"), "{out}");
+    let (nowhere, code, out) = check(&world, "nowhere", "203.0.113.10/24", "");
+    assert_eq!(code, Some(2), "{out}");
+    let unfound = "no interface of this node has an address in the subnet of vip 203.0.113.10: set `interface`";
+    assert!(out.contains(unfound), "{out}");
+    println!("kubeha-agent check, no interface in the VIP's subnet:\n{out}");
+
     // Off its node, check cannot see the interface and says so.
     let (_, code, out) = check(&world, "elsewhere", "198.51.100.11/24", "eth9");
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("its interface is not on this host"), "{out}");
 
     // The agent itself refuses to start, and leaves the node's address where it is.
-    for (file, says) in [(&mine, "is this node's own address"), (&off, "is outside every subnet of eth0")] {
+    for (file, says) in
+        [(&mine, "is this node's own address"), (&off, "is outside every subnet of eth0"), (&nowhere, unfound)]
+    {
         let (code, out) = agent_on(&world, N1, &["--log-format", "text", "run", "--config", file]);
         assert_ne!(code, Some(0), "{out}");
         assert!(out.contains(says), "{out}");
@@ -125,9 +140,11 @@ fn the_standalone_agent_and_its_check_refuse_a_vip_that_is_the_nodes_own_or_off_
 }
 
 fn apply(up: &Up, name: &str, vip: &str, vrid: u8, interface: &str) {
+    // No interface: each agent finds the one in the VIP's subnet.
+    let interface = if interface.is_empty() { String::new() } else { format!("  interface: {interface}\n") };
     let yaml = format!(
         "apiVersion: kubeha.io/v1alpha1\nkind: HighAvailabilityCluster\nmetadata: {{name: {name}}}\nspec:\n  \
-         vip: {vip}\n  vrid: {vrid}\n  interface: {interface}\n"
+         vip: {vip}\n  vrid: {vrid}\n{interface}"
     );
     let path = up.cluster.dir().join(format!("{name}.yaml"));
     std::fs::write(&path, yaml).unwrap();
@@ -206,13 +223,17 @@ async fn the_operator_and_the_agents_catch_a_users_mistakes_and_take_nothing_fro
         &["n1: VRRP: interface 'eth9' does not exist on this node", "n3: VRRP: interface 'eth9'"],
     );
 
-    // Dual stack with one VRID: two virtual routers, one per family, both served.
+    // Dual stack with one VRID: two virtual routers, one per family, both served. The IPv6 one names no
+    // interface: each agent finds eth0 by the VIP's subnet and says so in its member's status.
     apply(&up, "v4", "198.51.100.50/24", 65, "eth0");
-    apply(&up, "v6", "2001:db8::50/64", 65, "eth0");
+    apply(&up, "v6", "2001:db8::50/64", 65, "");
     for name in ["v4", "v6"] {
         until_condition(&up, name, "Ready", "True/Ready").await;
         assert_eq!(condition(&up, name, "Conflict"), "False/NoConflict");
     }
+    let found =
+        up.kubectl(&["get", "ham", "-l", "kubeha.io/cluster=v6", "-o", "jsonpath={.items[*].status.interface}"]);
+    assert_eq!(found.trim(), "eth0 eth0 eth0");
     assert_eq!(up.cluster.holders("198.51.100.50".parse().unwrap()).len(), 1);
     assert_eq!(up.cluster.holders("2001:db8::50".parse().unwrap()).len(), 1);
 

@@ -20,8 +20,9 @@ pub struct Claim {
     pub vip: Option<IpAddr>,
     /// The VRRP virtual router id.
     pub vrid: i32,
-    /// The interface label.
-    pub interface: String,
+    /// The interface, `None` when each agent finds the one in the VIP's subnet: that could be any interface,
+    /// so it is taken to be the other cluster's (a VRID clash is reported rather than risked).
+    pub interface: Option<String>,
     /// The nodes it selects.
     pub masters: BTreeSet<String>,
 }
@@ -63,7 +64,7 @@ pub fn conflicts(me: &Claim, others: &[Claim]) -> Vec<Conflict> {
                 newer,
             });
         } else if me.vrid == other.vrid
-            && me.interface == other.interface
+            && (me.interface == other.interface || me.interface.is_none() || other.interface.is_none())
             && !shared.is_empty()
             && me.vip.map(|v| v.is_ipv4()) == other.vip.map(|v| v.is_ipv4())
         {
@@ -76,7 +77,10 @@ pub fn conflicts(me: &Claim, others: &[Claim]) -> Vec<Conflict> {
                     other.name,
                     me.vrid,
                     if me.vip.is_some_and(|v| v.is_ipv6()) { "IPv6" } else { "IPv4" },
-                    me.interface,
+                    me.interface
+                        .as_deref()
+                        .or(other.interface.as_deref())
+                        .unwrap_or("the interface of the VIP's subnet"),
                     nodes.join(", ")
                 ),
                 newer,
@@ -96,7 +100,7 @@ mod tests {
             created: Some(Timestamp::from_second(secs).unwrap()),
             vip: vip.parse().ok(),
             vrid,
-            interface: "eth0".into(),
+            interface: Some("eth0".into()),
             masters: masters.iter().map(|m| (*m).to_string()).collect(),
         }
     }
@@ -120,8 +124,13 @@ mod tests {
         let b = claim("b", 2, "198.51.100.20", 51, &["n3", "n4"]);
         assert!(conflicts(&b, &[a.clone(), b.clone()]).is_empty());
         let mut c = claim("c", 3, "198.51.100.30", 51, &["n1"]);
-        c.interface = "eth1".into();
-        assert!(conflicts(&c, &[a, c.clone()]).is_empty());
+        c.interface = Some("eth1".into());
+        assert!(conflicts(&c, &[a.clone(), c.clone()]).is_empty());
+        // An interface each agent finds may be eth1 as well as eth0: the VRID is taken as in use there.
+        c.interface = None;
+        let found = conflicts(&c, &[a, c.clone()]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].message.contains("VRID 51 for IPv4 on eth0 of n1"), "{}", found[0].message);
     }
 
     #[test]

@@ -211,7 +211,7 @@ fn member(
     });
     let spec = HighAvailabilityMemberSpec {
         node_name: node.into(),
-        interface: Some(s.interface.clone()),
+        interface: s.interface.clone(),
         vip: Some(s.vip.clone()),
         vrid: Some(s.vrid),
         priority,

@@ -204,6 +204,7 @@ fn status_of(s: &Shared, observed: Option<&Observed>, fenced: bool) -> HighAvail
         st.holds_vip = o.holds_vip;
         st.effective_priority = Some(i32::from(o.effective_priority));
         st.master_seen = o.master_seen.map(|a| a.to_string());
+        st.interface = o.interface.clone();
         st.health = o
             .verdicts
             .iter()

@@ -107,6 +107,8 @@ pub struct Observed {
     pub master_seen: Option<IpAddr>,
     /// The latest state change.
     pub last_transition: Option<Seen>,
+    /// The interface that carries the VIP (configured, or found in the VIP's subnet).
+    pub interface: Option<String>,
 }
 
 impl Observed {
@@ -121,6 +123,7 @@ impl Observed {
             verdicts: Vec::new(),
             master_seen: None,
             last_transition: None,
+            interface: None,
         }
     }
 }
@@ -148,6 +151,8 @@ pub struct Driver<L: Link = NetLink> {
     checks: Checks,
     policy: Policy,
     commands: Option<mpsc::UnboundedReceiver<Command>>,
+    /// The interface's name, for the status (`None` on a test's in-memory link).
+    interface: Option<String>,
     observed: watch::Sender<Observed>,
     last_transition: Option<Seen>,
     faulted: bool,
@@ -218,7 +223,9 @@ impl Driver<NetLink> {
         let vip = VipHolder::new(link, interface, address, metrics.clone()).await?;
         let link = NetLink { socket, vip, interface: interface.to_string() };
         let cfg = router_config(spec, address, primary)?;
-        Ok(Driver::with_link(link, cfg, &spec.health, present && !owner, metrics))
+        let mut driver = Driver::with_link(link, cfg, &spec.health, present && !owner, metrics);
+        driver.interface = Some(interface.to_string());
+        Ok(driver)
     }
 }
 
@@ -250,6 +257,7 @@ impl<L: Link> Driver<L> {
             holds_vip: false,
             policy: Policy::new(cfg.priority, Tuning::of(&cfg)),
             commands: None,
+            interface: None,
             observed,
             last_transition: None,
             faulted: false,
@@ -337,6 +345,7 @@ impl<L: Link> Driver<L> {
             verdicts: self.checks.verdicts.iter().map(|rx| rx.borrow().clone()).collect(),
             master_seen: self.router.master_seen(),
             last_transition: self.last_transition.clone(),
+            interface: self.interface.clone(),
         };
         self.observed.send_if_modified(|o| {
             let changed = *o != next;

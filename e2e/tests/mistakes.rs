@@ -168,12 +168,20 @@ async fn until_condition(up: &Up, name: &str, type_: &str, want: &str) {
     .await;
 }
 
-/// `kubectl describe hac NAME`, printed for the closing note, with what it must say.
+/// `kubectl describe hac NAME` once it says all of `says` (the agents report one by one: within 30 s),
+/// printed for the closing note.
 fn describe(up: &Up, name: &str, says: &[&str]) {
-    let text = up.kubectl(&["describe", "hac", name]);
-    println!("--- kubectl describe hac {name}\n{text}");
-    for s in says {
-        assert!(text.contains(s), "describe hac {name} lacks {s:?}:\n{text}");
+    let start = Instant::now();
+    loop {
+        let text = up.kubectl(&["describe", "hac", name]);
+        let missing = says.iter().find(|s| !text.contains(**s));
+        match missing {
+            None => return println!("--- kubectl describe hac {name}\n{text}"),
+            Some(s) if start.elapsed() > Duration::from_secs(30) => {
+                panic!("describe hac {name} lacks {s:?}:\n{text}")
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
     }
 }
 

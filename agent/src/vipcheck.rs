@@ -30,12 +30,7 @@ pub fn check(vip: IpAddr, interface: &str, owner: bool, on_link: &[OnLink]) -> R
              255 if this node owns the address"
         ));
     }
-    // The subnets of the VIP's family, the VIP itself and IPv6 link-local addresses left out: the VIP must
-    // be reachable beyond this link's own scope.
-    let subnets: Vec<&OnLink> = on_link
-        .iter()
-        .filter(|a| a.address.is_ipv4() == vip.is_ipv4() && a.address != vip && !link_local(a.address))
-        .collect();
+    let subnets: Vec<&OnLink> = on_link.iter().filter(|a| tells_the_network(a, vip)).collect();
     if subnets.is_empty() || subnets.iter().any(|a| same_network(a.address, vip, a.prefix)) {
         // No address of the family: the driver reports the missing source address itself.
         return Ok(());
@@ -52,12 +47,7 @@ pub fn check(vip: IpAddr, interface: &str, owner: bool, on_link: &[OnLink]) -> R
 /// The interface that carries `vip` when the config names none: the one of `interfaces` (name, addresses)
 /// with an address whose subnet holds the VIP. None or several is an error naming the field and the fix.
 pub fn choose_interface(vip: IpAddr, interfaces: &[(String, Vec<OnLink>)]) -> Result<String, String> {
-    let holds = |a: &OnLink| {
-        a.address.is_ipv4() == vip.is_ipv4()
-            && a.address != vip
-            && !link_local(a.address)
-            && same_network(a.address, vip, a.prefix)
-    };
+    let holds = |a: &OnLink| tells_the_network(a, vip) && same_network(a.address, vip, a.prefix);
     let found: Vec<&str> =
         interfaces.iter().filter(|(_, addrs)| addrs.iter().any(holds)).map(|(name, _)| name.as_str()).collect();
     match found.as_slice() {
@@ -73,6 +63,12 @@ pub fn choose_interface(vip: IpAddr, interfaces: &[(String, Vec<OnLink>)]) -> Re
             several.join(", ")
         )),
     }
+}
+
+/// Whether `a` says which network `vip` should be on: an address of the VIP's family, not the VIP itself,
+/// and not IPv6 link-local (the VIP must be reachable beyond this link's own scope).
+fn tells_the_network(a: &OnLink, vip: IpAddr) -> bool {
+    a.address.is_ipv4() == vip.is_ipv4() && a.address != vip && !link_local(a.address)
 }
 
 fn link_local(a: IpAddr) -> bool {

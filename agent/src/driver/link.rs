@@ -39,6 +39,8 @@ pub trait Link: Send + Sync + 'static {
     fn set_lifetime(&mut self, lifetime: Duration);
     /// Starts `checks`, plus the carrier check of the VIP's interface unless one is configured.
     fn checks(&self, checks: &[HealthCheck]) -> Checks;
+    /// The interface's name, for the status; `None` where there is no real one (a test's segment).
+    fn interface(&self) -> Option<String>;
 }
 
 /// The node's interface: the raw VRRP socket and the VIP by netlink.
@@ -84,6 +86,10 @@ impl Link for NetLink {
 
     fn checks(&self, checks: &[HealthCheck]) -> Checks {
         health::spawn(&with_link_check(checks, &self.interface), Some(self.vip.link.clone()))
+    }
+
+    fn interface(&self) -> Option<String> {
+        Some(self.interface.clone())
     }
 }
 

@@ -204,4 +204,8 @@ impl Link for MemoryLink {
     fn checks(&self, _checks: &[HealthCheck]) -> Checks {
         Checks::of(self.verdicts.clone())
     }
+
+    fn interface(&self) -> Option<String> {
+        None
+    }
 }

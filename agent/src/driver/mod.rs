@@ -151,8 +151,6 @@ pub struct Driver<L: Link = NetLink> {
     checks: Checks,
     policy: Policy,
     commands: Option<mpsc::UnboundedReceiver<Command>>,
-    /// The interface's name, for the status (`None` on a test's in-memory link).
-    interface: Option<String>,
     observed: watch::Sender<Observed>,
     last_transition: Option<Seen>,
     faulted: bool,
@@ -223,9 +221,7 @@ impl Driver<NetLink> {
         let vip = VipHolder::new(link, interface, address, metrics.clone()).await?;
         let link = NetLink { socket, vip, interface: interface.to_string() };
         let cfg = router_config(spec, address, primary)?;
-        let mut driver = Driver::with_link(link, cfg, &spec.health, present && !owner, metrics);
-        driver.interface = Some(interface.to_string());
-        Ok(driver)
+        Ok(Driver::with_link(link, cfg, &spec.health, present && !owner, metrics))
     }
 }
 
@@ -257,7 +253,6 @@ impl<L: Link> Driver<L> {
             holds_vip: false,
             policy: Policy::new(cfg.priority, Tuning::of(&cfg)),
             commands: None,
-            interface: None,
             observed,
             last_transition: None,
             faulted: false,
@@ -345,7 +340,7 @@ impl<L: Link> Driver<L> {
             verdicts: self.checks.verdicts.iter().map(|rx| rx.borrow().clone()).collect(),
             master_seen: self.router.master_seen(),
             last_transition: self.last_transition.clone(),
-            interface: self.interface.clone(),
+            interface: self.link.interface(),
         };
         self.observed.send_if_modified(|o| {
             let changed = *o != next;

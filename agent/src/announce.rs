@@ -120,7 +120,7 @@ impl Na {
 
 /// A neighbour advertisement (RFC 4861 §4.4): type 136, the Override flag set (it replaces cached link-layer
 /// addresses), target the VIP, and a Target Link-Layer Address option with our MAC.
-fn advertisement(mac: [u8; 6], target: Ipv6Addr) -> [u8; 32] {
+pub(crate) fn advertisement(mac: [u8; 6], target: Ipv6Addr) -> [u8; 32] {
     let mut m = [0u8; 32];
     m[0] = 136;
     m[4] = 0x20; // Override; not Router, not Solicited

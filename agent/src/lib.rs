@@ -9,6 +9,7 @@ pub mod api;
 pub mod bootstrap;
 pub mod cluster;
 pub mod config;
+pub mod dad;
 pub mod driver;
 pub mod handover;
 pub mod health;

@@ -32,6 +32,8 @@ pub struct VrrpMetrics {
     pub effective_priority: Gauge,
     /// VIP additions/refreshes that failed.
     pub vip_errors: Counter,
+    /// 1 while another host answers for the VIP and this router keeps out.
+    pub vip_in_use: Gauge,
 }
 
 impl VrrpMetrics {
@@ -51,6 +53,11 @@ impl VrrpMetrics {
         );
         r.register("effective_priority", "The priority advertised now", m.effective_priority.clone());
         r.register("vip_errors", "Failed attempts to add, refresh or remove the VIP", m.vip_errors.clone());
+        r.register(
+            "vip_in_use",
+            "1 while another host answers for the VIP and this router does not take it",
+            m.vip_in_use.clone(),
+        );
         m
     }
 

@@ -139,6 +139,42 @@ fn the_standalone_agent_and_its_check_refuse_a_vip_that_is_the_nodes_own_or_off_
     assert_eq!(neighbour(C1, own).as_deref(), Some(before.as_str()), "c1 still reaches n1's address at n1");
 }
 
+#[test]
+fn a_standalone_agent_does_not_take_an_address_another_host_answers_for() {
+    kubeha_e2e::skip_unless_root!();
+    let world = World::new();
+    // n1's config names n2's address: nothing on n1 can tell, but n2 answers the ARP probe for it.
+    let n2: IpAddr = N2.ipv4().into();
+    let n2_mac = neighbour(C1, n2).expect("c1 reaches n2");
+    let agent = world.agent_for(&format!("{n2}/24"), N1, 150, "version: 3, advertInterval: 100ms", "");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        assert_eq!(world.cluster.holders(n2), vec![N2], "n1 took n2's address:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = agent.log();
+    assert!(log.contains("another host answers for the VIP") && log.contains(&n2_mac), "{log}");
+    assert!(log.contains("to=\"Fault\""), "{log}");
+    assert_eq!(neighbour(C1, n2), Some(n2_mac), "c1 still reaches n2's address at n2's MAC");
+    println!("the standalone agent on n1 with vip {n2}/24:\n{log}");
+    drop(agent);
+
+    // A client host with the VIP configured keeps both masters out until it lets the address go.
+    let vip = "198.51.100.10/24";
+    let client = |op: &str| {
+        let ok = Command::new("ip").args(["-n", &C1.netns(), "addr", op, vip, "dev", "eth0"]).status().unwrap();
+        assert!(ok.success(), "ip addr {op} {vip} on c1");
+    };
+    client("add");
+    let _n1 = world.agent(N1, 150, "");
+    let _n2 = world.agent(N2, 100, "");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(world.holders().iter().all(|h| *h == C1), "a master took c1's address: {:?}", world.holders());
+    client("del");
+    let took = world.until_holders(&[N1], Duration::from_secs(5));
+    println!("c1 let the VIP go: n1 took it {took:?} later (a re-probe every second, then the election)");
+}
+
 fn apply(up: &Up, name: &str, vip: &str, vrid: u8, interface: &str) {
     // No interface: each agent finds the one in the VIP's subnet.
     let interface = if interface.is_empty() { String::new() } else { format!("  interface: {interface}\n") };

@@ -205,6 +205,7 @@ fn status_of(s: &Shared, observed: Option<&Observed>, fenced: bool) -> HighAvail
         st.effective_priority = Some(i32::from(o.effective_priority));
         st.master_seen = o.master_seen.map(|a| a.to_string());
         st.interface = o.interface.clone();
+        st.error = st.error.take().or_else(|| o.vip_in_use.clone());
         st.health = o
             .verdicts
             .iter()

@@ -35,6 +35,9 @@ pub trait Link: Send + Sync + 'static {
     fn remove_vip(&self) -> impl Future<Output = ()> + Send;
     /// Sends `count` gratuitous ARPs / unsolicited NAs for the VIP.
     fn announce(&self, count: u8);
+    /// Another host that answers for the VIP (an ARP probe, a neighbour solicitation: crate::dad), if one
+    /// does. A probe that cannot be sent is logged and answers none: it must never keep a failover back.
+    fn who_has_vip(&self) -> impl Future<Output = Option<crate::dad::Answer>> + Send;
     /// The lifetime the VIP gets at its next add or refresh.
     fn set_lifetime(&mut self, lifetime: Duration);
     /// Starts `checks`, plus the carrier check of the VIP's interface unless one is configured.
@@ -80,6 +83,10 @@ impl Link for NetLink {
         self.vip.announce(count);
     }
 
+    async fn who_has_vip(&self) -> Option<crate::dad::Answer> {
+        self.vip.who_has().await
+    }
+
     fn set_lifetime(&mut self, lifetime: Duration) {
         self.vip.link.set_lifetime(lifetime);
     }
@@ -122,6 +129,9 @@ pub(crate) struct VipHolder {
     pub(crate) link: VipOnLink,
     announcer: Option<Announcer>,
     metrics: VrrpMetrics,
+    interface: String,
+    address: IpAddr,
+    mac: Option<[u8; 6]>,
 }
 
 impl VipHolder {
@@ -132,7 +142,8 @@ impl VipHolder {
         address: IpAddr,
         metrics: VrrpMetrics,
     ) -> Result<Self, DriverError> {
-        let announcer = match link.mac().await? {
+        let mac = link.mac().await?;
+        let announcer = match mac {
             Some(mac) => {
                 Some(Announcer::new(interface, link.ifindex(), mac, address).map_err(SocketError::Permission)?)
             }
@@ -141,7 +152,19 @@ impl VipHolder {
                 None
             }
         };
-        Ok(Self { link, announcer, metrics })
+        Ok(Self { link, announcer, metrics, interface: interface.to_string(), address, mac })
+    }
+
+    /// Another host that answers for the VIP, if one does; none without a MAC address to probe from.
+    pub(crate) async fn who_has(&self) -> Option<crate::dad::Answer> {
+        let mac = self.mac?;
+        match crate::dad::who_has(&self.interface, self.link.ifindex(), mac, self.address).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask whether another host uses the VIP; taking it");
+                None
+            }
+        }
     }
 
     /// Adds the VIP, or refreshes its lifetime; whether it is on the interface now.

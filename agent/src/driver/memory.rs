@@ -26,6 +26,10 @@ struct Inner {
     ports: Vec<(IpAddr, mpsc::UnboundedSender<Incoming>)>,
     /// Nodes whose link is cut: they neither send nor receive.
     cut: BTreeSet<IpAddr>,
+    /// A host that runs no driver and has the VIP configured: it answers probes with this MAC.
+    stranger: Option<[u8; 6]>,
+    /// Probes asked, by the node that asked.
+    probes: Vec<IpAddr>,
     holders: Vec<IpAddr>,
     /// (who added the VIP, who held it already)
     overlaps: Vec<(IpAddr, IpAddr)>,
@@ -103,6 +107,16 @@ impl Segment {
             let _ =
                 port.send(Incoming { message: message.to_vec(), ttl, src: from, dst: IpAddr::from([224, 0, 0, 18]) });
         }
+    }
+
+    /// Gives the VIP to a host that runs no driver (`Some(its MAC)`), or takes it away.
+    pub(crate) fn set_stranger(&self, mac: Option<[u8; 6]>) {
+        self.lock().stranger = mac;
+    }
+
+    /// The nodes that probed for the VIP, one entry per probe.
+    pub(crate) fn probes(&self) -> Vec<IpAddr> {
+        self.lock().probes.clone()
     }
 
     /// Who holds the VIP now.
@@ -193,6 +207,21 @@ impl Link for MemoryLink {
     fn announce(&self, count: u8) {
         let mut inner = self.segment.lock();
         Segment::record(&mut inner, format!("{} announces x{count}", self.me));
+    }
+
+    async fn who_has_vip(&self) -> Option<crate::dad::Answer> {
+        let mut inner = self.segment.lock();
+        inner.probes.push(self.me);
+        if inner.cut.contains(&self.me) {
+            return None;
+        }
+        // A node's MAC here: 02-00-00-00-00-<last octet of its address>.
+        let node_mac = |a: &IpAddr| match a {
+            IpAddr::V4(v4) => [2, 0, 0, 0, 0, v4.octets()[3]],
+            IpAddr::V6(v6) => [2, 0, 0, 0, 0, v6.octets()[15]],
+        };
+        let other = inner.holders.iter().find(|h| **h != self.me && !inner.cut.contains(*h)).map(node_mac);
+        inner.stranger.or(other).map(|mac| crate::dad::Answer { mac: Some(mac) })
     }
 
     fn set_lifetime(&mut self, lifetime: Duration) {

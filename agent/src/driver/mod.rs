@@ -31,6 +31,8 @@ use crate::vip::{NetError, REFRESH, VipOnLink};
 
 /// How often a yielding agent looks for a request to step aside.
 const HANDOVER_POLL: Duration = Duration::from_millis(20);
+/// How often a router kept out by another host's use of the VIP asks again whether it still answers.
+const REPROBE: Duration = Duration::from_secs(1);
 
 /// Why the driver cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +111,8 @@ pub struct Observed {
     pub last_transition: Option<Seen>,
     /// The interface that carries the VIP (configured, or found in the VIP's subnet).
     pub interface: Option<String>,
+    /// Why this router does not take the VIP although it would: another host answers for the address.
+    pub vip_in_use: Option<String>,
 }
 
 impl Observed {
@@ -124,6 +128,7 @@ impl Observed {
             master_seen: None,
             last_transition: None,
             interface: None,
+            vip_in_use: None,
         }
     }
 }
@@ -160,6 +165,11 @@ pub struct Driver<L: Link = NetLink> {
     present: bool,
     /// That VIP is kept and the driver starts as master: no other master was heard (see [`Driver::take`]).
     resume_leftover: bool,
+    /// A member held the VIP since start: another router was heard advertising as master, or this one held
+    /// it. Until then, the VIP is added only after no other host answers for it (crate::dad, docs/adr/0010).
+    member_held: bool,
+    /// Another host answered for the VIP: this router stays in Fault until it no longer does.
+    in_use: Option<crate::dad::Answer>,
 }
 
 /// How [`Driver::run`] ended.
@@ -259,6 +269,8 @@ impl<L: Link> Driver<L> {
             slot: None,
             present,
             resume_leftover: false,
+            member_held: false,
+            in_use: None,
         }
     }
 
@@ -341,6 +353,13 @@ impl<L: Link> Driver<L> {
             master_seen: self.router.master_seen(),
             last_transition: self.last_transition.clone(),
             interface: self.link.interface(),
+            vip_in_use: self.in_use.map(|who| {
+                let vip = self.router.config().addresses.first().map(ToString::to_string).unwrap_or_default();
+                format!(
+                    "vip {vip} is in use by another host on this link (MAC {who}, it answers for the address): not \
+                     taking it; set vip to an unused address, or remove it from that host"
+                )
+            }),
         };
         self.observed.send_if_modified(|o| {
             let changed = *o != next;
@@ -400,6 +419,8 @@ impl<L: Link> Driver<L> {
         let mut shutdown = std::pin::pin!(shutdown);
         self.apply_health().await;
         let resume = self.slot.as_ref().is_some_and(|s| s.resume_master) || self.resume_leftover;
+        // A VIP this node's agent held a moment ago is a member's.
+        self.member_held |= resume;
         self.input(if resume { Input::Resume } else { Input::Startup }).await;
         self.publish();
         let mut commands = self.commands.take();
@@ -407,6 +428,8 @@ impl<L: Link> Driver<L> {
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut asked = tokio::time::interval(HANDOVER_POLL);
         asked.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reprobe = tokio::time::interval(REPROBE);
+        reprobe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline =
                 self.router.deadline().map_or_else(|| Instant::now() + Duration::from_secs(3600), |d| self.origin + d);
@@ -421,6 +444,7 @@ impl<L: Link> Driver<L> {
                 Some(c) = next_command(&mut commands) => self.command(c).await,
                 _ = refresh.tick(), if self.holds_vip && !self.policy.owner() => drop(self.link.add_vip().await),
                 _ = asked.tick(), if self.slot.as_ref().is_some_and(Slot::requested) => return self.step_aside().await,
+                _ = reprobe.tick(), if self.in_use.is_some() => self.reprobe().await,
             }
             // Once per turn, whatever happened: the status reporter sees only real changes (compared here).
             self.publish();
@@ -452,6 +476,7 @@ impl<L: Link> Driver<L> {
     async fn apply_health(&mut self) {
         let verdicts: Vec<Verdict> = self.checks.verdicts.iter_mut().map(|rx| rx.borrow_and_update().clone()).collect();
         let Effective { priority, fault } = self.policy.effective(&verdicts);
+        let fault = fault || self.in_use.is_some();
         if fault != self.faulted {
             self.faulted = fault;
             let failing: Vec<&str> = verdicts
@@ -471,6 +496,7 @@ impl<L: Link> Driver<L> {
 
     async fn packet(&mut self, p: crate::socket::Incoming) {
         if let Some((from, advertisement)) = self.advert_of(&p) {
+            self.member_held |= advertisement.priority > 0;
             self.input(Input::Advertisement { from, advertisement }).await;
         }
     }
@@ -502,8 +528,41 @@ impl<L: Link> Driver<L> {
         let mut actions = Vec::new();
         let now = self.now();
         self.router.handle(now, input, &mut actions);
+        if !self.member_held && !self.policy.owner() && actions.contains(&Action::AddAddresses) {
+            // Before the first advert of this takeover goes out: a router kept out never claims the VIP, so the
+            // backups do not count it as a member that held it.
+            if let Some(who) = self.link.who_has_vip().await {
+                return self.kept_out(now, who, actions).await;
+            }
+        }
         for a in actions {
             self.act(a).await;
+        }
+    }
+
+    /// Another host answers for the VIP: nothing of this takeover is sent or added; the router goes to Fault
+    /// (reported) and the driver asks again every [`REPROBE`].
+    async fn kept_out(&mut self, now: Duration, who: crate::dad::Answer, actions: Vec<Action>) {
+        tracing::warn!(mac = %who, vip = ?self.router.config().addresses,
+            "another host answers for the VIP: not taking it (set vip to an unused address, or remove it from that host)");
+        self.metrics.vip_in_use.set(1);
+        self.in_use = Some(who);
+        self.faulted = true;
+        let mut more = Vec::new();
+        self.router.handle(now, Input::Fault(true), &mut more);
+        for a in actions.into_iter().chain(more).filter(|a| matches!(a, Action::Transition { .. })) {
+            self.act(a).await;
+        }
+    }
+
+    /// Asks again whether another host answers for the VIP; when none does, the router leaves Fault (unless
+    /// its health keeps it there) and takes the VIP by the usual rules, probing once more first.
+    async fn reprobe(&mut self) {
+        self.in_use = self.link.who_has_vip().await;
+        if self.in_use.is_none() {
+            tracing::info!("no other host answers for the VIP any more");
+            self.metrics.vip_in_use.set(0);
+            self.apply_health().await;
         }
     }
 
@@ -526,7 +585,10 @@ impl<L: Link> Driver<L> {
             }
             Action::AddAddresses if self.policy.owner() => self.holds_vip = true,
             Action::RemoveAddresses if self.policy.owner() => self.holds_vip = false,
-            Action::AddAddresses => self.holds_vip |= self.link.add_vip().await,
+            Action::AddAddresses => {
+                self.holds_vip |= self.link.add_vip().await;
+                self.member_held |= self.holds_vip;
+            }
             Action::RemoveAddresses => {
                 self.holds_vip = false;
                 self.link.remove_vip().await;

@@ -259,3 +259,44 @@ async fn a_strangers_bad_packets_change_nothing_and_are_counted_by_reason() {
     never_two(&seg);
     n1.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_host_that_answers_for_the_vip_keeps_a_cold_cluster_out_until_it_lets_go() {
+    // Another host has the VIP configured (a typo in the config, or a forgotten address): nobody takes it.
+    let seg = Segment::default();
+    seg.set_stranger(Some([2, 0, 0, 0, 0, 99]));
+    let n1 = start(&seg, 1, config(1, 150, true), &[], false).await;
+    let n2 = start(&seg, 2, config(2, 100, true), &[], false).await;
+    after(3000).await;
+    assert!(seg.holders().is_empty(), "{}", seg.events());
+    assert_eq!((n1.state(), n2.state()), (State::Fault, State::Fault));
+    let told = n1.control.observed.borrow().vip_in_use.clone().unwrap_or_default();
+    assert!(told.contains("in use by another host on this link (MAC 02:00:00:00:00:63"), "{told}");
+    assert!(told.contains("set vip to an unused address"), "{told}");
+
+    // The host lets it go: within a re-probe and the usual election, the higher priority holds it.
+    seg.set_stranger(None);
+    after(2500).await;
+    assert_eq!((n1.state(), n2.state(), seg.holders()), (State::Master, State::Backup, vec![addr(1)]));
+    assert_eq!(n1.control.observed.borrow().vip_in_use, None);
+    never_two(&seg);
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_first_takeover_of_a_cold_segment_probes_never_a_failover() {
+    let (seg, n1, n2) = two(&[]).await;
+    assert_eq!(seg.probes(), vec![addr(1)], "n1's first takeover; n2 heard n1");
+    // A graceful hand-over and a crash: the backups heard the master that held the VIP.
+    assert_eq!(n1.stop().await, Ended::Stopped);
+    after(500).await;
+    assert_eq!(seg.holders(), vec![addr(2)]);
+    let n3 = start(&seg, 3, config(3, 50, true), &[], false).await;
+    after(500).await;
+    n2.task.abort();
+    after(1000).await;
+    assert!(seg.holders().contains(&addr(3)), "{}", seg.events());
+    assert_eq!(seg.probes(), vec![addr(1)], "no failover probed");
+    n3.stop().await;
+}

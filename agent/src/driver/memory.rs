@@ -26,6 +26,8 @@ struct Inner {
     ports: Vec<(IpAddr, mpsc::UnboundedSender<Incoming>)>,
     /// Nodes whose link is cut: they neither send nor receive.
     cut: BTreeSet<IpAddr>,
+    /// Nodes whose adverts arrive late: what is sent to them waits here until [`Segment::deliver_late`].
+    late: Vec<(IpAddr, Vec<Incoming>)>,
     /// A host that runs no driver and has the VIP configured: it answers probes with this MAC.
     stranger: Option<[u8; 6]>,
     /// Probes asked, by the node that asked.
@@ -100,6 +102,24 @@ impl Segment {
         };
     }
 
+    /// Holds back every packet sent to `node` (a slow or lossy path: its probes are still answered) until
+    /// [`Segment::deliver_late`].
+    pub(crate) fn delay(&self, node: IpAddr) {
+        self.lock().late.push((node, Vec::new()));
+    }
+
+    /// Delivers what was held back for `node`, in order, and stops holding back.
+    pub(crate) fn deliver_late(&self, node: IpAddr) {
+        let mut inner = self.lock();
+        let Some(at) = inner.late.iter().position(|(n, _)| *n == node) else { return };
+        let (_, held) = inner.late.remove(at);
+        if let Some((_, port)) = inner.ports.iter().find(|(a, _)| *a == node) {
+            for p in held {
+                let _ = port.send(p);
+            }
+        }
+    }
+
     /// Puts a packet on the wire from `from`, a host that runs no driver (a stranger), to every node.
     pub(crate) fn inject(&self, from: IpAddr, message: &[u8], ttl: u8) {
         let inner = self.lock();
@@ -156,15 +176,20 @@ pub(crate) struct MemoryLink {
 
 impl Link for MemoryLink {
     async fn send_to(&self, message: &[u8], dst: IpAddr) -> io::Result<()> {
-        let inner = self.segment.lock();
+        let mut inner = self.segment.lock();
         if inner.cut.contains(&self.me) {
             return Ok(());
         }
-        for (addr, port) in &inner.ports {
+        let Inner { ports, cut, late, .. } = &mut *inner;
+        for (addr, port) in ports.iter() {
             let to_it = dst.is_multicast() || dst == *addr;
-            if *addr != self.me && to_it && !inner.cut.contains(addr) {
-                // A node whose driver ended has dropped its receiver: like a host that is off.
-                let _ = port.send(Incoming { message: message.to_vec(), ttl: 255, src: self.me, dst });
+            if *addr != self.me && to_it && !cut.contains(addr) {
+                let packet = Incoming { message: message.to_vec(), ttl: 255, src: self.me, dst };
+                match late.iter_mut().find(|(n, _)| n == addr) {
+                    Some((_, held)) => held.push(packet),
+                    // A node whose driver ended has dropped its receiver: like a host that is off.
+                    None => drop(port.send(packet)),
+                }
             }
         }
         Ok(())

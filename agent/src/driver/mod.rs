@@ -497,6 +497,14 @@ impl<L: Link> Driver<L> {
     async fn packet(&mut self, p: crate::socket::Incoming) {
         if let Some((from, advertisement)) = self.advert_of(&p) {
             self.member_held |= advertisement.priority > 0;
+            if self.in_use.is_some() && advertisement.priority > 0 {
+                // Another router advertises as master: the host that answered was a member taking the VIP at
+                // the same moment (a cold start's close election), not a stranger.
+                tracing::info!(%from, "the host that answered for the VIP is a VRRP master: a member holds it");
+                self.in_use = None;
+                self.metrics.vip_in_use.set(0);
+                self.apply_health().await;
+            }
             self.input(Input::Advertisement { from, advertisement }).await;
         }
     }

@@ -300,3 +300,31 @@ async fn only_the_first_takeover_of_a_cold_segment_probes_never_a_failover() {
     assert_eq!(seg.probes(), vec![addr(1)], "no failover probed");
     n3.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_member_that_took_the_vip_during_a_probe_is_not_a_stranger_once_its_advert_arrives() {
+    // A cold start's close election (the race of 3ecf21e's full run): n1's adverts reach n2 late, so n2's own
+    // down timer fires while n1 already holds the VIP, and n2's probe is answered by n1.
+    let seg = Segment::default();
+    seg.delay(addr(2));
+    let n1 = start(&seg, 1, config(1, 150, true), &[], false).await;
+    let n2 = start(&seg, 2, config(2, 100, true), &[], false).await;
+    after(3500).await;
+    assert_eq!((n1.state(), n2.state(), seg.holders()), (State::Master, State::Fault, vec![addr(1)]));
+    assert!(n2.control.observed.borrow().vip_in_use.is_some());
+    // n1's adverts arrive: n2 is a backup of a member, not kept out by a stranger, and stays one (re-probes
+    // would see n1 answer for the VIP).
+    seg.deliver_late(addr(2));
+    after(100).await;
+    assert_eq!((n2.state(), n2.control.observed.borrow().vip_in_use.clone()), (State::Backup, None));
+    after(3000).await;
+    assert_eq!((n1.state(), n2.state(), seg.holders()), (State::Master, State::Backup, vec![addr(1)]));
+    never_two(&seg);
+    // And it is ready for its job: n1's crash moves the VIP to n2 without a probe.
+    let probes = seg.probes().len();
+    n1.task.abort();
+    after(1000).await;
+    assert!(seg.holders().contains(&addr(2)), "{}", seg.events());
+    assert_eq!(seg.probes().len(), probes, "a failover probed: {:?}", seg.probes());
+    n2.stop().await;
+}

@@ -11,7 +11,25 @@ fn three(w: &World) -> [Process; 3] {
     let [n1, n2, n3] = NODES;
     let agents = [w.agent(n1, 100, ""), w.agent(n2, 200, ""), w.agent(n3, 150, "")];
     w.until_holders(&[n2], Duration::from_secs(5));
+    // The holder is known before the election has settled: a backup may still be probing (ADR 0010) and
+    // hear the winner's gratuitous ARP. A test that stops n2 at once would test that race, not its own fault.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ![&agents[0], &agents[2]].iter().all(|a| settled_in(a, "Backup")) {
+        assert!(
+            Instant::now() < deadline,
+            "n1 and n3 are not both Backup 5 s after n2 took the VIP:\n{}\n{}",
+            agents[0].log(),
+            agents[2].log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     agents
+}
+
+/// Whether the agent's latest VRRP state change went to `state`.
+fn settled_in(agent: &Process, state: &str) -> bool {
+    let log = agent.log();
+    log.lines().rfind(|l| l.contains("VRRP state changed")).is_some_and(|l| l.contains(&format!("to=\"{state}\"")))
 }
 
 use std::net::IpAddr;

@@ -110,10 +110,19 @@ impl Segment {
 
     /// Delivers what was held back for `node`, in order, and stops holding back.
     pub(crate) fn deliver_late(&self, node: IpAddr) {
+        self.end_delay(node, true);
+    }
+
+    /// Drops what was held back for `node` (lost on the way) and stops holding back.
+    pub(crate) fn lose_late(&self, node: IpAddr) {
+        self.end_delay(node, false);
+    }
+
+    fn end_delay(&self, node: IpAddr, deliver: bool) {
         let mut inner = self.lock();
         let Some(at) = inner.late.iter().position(|(n, _)| *n == node) else { return };
         let (_, held) = inner.late.remove(at);
-        if let Some((_, port)) = inner.ports.iter().find(|(a, _)| *a == node) {
+        if let Some((_, port)) = inner.ports.iter().find(|(a, _)| *a == node).filter(|_| deliver) {
             for p in held {
                 let _ = port.send(p);
             }

@@ -170,6 +170,9 @@ pub struct Driver<L: Link = NetLink> {
     member_held: bool,
     /// Another host answered for the VIP: this router stays in Fault until it no longer does.
     in_use: Option<crate::dad::Answer>,
+    /// When to ask again whether another host answers for the VIP (while `in_use`): [`REPROBE`] after the
+    /// last answer, not at once.
+    reprobe_at: Instant,
 }
 
 /// How [`Driver::run`] ended.
@@ -271,6 +274,7 @@ impl<L: Link> Driver<L> {
             resume_leftover: false,
             member_held: false,
             in_use: None,
+            reprobe_at: Instant::now(),
         }
     }
 
@@ -428,8 +432,6 @@ impl<L: Link> Driver<L> {
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut asked = tokio::time::interval(HANDOVER_POLL);
         asked.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut reprobe = tokio::time::interval(REPROBE);
-        reprobe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline =
                 self.router.deadline().map_or_else(|| Instant::now() + Duration::from_secs(3600), |d| self.origin + d);
@@ -444,7 +446,7 @@ impl<L: Link> Driver<L> {
                 Some(c) = next_command(&mut commands) => self.command(c).await,
                 _ = refresh.tick(), if self.holds_vip && !self.policy.owner() => drop(self.link.add_vip().await),
                 _ = asked.tick(), if self.slot.as_ref().is_some_and(Slot::requested) => return self.step_aside().await,
-                _ = reprobe.tick(), if self.in_use.is_some() => self.reprobe().await,
+                () = tokio::time::sleep_until(self.reprobe_at), if self.in_use.is_some() => self.reprobe().await,
             }
             // Once per turn, whatever happened: the status reporter sees only real changes (compared here).
             self.publish();
@@ -496,11 +498,14 @@ impl<L: Link> Driver<L> {
 
     async fn packet(&mut self, p: crate::socket::Incoming) {
         if let Some((from, advertisement)) = self.advert_of(&p) {
-            self.member_held |= advertisement.priority > 0;
-            if self.in_use.is_some() && advertisement.priority > 0 {
-                // Another router advertises as master: the host that answered was a member taking the VIP at
-                // the same moment (a cold start's close election), not a stranger.
-                tracing::info!(%from, "the host that answered for the VIP is a VRRP master: a member holds it");
+            // Only a master advertises, and its release (priority 0) is its last advert as master: either way a
+            // member has held the VIP, and the host that answered a probe was that member taking it at the same
+            // moment (a cold start's close election), not a stranger. A release must end a keep-out too: a
+            // router kept out while the winner's first advert was still on its way hears the release next.
+            self.member_held = true;
+            if self.in_use.is_some() {
+                tracing::info!(%from, released = advertisement.priority == 0,
+                    "the host that answered for the VIP is a VRRP master: a member holds it");
                 self.in_use = None;
                 self.metrics.vip_in_use.set(0);
                 self.apply_health().await;
@@ -555,6 +560,7 @@ impl<L: Link> Driver<L> {
             "another host answers for the VIP: not taking it (set vip to an unused address, or remove it from that host)");
         self.metrics.vip_in_use.set(1);
         self.in_use = Some(who);
+        self.reprobe_at = Instant::now() + REPROBE;
         self.faulted = true;
         let mut more = Vec::new();
         self.router.handle(now, Input::Fault(true), &mut more);
@@ -567,6 +573,7 @@ impl<L: Link> Driver<L> {
     /// its health keeps it there) and takes the VIP by the usual rules, probing once more first.
     async fn reprobe(&mut self) {
         self.in_use = self.link.who_has_vip().await;
+        self.reprobe_at = Instant::now() + REPROBE;
         if self.in_use.is_none() {
             tracing::info!("no other host answers for the VIP any more");
             self.metrics.vip_in_use.set(0);

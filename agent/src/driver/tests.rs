@@ -302,6 +302,27 @@ async fn only_the_first_takeover_of_a_cold_segment_probes_never_a_failover() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_member_that_took_the_vip_during_a_probe_and_released_it_at_once_hands_it_over() {
+    // The race of probe-wip's full run: the winner is stopped moments after its takeover, so the first thing
+    // the kept-out router hears from it is its release (priority 0). That is a member's last advert as
+    // master, not a stranger's: n2 leaves Fault and takes the VIP at its skew time, without a probe.
+    let seg = Segment::default();
+    seg.delay(addr(2));
+    let n1 = start(&seg, 1, config(1, 150, true), &[], false).await;
+    let n2 = start(&seg, 2, config(2, 100, true), &[], false).await;
+    after(3500).await;
+    assert_eq!((n1.state(), n2.state(), seg.holders()), (State::Master, State::Fault, vec![addr(1)]));
+    seg.lose_late(addr(2));
+    let probes = seg.probes().len();
+    n1.stop().await;
+    after(200).await;
+    assert_eq!((n2.state(), n2.reason().as_str(), seg.holders()), (State::Master, "MasterReleased", vec![addr(2)]));
+    assert_eq!(n2.control.observed.borrow().vip_in_use, None);
+    assert_eq!(seg.probes().len(), probes, "the takeover after a member's release probed: {:?}", seg.probes());
+    n2.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_member_that_took_the_vip_during_a_probe_is_not_a_stranger_once_its_advert_arrives() {
     // A cold start's close election (the race of 3ecf21e's full run): n1's adverts reach n2 late, so n2's own
     // down timer fires while n1 already holds the VIP, and n2's probe is answered by n1.

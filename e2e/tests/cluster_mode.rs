@@ -41,7 +41,20 @@ async fn until_holders(up: &Up, want: &[Host], within: Duration) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("VIP holders {:?}, wanted {want:?} within {within:?}", holders(up));
+    panic!("VIP holders {:?}, wanted {want:?} within {within:?}\n{}", holders(up), agent_logs(up));
+}
+
+/// The end of every agent's log, for a failure message: the next test's world replaces the files.
+fn agent_logs(up: &Up) -> String {
+    NODES
+        .iter()
+        .map(|n| {
+            let log = up.cluster.agent_log(n);
+            let lines: Vec<&str> = log.lines().collect();
+            format!("--- {n}'s agent, last lines\n{}", lines[lines.len().saturating_sub(80)..].join("\n"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Asserts that `want` alone holds the VIP for all of `how_long`, sampling every 20 ms.
@@ -49,7 +62,7 @@ async fn holds_throughout(up: &Up, want: &[Host], how_long: Duration, during: &s
     let start = Instant::now();
     while start.elapsed() < how_long {
         let now = holders(up);
-        assert_eq!(now, want, "VIP moved {during} after {:?}", start.elapsed());
+        assert_eq!(now, want, "VIP moved {during} after {:?}\n{}", start.elapsed(), agent_logs(up));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

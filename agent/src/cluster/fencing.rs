@@ -100,8 +100,13 @@ impl Fencing {
 
     /// Whether to preempt the VIP holder whatever the preempt mode: this member renews, and the holder does
     /// not. (A stale member that does not hold the VIP raises every renewing member alike and moves nothing.)
+    /// While a member that renews also says it holds the VIP, there is nothing to take over: that member is
+    /// the master this side of a partition, and the stale holder's status is only the last it could write
+    /// (a full test run saw n2 preempt the majority's master n3 for an isolated n1 that had long lost the
+    /// VIP, in the second between n3's boost ending and n2's).
     pub fn take_over(&self, now: Instant) -> bool {
-        !self.fenced(now) && self.stale(now).iter().any(|s| self.holding.contains(s))
+        let stale = self.stale(now);
+        !self.fenced(now) && !self.holding.is_empty() && self.holding.iter().all(|h| stale.contains(h))
     }
 }
 
@@ -256,5 +261,30 @@ mod tests {
         assert!(!f.take_over(t(s, 10)), "a stale member without the VIP is not preempted");
         f.observe(t(s, 11), &[]);
         assert!(f.stale(t(s, 30)).is_empty());
+    }
+
+    #[test]
+    fn a_stale_holder_is_not_taken_over_while_a_renewing_member_holds_the_vip() {
+        let retry = Duration::from_secs(1);
+        let s = Instant::now();
+        let mut f = Fencing::new(Duration::from_secs(4), s);
+        let peers = |n1: &str, n3: &str, n3_holds: bool| {
+            vec![
+                Peer { name: "c-n1".into(), lease_version: Some(n1.into()), holds_vip: true },
+                Peer { name: "c-n3".into(), lease_version: Some(n3.into()), holds_vip: n3_holds },
+            ]
+        };
+        // n1 holds the VIP, then is cut off: its Lease and its status stop changing at t=0.
+        for i in 0..6 {
+            f.renewed(t(s, i), retry);
+            f.observe(t(s, i), &peers("1", &format!("{i}"), false));
+        }
+        assert!(f.take_over(t(s, 5)), "n1 is stale and alone holds the VIP: preempt it");
+        // The majority elected n3 and its status says so: n1's status is only the last it could write.
+        f.renewed(t(s, 6), retry);
+        f.observe(t(s, 6), &peers("1", "6", true));
+        assert_eq!(f.stale(t(s, 6)), vec!["c-n1".to_string()]);
+        assert!(!f.take_over(t(s, 6)), "n3 renews and holds the VIP: nothing to take over");
+        assert!(f.boost(t(s, 6), 21) > 0, "the boost stays: n1 is still stale");
     }
 }

@@ -200,9 +200,11 @@ pub fn validate(spec: &HighAvailabilityMemberSpec) -> Vec<Problem> {
     if v.preempt_delay.as_millis() > 1_000_000 {
         bad("vrrp.preemptDelay", format!("{} is more than 1000s", v.preempt_delay));
     }
-    for (i, peer) in v.peers.iter().enumerate() {
-        if peer.parse::<IpAddr>().is_err() {
-            bad(&format!("vrrp.peers[{i}]"), format!("'{peer}' is not an IP address, e.g. 198.51.100.12"));
+    for (key, list) in [("peers", &v.peers), ("members", &v.members)] {
+        for (i, a) in list.iter().enumerate() {
+            if a.parse::<IpAddr>().is_err() {
+                bad(&format!("vrrp.{key}[{i}]"), format!("'{a}' is not an IP address, e.g. 198.51.100.12"));
+            }
         }
     }
     if !(0..=253).contains(&spec.fencing_boost) {

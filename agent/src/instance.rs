@@ -107,6 +107,12 @@ pub fn plan(old: &HighAvailabilityMemberSpec, new: &HighAvailabilityMemberSpec) 
         if ov.peers != nv.peers {
             p.commands.push(Command::Peers(nv.peers.iter().filter_map(|a| a.parse().ok()).collect()));
         }
+        if ov.members != nv.members || ov.strangers != nv.strangers {
+            p.commands.push(Command::Strangers {
+                members: nv.members.iter().filter_map(|a| a.parse().ok()).collect(),
+                elect: nv.strangers == kubeha_crds::StrangerPolicy::Elect,
+            });
+        }
     }
     let enabled = |s: &HighAvailabilityMemberSpec| s.proxy.clone().filter(|p| p.enabled);
     match (enabled(old), enabled(new)) {
@@ -449,12 +455,16 @@ mod tests {
         new.priority = 150;
         new.vrrp.advert_interval = kubeha_crds::Interval::from_millis(1000);
         new.vrrp.peers = vec!["198.51.100.12".into()];
+        new.vrrp.members = vec!["198.51.100.11".into(), "198.51.100.12".into()];
+        new.vrrp.strangers = kubeha_crds::StrangerPolicy::Elect;
         let p = plan(&old, &new);
         assert!(!p.restart_vrrp && !p.restart_proxy && !p.backends);
-        assert_eq!(p.commands.len(), 3, "{:?}", p.commands);
+        assert_eq!(p.commands.len(), 4, "{:?}", p.commands);
         assert!(matches!(p.commands[0], Command::Tune(t) if t.advert_interval_cs == 100));
         assert_eq!(p.commands[1], Command::Priority(150));
         assert_eq!(p.commands[2], Command::Peers(vec!["198.51.100.12".parse().unwrap()]));
+        let members = vec!["198.51.100.11".parse().unwrap(), "198.51.100.12".parse().unwrap()];
+        assert_eq!(p.commands[3], Command::Strangers { members, elect: true });
         assert!(plan(&old, &old).is_empty());
     }
 

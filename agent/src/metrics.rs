@@ -34,6 +34,9 @@ pub struct VrrpMetrics {
     pub vip_errors: Counter,
     /// 1 while another host answers for the VIP and this router keeps out.
     pub vip_in_use: Gauge,
+    /// Adverts for this VRID from routers that are not members (`source`), or that announce other addresses
+    /// (`addresses`); an advert may count under both.
+    pub stranger_adverts: Family<Reason, Counter>,
 }
 
 impl VrrpMetrics {
@@ -58,6 +61,12 @@ impl VrrpMetrics {
             "1 while another host answers for the VIP and this router does not take it",
             m.vip_in_use.clone(),
         );
+        r.register(
+            "stranger_adverts",
+            "Adverts for this VRID from a router that is not a member (source) or that announces other addresses \
+             (addresses)",
+            m.stranger_adverts.clone(),
+        );
         m
     }
 
@@ -66,6 +75,11 @@ impl VrrpMetrics {
         for s in ["Initialize", "Backup", "Master", "Fault"] {
             self.state.get_or_create(&Reason { reason: s.into() }).set(i64::from(s == state));
         }
+    }
+
+    /// Counts a stranger's advert.
+    pub fn stranger(&self, reason: &str) {
+        self.stranger_adverts.get_or_create(&Reason { reason: reason.into() }).inc();
     }
 
     /// Counts a dropped packet.

@@ -141,6 +141,25 @@ pub struct VrrpSpec {
     /// Gratuitous ARP / unsolicited neighbour advertisements sent when a master takes the VIP.
     #[serde(default)]
     pub garp: GarpSpec,
+
+    /// What the masters do with VRRP adverts for this VRID from a router that is not one of them (a
+    /// keepalived, another cluster, a forgotten test box). Ignore (default): they are counted and reported (a
+    /// Conflict condition with reason StrangerOnVRID, an Event, the members' status.strangers) and take no
+    /// part in the election, so such a router cannot take the VIP away or make the masters drop it. Elect:
+    /// reported the same, and they take part by RFC 9568 rules: set it while migrating from keepalived, where
+    /// both must agree on one master for a while, and set it back after.
+    #[serde(default)]
+    pub strangers: StrangerPolicy,
+}
+
+/// What VRRP adverts from routers that are not members of the cluster do.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum StrangerPolicy {
+    /// Counted and reported, left out of the election (default).
+    #[default]
+    Ignore,
+    /// Counted and reported, and part of the election (a migration from keepalived).
+    Elect,
 }
 
 /// Announcements that tell switches and neighbours the VIP's new MAC address after a takeover.

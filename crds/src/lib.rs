@@ -16,13 +16,13 @@ mod rules;
 pub use cluster::{
     Balance, ControlPlaneView, ElectionMode, ElectionSpec, EtcdQuorum, Failover, GarpSpec, HighAvailabilityCluster,
     HighAvailabilityClusterSpec, HighAvailabilityClusterStatus, LocalHealthSpec, MasterHealth, Masters, MemberSummary,
-    ProxyHealthCheck, ProxySpec, VrrpSpec,
+    ProxyHealthCheck, ProxySpec, StrangerPolicy, VrrpSpec,
 };
 pub use interval::{Interval, IntervalError};
 pub use member::{
     BackendStatus, CheckResult, ComponentHealth, ControlPlaneHealth, HealthCheck, HighAvailabilityMember,
     HighAvailabilityMemberSpec, HighAvailabilityMemberStatus, HttpsCheck, LinkCheck, MemberProxy, MemberVrrp, Metrics,
-    Penalty, TcpCheck, Transition, VrrpState,
+    Penalty, StrangerSeen, TcpCheck, Transition, VrrpState,
 };
 
 /// The API group.

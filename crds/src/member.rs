@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::defaults::{second, yes};
-use crate::cluster::{Balance, ElectionSpec, GarpSpec, ProxyHealthCheck};
+use crate::cluster::{Balance, ElectionSpec, GarpSpec, ProxyHealthCheck, StrangerPolicy};
 use crate::interval::Interval;
 use crate::rules;
 
@@ -120,6 +120,22 @@ fn default_state_dir() -> String {
     "/var/lib/kubeha".into()
 }
 
+/// A router heard on this member's VRID that is not a member.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StrangerSeen {
+    /// The source address of its adverts.
+    pub address: String,
+    /// The addresses it announces.
+    pub announced: Vec<String>,
+    /// The priority it advertised last.
+    pub priority: i32,
+    /// Whether its adverts take part in this member's election (spec.vrrp.strangers: Elect).
+    pub elected: bool,
+    /// Since when it has been heard without a minute's silence.
+    pub since: Time,
+}
+
 /// VRRP protocol settings of one member.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -148,6 +164,17 @@ pub struct MemberVrrp {
     /// clients on the VIP need it.
     #[serde(default = "yes")]
     pub accept: bool,
+    /// The addresses every member of the cluster advertises from (written by the operator once each member
+    /// has reported its status.advertSource). An advert for this VRID from any other address is a stranger's:
+    /// counted, reported in status.strangers, and part of the election only with strangers: Elect. Empty
+    /// (default, and a standalone agent): every router on the VRID is a peer, as in RFC 9568.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 45)), transform = rules::with([kube::core::Rule::new("self.all(p, isIP(p))")
+        .message("vrrp.members must be IP addresses without prefix length, like 198.51.100.12")]))]
+    pub members: Vec<String>,
+    /// Whether a stranger's adverts (see members) take part in the election: Ignore (default) or Elect.
+    #[serde(default)]
+    pub strangers: StrangerPolicy,
 }
 
 fn three() -> i32 {
@@ -311,6 +338,8 @@ impl Default for MemberVrrp {
             preempt_delay: Interval::default(),
             peers: Vec::new(),
             accept: true,
+            members: Vec::new(),
+            strangers: StrangerPolicy::Ignore,
         }
     }
 }
@@ -394,6 +423,14 @@ pub struct HighAvailabilityMemberStatus {
     /// address in the VIP's subnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// The address this member's VRRP adverts come from (the interface's primary address of the VIP's
+    /// family; IPv6: its link-local address). The operator lists every member's in spec.vrrp.members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advert_source: Option<String>,
+    /// Routers heard in the last minute advertising this VRID that are not members of the cluster (or, before
+    /// the members are known, that announce other addresses). The cluster's Conflict condition names them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub strangers: Vec<StrangerSeen>,
     /// Why the agent cannot run this member, while it cannot (the interface does not exist on this node, the
     /// proxy address is taken, …); absent when it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -150,6 +150,32 @@ pub fn desired(hac: &HighAvailabilityCluster, nodes: &[Node]) -> Desired {
     Desired { members, problems }
 }
 
+/// Every member's advert source, sorted, once each of `want` reports one of the VIP's family in its existing
+/// member's status.advertSource; empty until then, so that no member is taken for a stranger (an IPv6
+/// member advertises from a link-local address that no node object shows, and an IPv4 one not always from
+/// its InternalIP). A member on its way out (in `existing`, not in `want`) stays listed while it exists: it
+/// may hold the VIP until it hands it over, and its release must be heard.
+pub fn advert_sources(want: &[HighAvailabilityMember], existing: &[HighAvailabilityMember]) -> Vec<String> {
+    let Some(vip) = want.first().and_then(|m| m.spec.vip.as_deref()).and_then(vip_address) else {
+        return Vec::new();
+    };
+    let source = |e: &HighAvailabilityMember| {
+        e.status.as_ref()?.advert_source.as_deref()?.parse::<IpAddr>().ok().filter(|a| a.is_ipv4() == vip.is_ipv4())
+    };
+    let mut sources = Vec::new();
+    for m in want {
+        match existing.iter().find(|e| e.metadata.name == m.metadata.name).and_then(source) {
+            Some(a) => sources.push(a),
+            None => return Vec::new(),
+        }
+    }
+    let leaving = existing.iter().filter(|e| !want.iter().any(|m| m.metadata.name == e.metadata.name));
+    sources.extend(leaving.filter_map(source));
+    sources.sort_unstable();
+    sources.dedup();
+    sources.iter().map(ToString::to_string).collect()
+}
+
 /// Quorum fencing in VRRP mode: the spread of the priorities plus one, so that a member that renews its
 /// heartbeat, raised by this, outranks every member that cannot, and both groups keep their order.
 pub fn fencing_boost(hac: &HighAvailabilityCluster, priorities: impl Iterator<Item = i32> + Clone) -> i32 {
@@ -222,6 +248,9 @@ fn member(
             preempt_delay: s.vrrp.preempt_delay,
             peers,
             accept: true,
+            // Filled in by advert_sources once every member has reported its own.
+            members: Vec::new(),
+            strangers: s.vrrp.strangers,
         },
         garp: s.vrrp.garp.clone(),
         health,
@@ -291,6 +320,29 @@ pub(crate) mod tests {
             node("n3", &["198.51.100.13", "2001:db8::13"], true),
             node("w1", &["198.51.100.31"], false),
         ]
+    }
+
+    #[test]
+    fn the_members_advert_sources_are_listed_once_every_member_reported_one_of_the_vips_family() {
+        let want = desired(&hac(json!({})), &three()).members;
+        let mut existing = want.clone();
+        let report = |m: &mut HighAvailabilityMember, source: &str| {
+            m.status = Some(kubeha_crds::HighAvailabilityMemberStatus {
+                advert_source: Some(source.into()),
+                ..Default::default()
+            });
+        };
+        report(&mut existing[0], "198.51.100.13");
+        report(&mut existing[1], "198.51.100.11");
+        assert_eq!(advert_sources(&want, &existing), Vec::<String>::new(), "n3 has not reported");
+        report(&mut existing[2], "fe80::3");
+        assert_eq!(advert_sources(&want, &existing), Vec::<String>::new(), "another family is no source of this VIP");
+        report(&mut existing[2], "198.51.100.12");
+        assert_eq!(advert_sources(&want, &existing), ["198.51.100.11", "198.51.100.12", "198.51.100.13"]);
+        assert_eq!(advert_sources(&want, &existing[..2]), Vec::<String>::new(), "a member not created yet");
+        // n3 stops being a master: listed until its member is gone, so that its hand-over is heard.
+        assert_eq!(advert_sources(&want[..2], &existing), ["198.51.100.11", "198.51.100.12", "198.51.100.13"]);
+        assert_eq!(advert_sources(&want[..2], &existing[..2]), ["198.51.100.11", "198.51.100.13"]);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kubeha_crds::{
     ControlPlaneView, EtcdQuorum, Failover, HighAvailabilityCluster, HighAvailabilityClusterStatus,
-    HighAvailabilityMember, MasterHealth, MemberSummary, VrrpState, fault_tolerance,
+    HighAvailabilityMember, MasterHealth, MemberSummary, StrangerPolicy, StrangerSeen, VrrpState, fault_tolerance,
 };
 
 use crate::conflict::Conflict;
@@ -274,7 +274,7 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
         (ConditionType::ProxyAvailable, proxy_available(hac, &views, active.as_deref())),
         (ConditionType::Degraded, degraded(hac, &views, i.problems)),
         (ConditionType::QuorumAtRisk, quorum_at_risk(&quorum)),
-        (ConditionType::Conflict, conflict(i.conflicts)),
+        (ConditionType::Conflict, conflict(i.conflicts, &views, hac)),
     ];
     let ready = ready(hac, active.as_deref(), &conds);
     conds.insert(0, (ConditionType::Ready, ready));
@@ -522,12 +522,55 @@ fn vip_accepted(hac: &HighAvailabilityCluster, mistake: Option<&VipMistake>) -> 
     }
 }
 
-/// Conflict: another cluster claims this VIP or VRID here.
-fn conflict(conflicts: &[Conflict]) -> Verdict {
-    match conflicts.first() {
-        Some(c) => verdict(Some(true), c.reason, c.message.clone()),
-        None => verdict(Some(false), "NoConflict", "no other cluster claims this VIP or VRID here"),
+/// The Conflict reason for a router on this VRID that is not a member.
+pub const STRANGER_ON_VRID: &str = "StrangerOnVRID";
+
+/// Conflict: another cluster claims this VIP or VRID here, or the members hear a router on their VRID that
+/// is not one of them (what the fresh members report in status.strangers).
+fn conflict(conflicts: &[Conflict], views: &[View<'_>], hac: &HighAvailabilityCluster) -> Verdict {
+    if let Some(c) = conflicts.first() {
+        return verdict(Some(true), c.reason, c.message.clone());
     }
+    // Each stranger once, with the nodes that hear it.
+    let mut heard: Vec<(&StrangerSeen, Vec<&str>)> = Vec::new();
+    for v in views.iter().filter(|v| v.fresh) {
+        for s in v.m.status.iter().flat_map(|st| &st.strangers) {
+            match heard.iter_mut().find(|(h, _)| h.address == s.address) {
+                Some((_, nodes)) => nodes.push(&v.m.spec.node_name),
+                None => heard.push((s, vec![&v.m.spec.node_name])),
+            }
+        }
+    }
+    if heard.is_empty() {
+        return verdict(Some(false), "NoConflict", "no other cluster claims this VIP or VRID here");
+    }
+    let vrid = hac.spec.vrid;
+    let each: Vec<String> = heard
+        .iter()
+        .map(|(s, nodes)| {
+            format!(
+                "{} hear{} VRRP adverts for VRID {vrid} from {}, which is not a master of this cluster, announcing {} \
+                 at priority {}",
+                nodes.join(", "),
+                if nodes.len() == 1 { "s" } else { "" },
+                s.address,
+                s.announced.join(", "),
+                s.priority
+            )
+        })
+        .collect();
+    let fix = match hac.spec.vrrp.strangers {
+        StrangerPolicy::Ignore => {
+            "it is left out of the election (spec.vrrp.strangers: Ignore); stop that router or move it to \
+             another VRID, or give this cluster another spec.vrid; while migrating from it (keepalived), set \
+             spec.vrrp.strangers: Elect"
+        }
+        StrangerPolicy::Elect => {
+            "it takes part in the election (spec.vrrp.strangers: Elect, for a migration): once that router is \
+             gone, set spec.vrrp.strangers back to Ignore"
+        }
+    };
+    verdict(Some(true), STRANGER_ON_VRID, format!("{}; {fix}", each.join("; ")))
 }
 
 /// Ready: nothing in `others` blocks serving the API on the VIP; otherwise the first blocker's reason.
@@ -537,7 +580,8 @@ fn ready(hac: &HighAvailabilityCluster, active: Option<&str>, others: &[(Conditi
         match t {
             ConditionType::VipAvailable => !ok,
             ConditionType::ProxyAvailable => !ok && hac.spec.proxy.enabled,
-            ConditionType::Conflict => ok,
+            // A stranger is reported, but the members serve the VIP: only another cluster's claim holds them back.
+            ConditionType::Conflict => ok && v.reason != STRANGER_ON_VRID,
             ConditionType::VipAccepted => !ok,
             _ => false,
         }
@@ -764,6 +808,42 @@ mod tests {
     fn cond<'a>(s: &'a HighAvailabilityClusterStatus, t: &str) -> (&'a str, &'a str) {
         let c = s.conditions.iter().find(|c| c.type_ == t).unwrap();
         (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn a_stranger_on_the_vrid_is_a_conflict_that_names_it_but_does_not_hold_ready_back() {
+        let (h, mut ms) = healthy_three();
+        let stranger = |priority| kubeha_crds::StrangerSeen {
+            address: "198.51.100.31".into(),
+            announced: vec!["198.51.100.99".into()],
+            priority,
+            elected: false,
+            since: Time(now()),
+        };
+        for i in [0, 2] {
+            ms[i].status.as_mut().unwrap().strangers = vec![stranger(254)];
+        }
+        let out = run(&h, &ms);
+        assert_eq!(cond(&out.status, "Conflict"), ("True", "StrangerOnVRID"));
+        assert_eq!(cond(&out.status, "Ready"), ("True", "Ready"), "the members serve the VIP");
+        let message = &out.status.conditions.iter().find(|c| c.type_ == "Conflict").unwrap().message;
+        assert!(
+            message.starts_with(
+                "n1, n3 hear VRRP adverts for VRID 51 from 198.51.100.31, which is not a master of this cluster, \
+                 announcing 198.51.100.99 at priority 254; it is left out of the election (spec.vrrp.strangers: \
+                 Ignore)"
+            ),
+            "{message}"
+        );
+        assert!(message.contains("set spec.vrrp.strangers: Elect"), "{message}");
+        assert!(out.events.iter().any(|e| e.warning && e.reason == "Conflict" && e.note == *message));
+
+        // During a migration the stranger takes part; the message says how to end it.
+        let (mut h, _) = healthy_three();
+        h.spec.vrrp.strangers = StrangerPolicy::Elect;
+        let s = run(&h, &ms).status;
+        let message = &s.conditions.iter().find(|c| c.type_ == "Conflict").unwrap().message;
+        assert!(message.ends_with("set spec.vrrp.strangers back to Ignore"), "{message}");
     }
 
     #[test]

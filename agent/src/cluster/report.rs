@@ -11,7 +11,7 @@ use kube::Resource as _;
 use kube::api::{Api, Patch, PatchParams};
 use kubeha_crds::{
     BackendStatus, CheckResult, ControlPlaneHealth, HighAvailabilityMember, HighAvailabilityMemberStatus, Penalty,
-    Transition, VrrpState,
+    StrangerSeen, Transition, VrrpState,
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -206,6 +206,18 @@ fn status_of(s: &Shared, observed: Option<&Observed>, fenced: bool) -> HighAvail
         st.master_seen = o.master_seen.map(|a| a.to_string());
         st.interface = o.interface.clone();
         st.error = st.error.take().or_else(|| o.vip_in_use.clone());
+        st.advert_source = o.advert_source.map(|a| a.to_string());
+        st.strangers = o
+            .strangers
+            .iter()
+            .map(|s| StrangerSeen {
+                address: s.from.to_string(),
+                announced: s.announced.iter().map(ToString::to_string).collect(),
+                priority: i32::from(s.priority),
+                elected: s.elected,
+                since: time(s.since),
+            })
+            .collect();
         st.health = o
             .verdicts
             .iter()

@@ -15,12 +15,15 @@ mod link;
 #[cfg(test)]
 mod memory;
 mod policy;
+mod strangers;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use link::VipHolder;
 pub use link::{Link, NetLink};
 use policy::{AtStart, Effective, Leftover, Policy};
+pub use strangers::Stranger;
+use strangers::Strangers;
 
 use crate::config::{self, Vip};
 use crate::handover::Slot;
@@ -33,6 +36,8 @@ use crate::vip::{NetError, REFRESH, VipOnLink};
 const HANDOVER_POLL: Duration = Duration::from_millis(20);
 /// How often a router kept out by another host's use of the VIP asks again whether it still answers.
 const REPROBE: Duration = Duration::from_secs(1);
+/// How often strangers that fell silent are forgotten.
+const FORGET_TICK: Duration = Duration::from_secs(5);
 
 /// Why the driver cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +80,14 @@ pub enum Command {
     Health(Vec<kubeha_crds::HealthCheck>),
     /// New unicast peers.
     Peers(Vec<IpAddr>),
+    /// New member sources (spec.vrrp.members; empty: every router is a peer) and whether strangers take part
+    /// in the election.
+    Strangers {
+        /// Every member's advert source.
+        members: Vec<IpAddr>,
+        /// Whether strangers' adverts take part in the election.
+        elect: bool,
+    },
 }
 
 /// The latest state change, with its wall-clock time for status.
@@ -113,6 +126,10 @@ pub struct Observed {
     pub interface: Option<String>,
     /// Why this router does not take the VIP although it would: another host answers for the address.
     pub vip_in_use: Option<String>,
+    /// The address this router's adverts come from.
+    pub advert_source: Option<IpAddr>,
+    /// Routers heard on this VRID lately that are not members (see [`Stranger`]).
+    pub strangers: Vec<Stranger>,
 }
 
 impl Observed {
@@ -129,6 +146,8 @@ impl Observed {
             last_transition: None,
             interface: None,
             vip_in_use: None,
+            advert_source: None,
+            strangers: Vec::new(),
         }
     }
 }
@@ -156,6 +175,8 @@ pub struct Driver<L: Link = NetLink> {
     checks: Checks,
     policy: Policy,
     commands: Option<mpsc::UnboundedReceiver<Command>>,
+    /// Routers on this VRID that are not members.
+    strangers: Strangers,
     observed: watch::Sender<Observed>,
     last_transition: Option<Seen>,
     faulted: bool,
@@ -234,7 +255,12 @@ impl Driver<NetLink> {
         let vip = VipHolder::new(link, interface, address, metrics.clone()).await?;
         let link = NetLink { socket, vip, interface: interface.to_string() };
         let cfg = router_config(spec, address, primary)?;
-        Ok(Driver::with_link(link, cfg, &spec.health, present && !owner, metrics))
+        let mut driver = Driver::with_link(link, cfg, &spec.health, present && !owner, metrics);
+        driver.strangers = Strangers::new(
+            spec.vrrp.members.iter().filter_map(|a| a.parse().ok()).collect(),
+            spec.vrrp.strangers == kubeha_crds::StrangerPolicy::Elect,
+        );
+        Ok(driver)
     }
 }
 
@@ -266,6 +292,7 @@ impl<L: Link> Driver<L> {
             holds_vip: false,
             policy: Policy::new(cfg.priority, Tuning::of(&cfg)),
             commands: None,
+            strangers: Strangers::default(),
             observed,
             last_transition: None,
             faulted: false,
@@ -364,6 +391,8 @@ impl<L: Link> Driver<L> {
                      taking it; set vip to an unused address, or remove it from that host"
                 )
             }),
+            advert_source: Some(self.primary),
+            strangers: self.strangers.reported(),
         };
         self.observed.send_if_modified(|o| {
             let changed = *o != next;
@@ -410,6 +439,10 @@ impl<L: Link> Driver<L> {
                 tracing::info!(peers = ?peers, "unicast peers changed");
                 self.link.set_peers(&peers);
             }
+            Command::Strangers { members, elect } => {
+                tracing::info!(members = ?members, elect, "the members' advert sources changed");
+                self.strangers.set(members, elect);
+            }
         }
     }
 
@@ -432,6 +465,8 @@ impl<L: Link> Driver<L> {
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut asked = tokio::time::interval(HANDOVER_POLL);
         asked.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut forget = tokio::time::interval(FORGET_TICK);
+        forget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline =
                 self.router.deadline().map_or_else(|| Instant::now() + Duration::from_secs(3600), |d| self.origin + d);
@@ -447,6 +482,7 @@ impl<L: Link> Driver<L> {
                 _ = refresh.tick(), if self.holds_vip && !self.policy.owner() => drop(self.link.add_vip().await),
                 _ = asked.tick(), if self.slot.as_ref().is_some_and(Slot::requested) => return self.step_aside().await,
                 () = tokio::time::sleep_until(self.reprobe_at), if self.in_use.is_some() => self.reprobe().await,
+                _ = forget.tick() => drop(self.strangers.forget(Instant::now())),
             }
             // Once per turn, whatever happened: the status reporter sees only real changes (compared here).
             self.publish();
@@ -498,6 +534,12 @@ impl<L: Link> Driver<L> {
 
     async fn packet(&mut self, p: crate::socket::Incoming) {
         if let Some((from, advertisement)) = self.advert_of(&p) {
+            let ours = self.router.config().addresses.clone();
+            let (announced, priority) = (&advertisement.addresses, advertisement.priority);
+            if !self.strangers.hear(from, announced, priority, &ours, Instant::now(), &self.metrics) {
+                // A stranger left out of the election: it neither holds the VIP for a member nor ends a keep-out.
+                return;
+            }
             // Only a master advertises, and its release (priority 0) is its last advert as master: either way a
             // member has held the VIP, and the host that answered a probe was that member taking it at the same
             // moment (a cold start's close election), not a stranger. A release must end a keep-out too: a

@@ -349,3 +349,63 @@ async fn a_member_that_took_the_vip_during_a_probe_is_not_a_stranger_once_its_ad
     assert_eq!(seg.probes().len(), probes, "a failover probed: {:?}", seg.probes());
     n2.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stranger_on_the_vrid_is_reported_and_left_out_unless_elected() {
+    use kubeha_vrrp::wire::{Advertisement, ChecksumForm, Endpoints};
+    let metrics = VrrpMetrics::default();
+    let seg = Segment::default();
+    let n1 = start_with(&seg, 1, config(1, 150, true), &[], false, metrics.clone()).await;
+    let n2 = start(&seg, 2, config(2, 100, true), &[], false).await;
+    let members = vec![addr(1), addr(2)];
+    for n in [&n1, &n2] {
+        n.control.commands.send(Command::Strangers { members: members.clone(), elect: false }).unwrap();
+    }
+    after(1000).await;
+    assert_eq!((n1.state(), seg.holders()), (State::Master, vec![addr(1)]));
+
+    // A keepalived on the same VRID with the same VIP, at a priority that would win any election.
+    let stranger = IpAddr::from([198, 51, 100, 31]);
+    let advert =
+        Advertisement { version: Version::V3, vrid: 51, priority: 254, interval_cs: 10, addresses: vec![VIP.into()] }
+            .encode(&Endpoints { src: stranger, dst: IpAddr::from([224, 0, 0, 18]) }, ChecksumForm::PseudoHeader)
+            .unwrap();
+    for _ in 0..20 {
+        seg.inject(stranger, &advert, 255);
+        after(100).await;
+    }
+    assert_eq!(
+        (n1.state(), n2.state(), seg.holders()),
+        (State::Master, State::Backup, vec![addr(1)]),
+        "{}",
+        seg.events()
+    );
+    let count =
+        |reason: &str| metrics.stranger_adverts.get_or_create(&crate::metrics::Reason { reason: reason.into() }).get();
+    assert_eq!((count("source"), count("addresses")), (20, 0));
+    let seen = n1.control.observed.borrow().strangers.clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!((seen[0].from, seen[0].priority, seen[0].elected), (stranger, 254, false));
+    assert_eq!(n1.control.observed.borrow().advert_source, Some(addr(1)));
+
+    // A migration: it takes part, and its priority wins; when it goes, the members take the VIP back
+    // (without a probe: they heard it hold the VIP).
+    for n in [&n1, &n2] {
+        n.control.commands.send(Command::Strangers { members: members.clone(), elect: true }).unwrap();
+    }
+    for _ in 0..10 {
+        seg.inject(stranger, &advert, 255);
+        after(100).await;
+    }
+    assert_eq!((n1.state(), n2.state(), seg.holders()), (State::Backup, State::Backup, vec![]), "{}", seg.events());
+    assert!(n1.control.observed.borrow().strangers[0].elected);
+    after(1000).await;
+    assert_eq!((n1.state(), seg.holders()), (State::Master, vec![addr(1)]), "{}", seg.events());
+    assert_eq!(seg.probes(), vec![addr(1)], "only the cold start probed");
+    // Silent for a minute: no longer reported.
+    after(61_000).await;
+    assert!(n1.control.observed.borrow().strangers.is_empty());
+    never_two(&seg);
+    n1.stop().await;
+    n2.stop().await;
+}

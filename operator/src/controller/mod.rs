@@ -25,7 +25,7 @@ use serde_json::json;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::conflict::{Claim, conflicts};
-use crate::desired::{CLUSTER_LABEL, RELEASE_FINALIZER, desired, masters, member_name, vip_address};
+use crate::desired::{CLUSTER_LABEL, RELEASE_FINALIZER, advert_sources, desired, masters, member_name, vip_address};
 use crate::seen::Sightings;
 use crate::status::{Ages, Inputs, Leaders, aggregate, held_back, meaningfully_different};
 use crate::vipcheck;
@@ -268,12 +268,16 @@ fn claim(hac: &HighAvailabilityCluster, nodes: &[Node]) -> Claim {
 async fn apply(hac: &HighAvailabilityCluster, ctx: &Context) -> Result<Action, Error> {
     let name = hac.name_any();
     let nodes: Vec<Node> = ctx.nodes.state().iter().map(|n| (**n).clone()).collect();
-    let want = desired(hac, &nodes);
+    let mut want = desired(hac, &nodes);
     let claims: Vec<Claim> = ctx.clusters.state().iter().map(|c| claim(c, &nodes)).collect();
     let found = conflicts(&claim(hac, &nodes), &claims);
     let mistake = vipcheck::check(&hac.spec.vip, &masters(hac, &nodes).0, &nodes, &hac.spec.masters.priorities);
     let members_api: Api<HighAvailabilityMember> = Api::all(ctx.client.clone());
     let existing = owned(ctx, hac);
+    let sources = advert_sources(&want.members, &existing);
+    for m in &mut want.members {
+        m.spec.vrrp.members.clone_from(&sources);
+    }
 
     // Members left unchanged: the newer of two conflicting clusters, or a VIP nobody may take. Members that
     // run already keep the VIP they had; none is created with this one.

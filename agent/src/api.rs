@@ -142,6 +142,17 @@ impl ApiServers {
         endpoints[self.current.load(Ordering::Relaxed) % endpoints.len()].clone()
     }
 
+    /// Goes back to the node's own API server after a failover moved away from it; whether it moved. Called
+    /// when a request through it succeeded again (the heartbeat renews through it every retryPeriod).
+    /// Without it a member stayed on another master's API server for good once its own had failed, and when
+    /// that master was cut off later, every status write waited out a timeout there first: the member's new
+    /// `holdsVIP` reached the others seconds late, and a peer preempted it as if the stale holder still held
+    /// the VIP (a full test run of the fencing test).
+    pub fn home(&self) -> bool {
+        let len = self.lock().len();
+        !self.current.swap(0, Ordering::Relaxed).is_multiple_of(len)
+    }
+
     /// Moves on to the next address after `failed` did not answer; returns the new one. A no-op if another
     /// task has moved on already.
     pub fn failed(&self, failed: &str) -> String {
@@ -222,6 +233,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn after_a_failover_the_node_s_own_api_server_is_used_again_once_it_answers() {
+        let credentials = Credentials {
+            base: Config::new("https://127.0.0.1:6443".parse().unwrap()),
+            server_name: "kubernetes".into(),
+        };
+        let servers = ApiServers::new(credentials, vec!["https://127.0.0.1:6443".into()]).unwrap();
+        servers.set_masters(&["198.51.100.12:6443".into(), "198.51.100.13:6443".into()]);
+        assert!(!servers.home(), "already home");
+        assert_eq!(servers.failed("https://127.0.0.1:6443"), "198.51.100.12:6443");
+        assert_eq!(servers.current().0, "198.51.100.12:6443", "stays on the other master while nothing says more");
+        assert!(servers.home());
+        assert_eq!(servers.current().0, "https://127.0.0.1:6443");
+    }
 
     #[test]
     fn addresses_with_and_without_a_scheme_are_one_server() {

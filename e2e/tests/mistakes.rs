@@ -1,5 +1,5 @@
 //! The mistakes a new user makes, tried as one would: a VIP that is a master's own address, a VIP off the
-//! masters' subnet, a missing interface (and one left out, found by the VIP's subnet), and one VRID for an
+//! masters' subnet, a VIP another host of the segment already has, a missing interface (and one left out, found by the VIP's subnet), and one VRID for an
 //! IPv4 and an IPv6 cluster. Each is refused or reported with a message that names the field and the fix,
 //! and nothing is taken from anyone: a client's ARP entry for the node whose address was given still points
 //! at that node.
@@ -266,6 +266,32 @@ async fn the_operator_and_the_agents_catch_a_users_mistakes_and_take_nothing_fro
         "no-such-interface",
         &["n1: VRRP: interface 'eth9' does not exist on this node", "n3: VRRP: interface 'eth9'"],
     );
+
+    // An address a host that is not a node already has (c1, a client): no node object tells the operator,
+    // so the members are made; each probes before the first add (ADR 0010), hears c1 answer and stays out.
+    let taken: IpAddr = "198.51.100.45".parse().unwrap();
+    let on_c1 = |op: &str| {
+        let ok = Command::new("ip").args(["-n", &C1.netns(), "addr", op, "198.51.100.45/24", "dev", "eth0"]).status();
+        assert!(ok.unwrap().success(), "ip addr {op} 198.51.100.45/24 on c1");
+    };
+    on_c1("add");
+    let c1_mac = neighbour(N2, taken).expect("n2 reaches c1's second address");
+    apply(&up, "in-use", "198.51.100.45/24", 66, "");
+    until_condition(&up, "in-use", "VIPAvailable", "False/MemberErrors").await;
+    describe(
+        &up,
+        "in-use",
+        &[
+            &format!("n1: vip 198.51.100.45 is in use by another host on this link (MAC {c1_mac}"),
+            "n3: vip 198.51.100.45",
+        ],
+    );
+    assert_eq!(up.cluster.holders(taken), vec![C1], "a master took c1's address");
+    assert_eq!(neighbour(N2, taken), Some(c1_mac), "n2 still reaches c1's address at c1's MAC");
+    // Once c1 lets it go, a re-probe (every second) finds it free and the election runs as usual.
+    on_c1("del");
+    until_condition(&up, "in-use", "Ready", "True/Ready").await;
+    assert_eq!(up.cluster.holders(taken).len(), 1);
 
     // Dual stack with one VRID: two virtual routers, one per family, both served. The IPv6 one names no
     // interface: each agent finds eth0 by the VIP's subnet and says so in its member's status.

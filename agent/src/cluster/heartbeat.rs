@@ -35,7 +35,12 @@ pub(super) async fn heartbeat(
         f.set_renew_deadline(election.renew_deadline.into());
         let started = Instant::now();
         match renew_heartbeat(&opts, &name, &s, election.lease_duration.into(), retry).await {
-            Ok(()) => f.renewed(started, retry),
+            Ok(()) => {
+                f.renewed(started, retry);
+                if opts.api.home() {
+                    tracing::info!(member = %name, "the node's own API server answers again: back to it for every call");
+                }
+            }
             Err(e) => tracing::debug!(member = %name, error = %e, "heartbeat renewal failed"),
         }
         if let Ok(peers) = peer_heartbeats(&opts, &name, &s.cluster, retry).await {

@@ -51,27 +51,7 @@ impl Arp {
     /// Gratuitous ARP of `address` at `mac` on interface `ifindex`.
     pub fn new(ifindex: u32, mac: [u8; 6], address: Ipv4Addr) -> io::Result<Self> {
         let socket = Socket::new(Domain::PACKET, Type::DGRAM, Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))))?;
-        let ifindex = i32::try_from(ifindex).map_err(|_| io::Error::other("interface index out of range"))?;
-        // SAFETY: `try_init` hands us zeroed storage large enough for any socket address; we write a complete
-        // sockaddr_ll into it and set the length to exactly its size, so family, contents and length agree.
-        let ((), to) = unsafe {
-            SockAddr::try_init(|storage, len| {
-                let mut sll_addr = [0u8; 8];
-                sll_addr[..6].copy_from_slice(&BROADCAST);
-                let ll = libc::sockaddr_ll {
-                    sll_family: libc::AF_PACKET as u16,
-                    sll_protocol: ETH_P_ARP.to_be(),
-                    sll_ifindex: ifindex,
-                    sll_hatype: 0,
-                    sll_pkttype: 0,
-                    sll_halen: 6,
-                    sll_addr,
-                };
-                storage.cast::<libc::sockaddr_ll>().write(ll);
-                *len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-                Ok(())
-            })
-        }?;
+        let to = arp_link_address(ifindex, BROADCAST)?;
         Ok(Self { socket, to, mac, address })
     }
 
@@ -145,6 +125,32 @@ fn packet(mac: [u8; 6], address: Ipv4Addr, reply: bool) -> [u8; 28] {
     p[18..24].copy_from_slice(if reply { &BROADCAST } else { &[0; 6] });
     p[24..28].copy_from_slice(&address.octets());
     p
+}
+
+/// A link-layer socket address on `ifindex` for ARP, to `mac` (zero when binding).
+pub(crate) fn arp_link_address(ifindex: u32, mac: [u8; 6]) -> io::Result<SockAddr> {
+    let ifindex = i32::try_from(ifindex).map_err(|_| io::Error::other("interface index out of range"))?;
+    // SAFETY: `try_init` hands us zeroed storage large enough for any socket address; we write a complete
+    // sockaddr_ll into it and set the length to exactly its size, so family, contents and length agree.
+    let ((), addr) = unsafe {
+        SockAddr::try_init(|storage, len| {
+            let mut sll_addr = [0u8; 8];
+            sll_addr[..6].copy_from_slice(&mac);
+            let ll = libc::sockaddr_ll {
+                sll_family: libc::AF_PACKET as u16,
+                sll_protocol: ETH_P_ARP.to_be(),
+                sll_ifindex: ifindex,
+                sll_hatype: 0,
+                sll_pkttype: 0,
+                sll_halen: 6,
+                sll_addr,
+            };
+            storage.cast::<libc::sockaddr_ll>().write(ll);
+            *len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            Ok(())
+        })
+    }?;
+    Ok(addr)
 }
 
 #[cfg(test)]

@@ -54,9 +54,9 @@ pub async fn who_has(interface: &str, ifindex: u32, mac: [u8; 6], address: IpAdd
 
 async fn arp_probe(ifindex: u32, mac: [u8; 6], address: Ipv4Addr) -> io::Result<Option<Answer>> {
     let socket = Socket::new(Domain::PACKET, Type::DGRAM, Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))))?;
-    socket.bind(&link_address(ifindex, [0; 6])?)?;
+    socket.bind(&crate::announce::arp_link_address(ifindex, [0; 6])?)?;
     socket.set_nonblocking(true)?;
-    let to = link_address(ifindex, BROADCAST)?;
+    let to = crate::announce::arp_link_address(ifindex, BROADCAST)?;
     let socket = register(socket)?;
     let probe = arp_probe_packet(mac, address);
     listen(&socket, || socket.get_ref().send_to(&probe, &to).map(drop), |p| arp_answer(p, mac, address)).await
@@ -122,32 +122,6 @@ async fn listen(
             return Ok(None);
         }
     }
-}
-
-/// A link-layer socket address on `ifindex` for ARP, to `mac` (zero when binding).
-fn link_address(ifindex: u32, mac: [u8; 6]) -> io::Result<SockAddr> {
-    let ifindex = i32::try_from(ifindex).map_err(|_| io::Error::other("interface index out of range"))?;
-    // SAFETY: `try_init` hands us zeroed storage large enough for any socket address; we write a complete
-    // sockaddr_ll into it and set the length to exactly its size, so family, contents and length agree.
-    let ((), addr) = unsafe {
-        SockAddr::try_init(|storage, len| {
-            let mut sll_addr = [0u8; 8];
-            sll_addr[..6].copy_from_slice(&mac);
-            let ll = libc::sockaddr_ll {
-                sll_family: libc::AF_PACKET as u16,
-                sll_protocol: ETH_P_ARP.to_be(),
-                sll_ifindex: ifindex,
-                sll_hatype: 0,
-                sll_pkttype: 0,
-                sll_halen: 6,
-                sll_addr,
-            };
-            storage.cast::<libc::sockaddr_ll>().write(ll);
-            *len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            Ok(())
-        })
-    }?;
-    Ok(addr)
 }
 
 /// An ARP probe (RFC 5227 §2.1.1): a request from `mac` with sender address 0.0.0.0 for `address`.

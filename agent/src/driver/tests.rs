@@ -301,17 +301,24 @@ async fn only_the_first_takeover_of_a_cold_segment_probes_never_a_failover() {
     n3.stop().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_member_that_took_the_vip_during_a_probe_and_released_it_at_once_hands_it_over() {
-    // The race of probe-wip's full run: the winner is stopped moments after its takeover, so the first thing
-    // the kept-out router hears from it is its release (priority 0). That is a member's last advert as
-    // master, not a stranger's: n2 leaves Fault and takes the VIP at its skew time, without a probe.
+/// A cold start's close election: n1's adverts reach n2 late (held back), so n2's own down timer fires while
+/// n1 already holds the VIP, n2's probe is answered by n1, and n2 is kept out (Fault).
+async fn kept_out_by_a_late_winner() -> (Segment, Node, Node) {
     let seg = Segment::default();
     seg.delay(addr(2));
     let n1 = start(&seg, 1, config(1, 150, true), &[], false).await;
     let n2 = start(&seg, 2, config(2, 100, true), &[], false).await;
     after(3500).await;
     assert_eq!((n1.state(), n2.state(), seg.holders()), (State::Master, State::Fault, vec![addr(1)]));
+    (seg, n1, n2)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_that_took_the_vip_during_a_probe_and_released_it_at_once_hands_it_over() {
+    // The race of probe-wip's full run: the winner is stopped moments after its takeover, so the first thing
+    // the kept-out router hears from it is its release (priority 0). That is a member's last advert as
+    // master, not a stranger's: n2 leaves Fault and takes the VIP at its skew time, without a probe.
+    let (seg, n1, n2) = kept_out_by_a_late_winner().await;
     seg.lose_late(addr(2));
     let probes = seg.probes().len();
     n1.stop().await;
@@ -326,12 +333,7 @@ async fn a_member_that_took_the_vip_during_a_probe_and_released_it_at_once_hands
 async fn a_member_that_took_the_vip_during_a_probe_is_not_a_stranger_once_its_advert_arrives() {
     // A cold start's close election (the race of 3ecf21e's full run): n1's adverts reach n2 late, so n2's own
     // down timer fires while n1 already holds the VIP, and n2's probe is answered by n1.
-    let seg = Segment::default();
-    seg.delay(addr(2));
-    let n1 = start(&seg, 1, config(1, 150, true), &[], false).await;
-    let n2 = start(&seg, 2, config(2, 100, true), &[], false).await;
-    after(3500).await;
-    assert_eq!((n1.state(), n2.state(), seg.holders()), (State::Master, State::Fault, vec![addr(1)]));
+    let (seg, n1, n2) = kept_out_by_a_late_winner().await;
     assert!(n2.control.observed.borrow().vip_in_use.is_some());
     // n1's adverts arrive: n2 is a backup of a member, not kept out by a stranger, and stays one (re-probes
     // would see n1 answer for the VIP).

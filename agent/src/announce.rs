@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 const ETH_P_ARP: u16 = 0x0806;
-const BROADCAST: [u8; 6] = [0xff; 6];
+pub(crate) const BROADCAST: [u8; 6] = [0xff; 6];
 
 /// Announces one address on one interface.
 #[derive(Debug)]
@@ -50,8 +50,7 @@ pub struct Arp {
 impl Arp {
     /// Gratuitous ARP of `address` at `mac` on interface `ifindex`.
     pub fn new(ifindex: u32, mac: [u8; 6], address: Ipv4Addr) -> io::Result<Self> {
-        let socket = Socket::new(Domain::PACKET, Type::DGRAM, Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))))?;
-        let to = arp_link_address(ifindex, BROADCAST)?;
+        let (socket, to) = arp_socket(ifindex)?;
         Ok(Self { socket, to, mac, address })
     }
 
@@ -80,12 +79,7 @@ const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 impl Na {
     /// Unsolicited NA of `address` at `mac` on `interface`.
     pub fn new(interface: &str, ifindex: u32, mac: [u8; 6], address: Ipv6Addr) -> io::Result<Self> {
-        let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
-        socket.bind_device(Some(interface.as_bytes()))?;
-        // RFC 4861 §7.1.2: a receiver drops a neighbour advertisement whose hop limit is not 255.
-        socket.set_multicast_hops_v6(255)?;
-        socket.set_multicast_if_v6(ifindex)?;
-        Ok(Self { socket, message: advertisement(mac, address) })
+        Ok(Self { socket: icmpv6_socket(interface, ifindex)?, message: advertisement(mac, address) })
     }
 
     /// Sends `count` advertisements. The kernel fills in the ICMPv6 checksum of raw ICMPv6 sockets.
@@ -111,9 +105,27 @@ pub(crate) fn advertisement(mac: [u8; 6], target: Ipv6Addr) -> [u8; 32] {
     m
 }
 
+/// A raw ICMPv6 socket on `interface` for neighbour discovery: solicitations and advertisements out of it carry
+/// hop limit 255, without which a receiver drops them (RFC 4861 §7.1.1, §7.1.2).
+pub(crate) fn icmpv6_socket(interface: &str, ifindex: u32) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+    socket.bind_device(Some(interface.as_bytes()))?;
+    socket.set_multicast_hops_v6(255)?;
+    socket.set_unicast_hops_v6(255)?;
+    socket.set_multicast_if_v6(ifindex)?;
+    Ok(socket)
+}
+
+/// An ARP socket (AF_PACKET, the kernel adds the Ethernet header) and the link-layer broadcast address on
+/// `ifindex`.
+pub(crate) fn arp_socket(ifindex: u32) -> io::Result<(Socket, SockAddr)> {
+    let socket = Socket::new(Domain::PACKET, Type::DGRAM, Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))))?;
+    Ok((socket, arp_link_address(ifindex, BROADCAST)?))
+}
+
 /// A gratuitous ARP (RFC 5227 §3 "ARP Announcement"): sender and target protocol address are both the
 /// announced address; a request leaves the target hardware address zero, a reply sets it to broadcast.
-fn packet(mac: [u8; 6], address: Ipv4Addr, reply: bool) -> [u8; 28] {
+pub(crate) fn packet(mac: [u8; 6], address: Ipv4Addr, reply: bool) -> [u8; 28] {
     let mut p = [0u8; 28];
     p[0..2].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
     p[2..4].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4

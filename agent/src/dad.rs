@@ -14,8 +14,10 @@ use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{SockAddr, Socket};
 use tokio::io::unix::AsyncFd;
+
+use crate::announce;
 
 /// Probes sent, [`PROBE_SPACING`] apart.
 pub const PROBES: u32 = 3;
@@ -23,9 +25,6 @@ pub const PROBES: u32 = 3;
 pub const PROBE_SPACING: Duration = Duration::from_millis(10);
 /// How long to listen for an answer from the first probe on.
 pub const LISTEN: Duration = Duration::from_millis(40);
-
-const ETH_P_ARP: u16 = 0x0806;
-const BROADCAST: [u8; 6] = [0xff; 6];
 
 /// Who answered for the address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,22 +52,17 @@ pub async fn who_has(interface: &str, ifindex: u32, mac: [u8; 6], address: IpAdd
 }
 
 async fn arp_probe(ifindex: u32, mac: [u8; 6], address: Ipv4Addr) -> io::Result<Option<Answer>> {
-    let socket = Socket::new(Domain::PACKET, Type::DGRAM, Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))))?;
-    socket.bind(&crate::announce::arp_link_address(ifindex, [0; 6])?)?;
+    let (socket, to) = announce::arp_socket(ifindex)?;
+    // Bound to the interface: only its ARP traffic is read.
+    socket.bind(&announce::arp_link_address(ifindex, [0; 6])?)?;
     socket.set_nonblocking(true)?;
-    let to = crate::announce::arp_link_address(ifindex, BROADCAST)?;
     let socket = register(socket)?;
     let probe = arp_probe_packet(mac, address);
     listen(&socket, || socket.get_ref().send_to(&probe, &to).map(drop), |p| arp_answer(p, mac, address)).await
 }
 
 async fn solicit(interface: &str, ifindex: u32, mac: [u8; 6], address: Ipv6Addr) -> io::Result<Option<Answer>> {
-    let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
-    socket.bind_device(Some(interface.as_bytes()))?;
-    // RFC 4861 §7.1.1: a receiver drops a solicitation whose hop limit is not 255.
-    socket.set_multicast_hops_v6(255)?;
-    socket.set_unicast_hops_v6(255)?;
-    socket.set_multicast_if_v6(ifindex)?;
+    let socket = announce::icmpv6_socket(interface, ifindex)?;
     socket.set_nonblocking(true)?;
     let to = SockAddr::from(SocketAddr::new(IpAddr::V6(solicited_node(address)), 0));
     let socket = register(socket)?;
@@ -124,16 +118,11 @@ async fn listen(
     }
 }
 
-/// An ARP probe (RFC 5227 §2.1.1): a request from `mac` with sender address 0.0.0.0 for `address`.
+/// An ARP probe (RFC 5227 §2.1.1): the request of a gratuitous ARP for `address` from `mac`, with sender
+/// address 0.0.0.0.
 fn arp_probe_packet(mac: [u8; 6], address: Ipv4Addr) -> [u8; 28] {
-    let mut p = [0u8; 28];
-    p[0..2].copy_from_slice(&1u16.to_be_bytes());
-    p[2..4].copy_from_slice(&0x0800u16.to_be_bytes());
-    p[4] = 6;
-    p[5] = 4;
-    p[6..8].copy_from_slice(&1u16.to_be_bytes());
-    p[8..14].copy_from_slice(&mac);
-    p[24..28].copy_from_slice(&address.octets());
+    let mut p = announce::packet(mac, address, false);
+    p[14..18].fill(0);
     p
 }
 
@@ -225,7 +214,7 @@ mod tests {
         let s = solicitation(MAC, vip);
         assert_eq!((s[0], &s[8..24], s[24], s[25], &s[26..]), (135, &vip.octets()[..], 1, 1, &MAC[..]));
         let theirs = [0x02, 0, 0, 0, 0, 0x12];
-        let mut na = crate::announce::advertisement(theirs, vip).to_vec();
+        let mut na = announce::advertisement(theirs, vip).to_vec();
         assert_eq!(na_answer(&na, vip), Some(Answer { mac: Some(theirs) }));
         na.truncate(24);
         assert_eq!(na_answer(&na, vip), Some(Answer { mac: None }), "no option: still an answer");

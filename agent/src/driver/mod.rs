@@ -374,6 +374,7 @@ impl<L: Link> Driver<L> {
     }
 
     fn publish(&self) {
+        self.metrics.vip_in_use.set(i64::from(self.in_use.is_some()));
         let next = Observed {
             state: self.router.state(),
             holds_vip: self.holds_vip,
@@ -534,9 +535,9 @@ impl<L: Link> Driver<L> {
 
     async fn packet(&mut self, p: crate::socket::Incoming) {
         if let Some((from, advertisement)) = self.advert_of(&p) {
-            let ours = self.router.config().addresses.clone();
             let (announced, priority) = (&advertisement.addresses, advertisement.priority);
-            if !self.strangers.hear(from, announced, priority, &ours, Instant::now(), &self.metrics) {
+            let ours = &self.router.config().addresses;
+            if !self.strangers.hear(from, announced, priority, ours, Instant::now(), &self.metrics) {
                 // A stranger left out of the election: it neither holds the VIP for a member nor ends a keep-out.
                 return;
             }
@@ -548,9 +549,7 @@ impl<L: Link> Driver<L> {
             if self.in_use.is_some() {
                 tracing::info!(%from, released = advertisement.priority == 0,
                     "the host that answered for the VIP is a VRRP master: a member holds it");
-                self.in_use = None;
-                self.metrics.vip_in_use.set(0);
-                self.apply_health().await;
+                self.in_use_ended().await;
             }
             self.input(Input::Advertisement { from, advertisement }).await;
         }
@@ -600,7 +599,6 @@ impl<L: Link> Driver<L> {
     async fn kept_out(&mut self, now: Duration, who: crate::dad::Answer, actions: Vec<Action>) {
         tracing::warn!(mac = %who, vip = ?self.router.config().addresses,
             "another host answers for the VIP: not taking it (set vip to an unused address, or remove it from that host)");
-        self.metrics.vip_in_use.set(1);
         self.in_use = Some(who);
         self.reprobe_at = Instant::now() + REPROBE;
         self.faulted = true;
@@ -614,13 +612,22 @@ impl<L: Link> Driver<L> {
     /// Asks again whether another host answers for the VIP; when none does, the router leaves Fault (unless
     /// its health keeps it there) and takes the VIP by the usual rules, probing once more first.
     async fn reprobe(&mut self) {
-        self.in_use = self.link.who_has_vip().await;
-        self.reprobe_at = Instant::now() + REPROBE;
-        if self.in_use.is_none() {
-            tracing::info!("no other host answers for the VIP any more");
-            self.metrics.vip_in_use.set(0);
-            self.apply_health().await;
+        match self.link.who_has_vip().await {
+            Some(who) => {
+                self.in_use = Some(who);
+                self.reprobe_at = Instant::now() + REPROBE;
+            }
+            None => {
+                tracing::info!("no other host answers for the VIP any more");
+                self.in_use_ended().await;
+            }
         }
+    }
+
+    /// The keep-out ends: the router leaves Fault unless its health keeps it there.
+    async fn in_use_ended(&mut self) {
+        self.in_use = None;
+        self.apply_health().await;
     }
 
     async fn act(&mut self, action: Action) {

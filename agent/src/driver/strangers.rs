@@ -70,11 +70,8 @@ impl Strangers {
         metrics: &VrrpMetrics,
     ) -> bool {
         let outsider = !self.members.is_empty() && !self.members.contains(&from);
-        let mut theirs = announced.to_vec();
-        let mut mine = ours.to_vec();
-        theirs.sort_unstable();
-        mine.sort_unstable();
-        let other_addresses = theirs != mine;
+        // Every advert passes here: compared as sets in place (a VIP has a handful of addresses at most).
+        let other_addresses = announced.len() != ours.len() || !announced.iter().all(|a| ours.contains(a));
         if outsider {
             metrics.stranger("source");
         }
@@ -84,6 +81,8 @@ impl Strangers {
         let takes_part = !outsider || self.elect;
         // A member that announces other addresses is a member in the middle of a VIP change: counted only.
         if outsider || (self.members.is_empty() && other_addresses) {
+            let mut theirs = announced.to_vec();
+            theirs.sort_unstable();
             let room = self.seen.len() < MAX_REPORTED;
             match self.seen.iter_mut().find(|(s, _)| s.from == from) {
                 Some((s, last)) => {

@@ -281,6 +281,20 @@ impl Cluster {
         dirs.iter().filter_map(|(_, d)| self.logs_under(d).ok()).collect::<Vec<_>>().join("")
     }
 
+    /// The last `lines` lines of every master's agent log, each under a heading: for a failure message, since
+    /// the next test's world replaces the files.
+    pub fn agent_logs(&self, lines: usize) -> String {
+        crate::NODES
+            .iter()
+            .map(|n| {
+                let log = self.agent_log(n);
+                let all: Vec<&str> = log.lines().collect();
+                format!("--- {n}'s agent\n{}", all[all.len().saturating_sub(lines)..].join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     fn logs_under(&self, dir: &Path) -> Result<String> {
         let mut files = Vec::new();
         let mut stack = vec![dir.to_path_buf()];

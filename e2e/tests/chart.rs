@@ -410,12 +410,11 @@ async fn helm_install_apply_upgrade_uninstall() {
     );
     if !moves.on_two.is_empty() {
         // The replaced pods' logs are gone with them; the new ones tell how the VIP came back.
-        let logs: Vec<String> = NODES.iter().map(|n| format!("--- {n}\n{}", cluster.agent_log(n))).collect();
         panic!(
             "the VIP was on two nodes during the rolling upgrade: {:?}\n{}\n{}",
             moves.on_two,
             moves.events.join("\n"),
-            logs.join("\n")
+            cluster.agent_logs(usize::MAX)
         );
     }
     assert!(moves.adds >= 1, "the upgrade moved the VIP at least once (the active node's agent restarted)");

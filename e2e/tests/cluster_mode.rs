@@ -44,17 +44,9 @@ async fn until_holders(up: &Up, want: &[Host], within: Duration) {
     panic!("VIP holders {:?}, wanted {want:?} within {within:?}\n{}", holders(up), agent_logs(up));
 }
 
-/// The end of every agent's log, for a failure message: the next test's world replaces the files.
+/// The end of every agent's log, for a failure message.
 fn agent_logs(up: &Up) -> String {
-    NODES
-        .iter()
-        .map(|n| {
-            let log = up.cluster.agent_log(n);
-            let lines: Vec<&str> = log.lines().collect();
-            format!("--- {n}'s agent, last lines\n{}", lines[lines.len().saturating_sub(80)..].join("\n"))
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    up.cluster.agent_logs(80)
 }
 
 /// Asserts that `want` alone holds the VIP for all of `how_long`, sampling every 20 ms.

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 const ETH_P_ARP: u16 = 0x0806;
-pub(crate) const BROADCAST: [u8; 6] = [0xff; 6];
+const BROADCAST: [u8; 6] = [0xff; 6];
 
 /// Announces one address on one interface.
 #[derive(Debug)]

@@ -13,8 +13,9 @@ help: ## list the targets
 deps: ## install the Debian packages and toolchain components the tests need
 	scripts/install-deps.sh
 
-plane: deps ## build (or find cached) etcd, the Kubernetes binaries and kubelet, containerd, runc, CNI, pause, kubectl and helm
+plane: deps ## build (or find cached) etcd, the Kubernetes binaries, kubelet and kubeadm, kubeadm's control-plane images, containerd, runc, CNI, pause, kubectl and helm
 	e2e/controlplane/build.sh >/dev/null
+	e2e/controlplane/images.sh >/dev/null
 	e2e/noderuntime/build.sh >/dev/null
 	e2e/kubetools.py >/dev/null
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the kubelet for the pinned Kubernetes release
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, the kubelet and kubeadm for the pinned Kubernetes release
 # (go.mod, see pin.sh) and prints the directory that holds them. Binaries live outside the repo, in
-#   ${KUBEHA_CACHE:-~/.cache/kubeha}/controlplane/<version>-<sha256(go.sum)>/
-# so a warm run costs a hash and a stat, and a go.sum change can never reuse stale binaries.
+#   ${KUBEHA_CACHE:-~/.cache/kubeha}/controlplane/<version>-<sha256(go.sum, command list)>/
+# so a warm run costs a hash and a stat, and neither a go.sum change nor a new command can reuse a stale set.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
@@ -11,10 +11,11 @@ export CGO_ENABLED=0 GOTOOLCHAIN=local GOWORK=off GOFLAGS=-mod=mod
 kv=$(awk '$1 == "k8s.io/kubernetes" {print $2}' go.mod)
 [[ $kv =~ ^v1\.([0-9]+)\.[0-9]+$ ]] || { echo "build.sh: k8s.io/kubernetes not pinned in go.mod; run pin.sh" >&2; exit 1; }
 minor=${BASH_REMATCH[1]}
-sum=$(sha256sum go.sum | cut -c1-16)
+k8s_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubeadm)
+cmds=(etcd "${k8s_cmds[@]}")
+sum=$( (cat go.sum; echo "${cmds[*]}") | sha256sum | cut -c1-16)
 cache=${KUBEHA_CACHE:-$HOME/.cache/kubeha}/controlplane
 out=$cache/$kv-$sum
-cmds=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet)
 
 complete() { [ -f "$out/.complete" ]; }
 if complete; then echo "$out"; exit 0; fi
@@ -42,13 +43,15 @@ trap 'rm -rf "$tmp"' EXIT
 export GOCACHE=$tmp/.gocache
 start=$SECONDS
 go build -trimpath -tags=selinux,notest,grpcnotrace -ldflags="$ldflags" -o "$tmp/" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet ./cmd/etcd
+  "${k8s_cmds[@]/#/k8s.io/kubernetes/cmd/}" ./cmd/etcd
 
 for c in kube-apiserver kube-controller-manager kube-scheduler kubelet; do
   got=$("$tmp/$c" --version)
   [ "$got" = "Kubernetes $kv" ] || { echo "build.sh: $c --version says '$got', want 'Kubernetes $kv'" >&2; exit 1; }
 done
+# kubeadm has no --version; the tags it pulls images by come from this version.
+got=$("$tmp/kubeadm" version -o short)
+[ "$got" = "$kv" ] || { echo "build.sh: kubeadm version says '$got', want '$kv'" >&2; exit 1; }
 "$tmp/etcd" --version | grep -q '^etcd Version: 3\.' || { echo "build.sh: etcd --version is not an etcd 3.x" >&2; exit 1; }
 for c in "${cmds[@]}"; do [ -x "$tmp/$c" ] || { echo "build.sh: $c missing after build" >&2; exit 1; }; done
 

@@ -26,7 +26,7 @@ staging=$(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/k8s.io/[
 [ -n "$staging" ] || { echo "pin.sh: no staging replaces found in $gomod" >&2; exit 1; }
 for m in $staging; do go mod edit -replace="$m=$m@$staging_tag"; done
 go mod edit -require="k8s.io/kubernetes@$kv"
-for c in kube-apiserver kube-controller-manager kube-scheduler kubelet; do go mod edit -tool="k8s.io/kubernetes/cmd/$c"; done
+for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kubeadm; do go mod edit -tool="k8s.io/kubernetes/cmd/$c"; done
 go mod tidy
 
 # etcd is built from this same graph (cmd/etcd). That is only sound while it moves no module that Kubernetes

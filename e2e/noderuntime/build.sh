@@ -11,10 +11,15 @@ here=$(cd "$(dirname "$0")" && pwd)
 CONTAINERD=v2.4.2
 RUNC=v1.5.3
 CNI_PLUGINS=v1.10.0
-PAUSE_TAG=3.10.1
 
 kv=$(awk '$1 == "k8s.io/kubernetes" {print $2}' "$here/../controlplane/go.mod")
-key=$(cat "$0" "$here/pause.Containerfile" "$here/../../scripts/oci-image.py" <(echo "$kv") | sha256sum | cut -c1-16)
+# The pause tag is the one kubeadm of this release expects of the runtime (it warns when containerd's
+# sandbox image differs): read from kubeadm's constants, not kept by hand.
+src=$(cd "$here/../controlplane" && GOTOOLCHAIN=local GOWORK=off GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$kv" |
+  sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+PAUSE_TAG=$(sed -n 's/^[[:space:]]*PauseVersion = "\([^"]*\)"$/\1/p' "$src/cmd/kubeadm/app/constants/constants.go")
+[ -n "$PAUSE_TAG" ] || { echo "noderuntime/build.sh: no PauseVersion in kubeadm's constants of $kv" >&2; exit 1; }
+key=$(cat "$0" "$here/pause.Containerfile" "$here/../../scripts/oci-image.py" <(echo "$kv $PAUSE_TAG") | sha256sum | cut -c1-16)
 cache=${KUBEHA_CACHE:-$HOME/.cache/kubeha}/noderuntime
 out=$cache/$key
 complete() { [ -f "$out/.complete" ]; }
@@ -51,7 +56,6 @@ GOBIN=$tmp/cni CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" \
   "github.com/containernetworking/plugins/plugins/main/loopback@$CNI_PLUGINS"
 
 # pause from the pinned Kubernetes source, static: the image has no libc.
-src=$(cd "$here/../controlplane" && go mod download -json "k8s.io/kubernetes@$kv" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
 mkdir -p "$tmp/pause-ctx"
 gcc -Os -static -DVERSION="\"$PAUSE_TAG-kubeha\"" -o "$tmp/pause-ctx/pause" "$src/build/pause/linux/pause.c"
 strip "$tmp/pause-ctx/pause"

@@ -2,9 +2,17 @@
 # Boots one host of the test world as a node: its containerd and its kubelet, in the host's network and UTS
 # namespaces (entered by the caller, e2e/src/node.rs) and in a mount namespace of their own, made here, that
 # both share for good (the kubelet's volume mounts must be visible to containerd and its shims).
-#   unshare --mount --propagation private node.sh <host> <address> <node dir> <log dir> <kubelet> <runtime dir> <images…>
+#   unshare --mount --propagation private node.sh [--kubeadm] <host> <address> <node dir> <log dir> <kubelet> <runtime dir> <images…>
 # Exits when either daemon exits (a "crashed node"); the caller stops the rest through the node's cgroups.
+#
+# Without --kubeadm the kubelet runs at once with the test world's own configuration and credentials. With
+# --kubeadm the node is an empty machine with the kubelet package installed: the kubelet runs as the
+# packages' kubelet.service with kubeadm's drop-in would run it, from the files kubeadm writes, started and
+# restarted by `systemctl` (e2e/noderuntime/bin/systemctl writes the requests to /run/kubelet-unit; this
+# script is the systemd that carries them out), and crash-looping until kubeadm has configured it.
 set -euo pipefail
+kubeadm=false
+if [ "${1:-}" = --kubeadm ]; then kubeadm=true; shift; fi
 host=$1 address=$2 dir=$3 logs=$4 kubelet=$5 runtime=$6
 shift 6
 cgroot=kubeha-e2e/$host
@@ -42,6 +50,8 @@ for pair in etc/kubernetes:etc-kubernetes etc/kubeha:etc-kubeha var/lib/kubeha:v
   mount --bind "$dir/${pair##*:}" "/${pair%%:*}"
 done
 mkdir -p /etc/kubernetes/manifests /var/log/pods
+# The machine's own name resolves, as on any installed host (kubeadm's preflight looks it up).
+echo "${address%%,*} $host" >>/etc/hosts
 
 export PATH=$runtime:$PATH # containerd finds containerd-shim-runc-v2 on PATH
 "$runtime/containerd" --config "$dir/containerd.toml" >>"$logs/containerd.log" 2>&1 &
@@ -57,9 +67,67 @@ for image in "$@"; do
   "$runtime/ctr" -a /run/containerd/containerd.sock -n k8s.io images import "$image" >/dev/null
 done
 
-"$kubelet" --config "$dir/kubelet.yaml" --kubeconfig "$dir/kubelet.kubeconfig" --root-dir /var/lib/kubelet \
-  --cert-dir "$dir/kubelet-pki" --hostname-override "$host" --node-ip "$address" \
-  >>"$logs/kubelet.log" 2>&1 &
-kubelet_pid=$!
-wait -n $containerd $kubelet_pid || true
-echo "node.sh: a daemon of $host exited" >&2
+if ! $kubeadm; then
+  "$kubelet" --config "$dir/kubelet.yaml" --kubeconfig "$dir/kubelet.kubeconfig" --root-dir /var/lib/kubelet \
+    --cert-dir "$dir/kubelet-pki" --hostname-override "$host" --node-ip "$address" \
+    >>"$logs/kubelet.log" 2>&1 &
+  kubelet_pid=$!
+  wait -n $containerd $kubelet_pid || true
+  echo "node.sh: a daemon of $host exited" >&2
+  exit 1
+fi
+
+# kubelet.service as the kubelet package and kubeadm's 10-kubeadm.conf define it: kubeadm's files, then
+# KUBELET_KUBEADM_ARGS from kubeadm-flags.env, then KUBELET_EXTRA_ARGS (the machine's part: this node's
+# address, and a drop-in directory with what this machine needs of every kubelet, cgroup v1 and a shared
+# disk). The unit is enabled, so it starts at boot and crash-loops (Restart=always, RestartSec=10) until
+# kubeadm has written its configuration and restarted it.
+unit=/run/kubelet-unit
+mkdir -p $unit
+echo started >$unit/want
+extra=(--node-ip "$address" --config-dir "$dir/kubelet.conf.d")
+kubelet_pid=
+seen=0
+run_kubelet() {
+  local flags=
+  [ -f /var/lib/kubelet/kubeadm-flags.env ] && flags=$(sed -n 's/^KUBELET_KUBEADM_ARGS="\(.*\)"$/\1/p' /var/lib/kubelet/kubeadm-flags.env)
+  # shellcheck disable=SC2086 # the env file's value is a word list, as systemd splits it
+  "$kubelet" --bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf \
+    --config=/var/lib/kubelet/config.yaml $flags "${extra[@]}" >>"$logs/kubelet.log" 2>&1 &
+  kubelet_pid=$!
+  echo "$kubelet_pid" >$unit/pid
+}
+stop_kubelet() {
+  [ -n "$kubelet_pid" ] || return 0
+  kill "$kubelet_pid" 2>/dev/null || true
+  wait "$kubelet_pid" 2>/dev/null || true
+  kubelet_pid=
+  rm -f $unit/pid
+}
+: >"$dir/booted"
+while kill -0 $containerd 2>/dev/null; do
+  want=$(cat $unit/want 2>/dev/null || echo stopped)
+  restarts=$(cat $unit/restarts 2>/dev/null || echo 0)
+  if [ "$want" != started ]; then
+    stop_kubelet
+  elif [ "$restarts" != "$seen" ]; then
+    seen=$restarts
+    stop_kubelet
+    run_kubelet
+  elif [ -z "$kubelet_pid" ] || ! kill -0 "$kubelet_pid" 2>/dev/null; then
+    if [ -n "$kubelet_pid" ]; then
+      wait "$kubelet_pid" 2>/dev/null || true
+      kubelet_pid=
+      rm -f $unit/pid
+      # RestartSec=10, unless systemctl asks for a (re)start meanwhile.
+      for _ in $(seq 50); do
+        [ "$(cat $unit/restarts 2>/dev/null || echo 0)" = "$seen" ] || break
+        sleep 0.2
+      done
+      continue
+    fi
+    run_kubelet
+  fi
+  sleep 0.2
+done
+echo "node.sh: containerd of $host exited" >&2

@@ -9,6 +9,7 @@ pub mod chaos;
 mod cluster;
 mod error;
 pub mod fakeapi;
+pub mod guide;
 mod net;
 mod node;
 pub mod observe;

@@ -23,6 +23,13 @@ struct Cli {
 enum Cmd {
     /// Start the cluster from scratch (removing any leftovers first); prints the admin kubeconfig path.
     Up,
+    /// Boot the five hosts as empty kubeadm machines (containerd, the kubelet unit, the control-plane images;
+    /// no control plane, no certificate) for running docs/guide.md by hand with `node-shell`.
+    UpKubeadm,
+    /// Run a shell script on a node as root logged in there (its mount namespace: /etc/kubernetes, the
+    /// kubelet unit, containerd), with kubeadm, kubectl, helm and kubeha-agent on PATH:
+    /// `e2e/cluster node-shell n1 'kubeadm init …'`.
+    NodeShell { host: String, script: String },
     /// Stop every process and remove the namespaces, bridge, links and routes.
     Down,
     /// Show each node's link, processes and /readyz, and who holds the controller Leases.
@@ -106,6 +113,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             println!("{}", cluster.kubeconfig().display());
         }
+        Cmd::UpKubeadm => {
+            let _lock = cluster.lock()?;
+            cluster.up_kubeadm_world().await?;
+            eprintln!("e2e/cluster: n1-n3, c1, c2 booted as empty kubeadm nodes; run docs/guide.md with node-shell");
+        }
+        Cmd::NodeShell { host, script } => print!("{}", cluster.on_node(&Host::parse(&host)?, &script)?),
         Cmd::Down => {
             let _lock = cluster.lock()?;
             cluster.down()?;

@@ -26,8 +26,6 @@ use crate::process::{self, Daemon};
 const HIERARCHIES: [&str; 9] = ["cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd"];
 /// The root of every node's cgroup tree.
 const CGROUP_ROOT: &str = "kubeha-e2e";
-/// The sandbox image every containerd is pinned to (built by e2e/noderuntime/build.sh).
-pub(crate) const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10.1";
 /// The control-plane taint kubeadm puts on masters.
 const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane";
 
@@ -43,14 +41,21 @@ pub(crate) struct Runtime {
     pub(crate) dir: PathBuf,
     /// The kubeha image archive of `make image`.
     pub(crate) image: PathBuf,
+    /// The reference of the sandbox image every containerd is pinned to, at the tag kubeadm of the pinned
+    /// release expects (e2e/noderuntime/build.sh reads it from kubeadm's constants).
+    pub(crate) pause: String,
 }
 
 impl Runtime {
     /// Builds (or finds cached) the node runtime and finds the kubeha image `make image` wrote.
     pub(crate) fn find() -> Result<Self> {
         let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("noderuntime/build.sh");
-        let dir = last_line(process::output(Command::new(build).stderr(std::process::Stdio::inherit()))?);
-        Ok(Self { dir: PathBuf::from(dir), image: kubeha_image()? })
+        let dir =
+            PathBuf::from(last_line(process::output(Command::new(build).stderr(std::process::Stdio::inherit()))?));
+        // "<reference> <digest>", as scripts/oci-image.py prints it.
+        let pause = fs::read_to_string(dir.join("pause.ref")).ctx(|| format!("reading {}/pause.ref", dir.display()))?;
+        let pause = pause.split_whitespace().next().unwrap_or_default().to_string();
+        Ok(Self { pause, dir, image: kubeha_image()? })
     }
 }
 
@@ -69,7 +74,34 @@ pub fn kubeha_image_ref() -> String {
     format!("ghcr.io/kubeha/kubeha:{}", env!("CARGO_PKG_VERSION"))
 }
 
+/// What this machine needs of every kubelet, whoever configures the rest (the test world here, kubeadm in
+/// its world, through a drop-in): cgroup v1 without systemd, a cgroup tree per node, no OOM score below the
+/// machine's own, and eviction and image GC that ignore the disk every node shares.
+pub(crate) fn machine_kubelet_settings(host: &Host) -> String {
+    format!(
+        r#"# The machine's cgroups are v1 only (hybrid, no systemd): kubelets since 1.35 refuse v1 unless told.
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupRoot: /{CGROUP_ROOT}/{host}/pods
+cgroupsPerQOS: true
+failSwapOn: false
+oomScoreAdj: 0
+# Every node shares one disk: eviction must not start because another node filled it.
+evictionHard: {{memory.available: 50Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+maxPods: 30
+serializeImagePulls: false
+"#
+    )
+}
+
 impl Cluster {
+    /// The sandbox (pause) image every node's containerd runs pods with.
+    pub fn pause_image(&self) -> Result<String> {
+        Ok(self.runtime()?.pause.clone())
+    }
+
     fn node_dir(&self, host: &Host) -> PathBuf {
         self.dir().join(host.name()).join("node")
     }
@@ -120,7 +152,7 @@ state = "/run/containerd"
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = "overlayfs"
   [plugins."io.containerd.cri.v1.images".pinned_images]
-    sandbox = "{PAUSE_IMAGE}"
+    sandbox = "{pause}"
 [plugins."io.containerd.cri.v1.runtime"]
   netns_mounts_under_state_dir = true
   # The machine's bounding set lacks CAP_SYS_RESOURCE: runc may not lower oom_score_adj below its own.
@@ -138,6 +170,7 @@ state = "/run/containerd"
 "#,
             root = dir.join("containerd").display(),
             cni = dir.join("cni").display(),
+            pause = runtime.pause,
         );
         write(&dir.join("containerd.toml"), &containerd)?;
 
@@ -155,6 +188,14 @@ state = "/run/containerd"
         });
         write(&dir.join("cni/10-kh-pods.conflist"), &cni.to_string())?;
 
+        if self.is_kubeadm_world() {
+            // kubeadm writes the kubelet's configuration and credentials; the machine's needs come as a drop-in.
+            let dropin = dir.join("kubelet.conf.d");
+            fs::create_dir_all(&dropin).ctx(|| format!("creating {}", dropin.display()))?;
+            let settings = machine_kubelet_settings(host);
+            let text = format!("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n{settings}");
+            return write(&dropin.join("10-test-world.conf"), &text);
+        }
         let taints = if host.is_master() {
             format!("registerWithTaints:\n  - key: {CONTROL_PLANE_TAINT}\n    effect: NoSchedule\n")
         } else {
@@ -163,12 +204,7 @@ state = "/run/containerd"
         let kubelet = format!(
             r#"apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-# The machine's cgroups are v1 only (hybrid, no systemd): kubelets since 1.35 refuse v1 unless told.
-failCgroupV1: false
-cgroupDriver: cgroupfs
-cgroupRoot: /{CGROUP_ROOT}/{host}/pods
-cgroupsPerQOS: true
-staticPodPath: /etc/kubernetes/manifests
+{machine}staticPodPath: /etc/kubernetes/manifests
 fileCheckFrequency: 5s
 containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
 imageServiceEndpoint: unix:///run/containerd/containerd.sock
@@ -177,21 +213,14 @@ port: 10250
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
-failSwapOn: false
-oomScoreAdj: 0
 authentication:
   anonymous: {{enabled: false}}
   webhook: {{enabled: true}}
   x509: {{clientCAFile: {ca}}}
 authorization:
   mode: Webhook
-# Every node shares one disk: eviction must not start because another node filled it.
-evictionHard: {{memory.available: 50Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}}
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-maxPods: 30
-serializeImagePulls: false
 {taints}"#,
+            machine = machine_kubelet_settings(host),
             ip = host.ipv4(),
             ca = self.ca_path().display(),
         );
@@ -213,8 +242,12 @@ serializeImagePulls: false
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("noderuntime/node.sh");
         let logs = self.dir().join("logs").join(host.name());
         let mut argv: Vec<String> = ["unshare", "--mount", "--propagation", "private"].map(String::from).to_vec();
+        argv.push(script.display().to_string());
+        let kubeadm = self.is_kubeadm_world();
+        if kubeadm {
+            argv.push("--kubeadm".into());
+        }
         argv.extend([
-            script.display().to_string(),
             host.name(),
             // Both families, as a dual-stack kubeadm node reports them: the IPv6 clusters find their
             // members' addresses here.
@@ -226,7 +259,36 @@ serializeImagePulls: false
             runtime.dir.join("pause.oci.tar").display().to_string(),
             runtime.image.display().to_string(),
         ]);
+        if kubeadm {
+            argv.extend(self.plane_images()?.iter().map(|p| p.display().to_string()));
+            let _ = fs::remove_file(self.node_dir(host).join("booted"));
+        }
         daemon.spawn(host, &argv).map(drop)
+    }
+
+    /// The PID of the host's node.sh: the process whose mount namespace is the node's own.
+    pub(crate) fn node_pid(&self, host: &Host) -> Option<u32> {
+        self.node_daemon(host).pid()
+    }
+
+    /// Waits until a kubeadm node's containerd runs with every image imported (node.sh --kubeadm then
+    /// writes `booted` and waits for `systemctl start kubelet`).
+    pub(crate) async fn wait_booted(&self, host: &Host) -> Result<()> {
+        let booted = self.node_dir(host).join("booted");
+        let daemon = self.node_daemon(host);
+        let log = self.dir().join("logs").join(host.name()).join("node.log");
+        self.poll(&format!("node {host} booted"), Duration::from_secs(120), Duration::from_millis(200), || {
+            let result = if booted.exists() {
+                Ok(Some(()))
+            } else if daemon.pid().is_none() {
+                let log = fs::read_to_string(&log).unwrap_or_default();
+                Err(Error::Usage(format!("the node {host} stopped booting:\n{}", last_lines(&log, 10))))
+            } else {
+                Ok(None)
+            };
+            async move { result }
+        })
+        .await
     }
 
     /// Stops every process of a host's node — node.sh, containerd, the kubelet, the shims, every container

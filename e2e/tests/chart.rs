@@ -73,6 +73,15 @@ fn the_operator_runs_two_locked_down_replicas() {
     assert!(env.contains(&json!("metadata.name")) && env.contains(&json!("metadata.namespace")));
     let pdb = find(&docs, "PodDisruptionBudget", "kubeha-operator");
     assert_eq!(pdb["spec"]["minAvailable"], 1);
+    // Right after the guide's joins a cluster has masters only: the operator must fit there, and should
+    // prefer any other node.
+    let tolerations = pod["tolerations"].as_array().unwrap();
+    assert!(
+        tolerations.iter().any(|t| t["key"] == "node-role.kubernetes.io/control-plane" && t["effect"] == "NoSchedule")
+    );
+    let prefer = &pod["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(prefer["preference"]["matchExpressions"][0]["key"], "node-role.kubernetes.io/control-plane");
+    assert_eq!(prefer["preference"]["matchExpressions"][0]["operator"], "DoesNotExist");
 
     // One replica cannot keep a minAvailable of 1 through a drain: no PDB then.
     let single = render(&["--set", "operator.replicas=1"]).unwrap();

@@ -8,9 +8,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::{Api, PostParams};
 use kubeha_e2e::{CLIENTS, Cluster, Host, KUBERNETES_SERVICE, LEASES, NODES};
 
-/// The sandbox image every node has (no registry: e2e/noderuntime/build.sh built and imported it).
-const PAUSE: &str = "registry.k8s.io/pause:3.10.1";
-
 mod common;
 
 use common::{Up, wait_until};
@@ -172,10 +169,11 @@ async fn down_leaves_no_process_namespace_or_link_behind() {
     // A pod that is not hostNetwork, on each client host: an address from the host's pod range, and the
     // `kubernetes` Service reachable from its network namespace (what the operator's pods rely on). Its
     // sandbox, mounts and cgroups are what `down` must remove below.
+    let pause = cluster.pause_image().unwrap();
     for host in CLIENTS {
         let pod = format!(
             r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"probe-{host}","namespace":"default"}},
-            "spec":{{"nodeName":"{host}","containers":[{{"name":"pause","image":"{PAUSE}"}}]}}}}"#
+            "spec":{{"nodeName":"{host}","containers":[{{"name":"pause","image":"{pause}"}}]}}}}"#
         );
         let mut apply = cluster.kubectl();
         apply.args(["apply", "-f", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());

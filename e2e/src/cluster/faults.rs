@@ -18,6 +18,12 @@ impl Cluster {
     /// etcd rejoins with the data it had.
     pub async fn start_node(&self, node: &Node) -> Result<()> {
         master(node)?;
+        if self.is_kubeadm_world() {
+            // kubeadm's node: its kubelet starts at boot and runs the control plane's static pods.
+            self.start_runtime(node)?;
+            self.wait_booted(node).await?;
+            return self.wait_node_ready(node).await;
+        }
         for c in Component::ALL {
             if self.daemon(node, c).pid().is_none() {
                 self.start(node, c)?;

@@ -19,6 +19,7 @@ use crate::process;
 
 mod api;
 mod faults;
+mod kubeadm;
 mod network;
 mod plane;
 mod processes;
@@ -106,6 +107,8 @@ pub struct Cluster {
     pki: Pki,
     /// The nodes' runtime and images, found on first use (the network-only tests need neither).
     runtime: std::sync::OnceLock<Runtime>,
+    /// The control-plane images of the kubeadm world, found on first use.
+    plane_images: std::sync::OnceLock<Vec<PathBuf>>,
 }
 
 impl Cluster {
@@ -120,7 +123,14 @@ impl Cluster {
             PathBuf::from(last_line(process::output(Command::new(e2e.join("kubetools.py")).stderr(Stdio::inherit()))?));
         let dir = std::env::var_os("KUBEHA_E2E_DIR").map_or_else(|| PathBuf::from("/tmp/kubeha-e2e"), PathBuf::from);
         let pki = Pki::new(dir.join("pki"));
-        Ok(Self { dir, bins, tools, pki, runtime: std::sync::OnceLock::new() })
+        Ok(Self {
+            dir,
+            bins,
+            tools,
+            pki,
+            runtime: std::sync::OnceLock::new(),
+            plane_images: std::sync::OnceLock::new(),
+        })
     }
 
     /// The nodes' containerd, runc, CNI plugins and images (built or found on first call).

@@ -243,10 +243,48 @@ pub fn validate(spec: &HighAvailabilityMemberSpec) -> Vec<Problem> {
     if let Some(proxy) = &spec.proxy {
         validate_proxy(proxy, &mut bad);
     }
+    validate_etcd(&spec.etcd, &mut bad);
     if spec.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
         bad("metrics.listen", format!("'{}' is not address:port, e.g. 127.0.0.1:9641", spec.metrics.listen));
     }
     p
+}
+
+fn validate_etcd(etcd: &kubeha_crds::EtcdSpec, bad: &mut impl FnMut(&str, String)) {
+    use kubeha_crds::EtcdTopology;
+    match etcd.topology {
+        EtcdTopology::External if etcd.members.is_empty() => {
+            bad("etcd.members", "must list every etcd member (name and healthURL) when topology is External".into())
+        }
+        EtcdTopology::Stacked if !etcd.members.is_empty() => bad(
+            "etcd.members",
+            "is only for topology External: stacked etcd has one member on each master, which its agent probes \
+             locally; remove members or set topology: External"
+                .into(),
+        ),
+        _ => {}
+    }
+    if etcd.members.len() > 9 {
+        bad("etcd.members", format!("lists {} members: at most 9", etcd.members.len()));
+    }
+    let mut names: Vec<&str> = etcd.members.iter().map(|m| m.name.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        bad("etcd.members", "must have unique names".into());
+    }
+    for (i, m) in etcd.members.iter().enumerate() {
+        if m.name.is_empty() {
+            bad(&format!("etcd.members[{i}].name"), "required: the member's name (etcd's --name)".into());
+        }
+        let url = &m.health_url;
+        let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+        if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+            bad(
+                &format!("etcd.members[{i}].healthURL"),
+                format!("'{url}' must be an http:// or https:// URL, like http://198.51.100.31:2381/health"),
+            );
+        }
+    }
 }
 
 /// The problems of a proxy section alone (keys under `proxy.`): what [`validate`] reports for it.

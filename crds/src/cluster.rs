@@ -72,6 +72,75 @@ pub struct HighAvailabilityClusterSpec {
     /// Who may hold the VIP: VRRP alone, or a Lease, and quorum fencing.
     #[serde(default)]
     pub election: ElectionSpec,
+
+    /// Where etcd runs: on the masters (Stacked, kubeadm's default) or on hosts of its own (External). The
+    /// status's etcd quorum and fault tolerance follow it.
+    #[serde(default)]
+    pub etcd: EtcdSpec,
+}
+
+/// Where etcd runs.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum EtcdTopology {
+    /// One etcd member on each master (kubeadm's default): each agent probes its own node's member.
+    #[default]
+    Stacked,
+    /// etcd on hosts of its own, listed in members: every agent probes every member.
+    External,
+}
+
+/// The etcd cluster behind the API servers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+// Messages name the field from this object; the API server prefixes the path (spec.etcd.members).
+#[schemars(transform = rules::with([
+    kube::core::Rule::new("self.topology != 'External' || (has(self.members) && size(self.members) > 0)")
+        .message("must list every etcd member (name and healthURL) when topology is External")
+        .field_path(".members"),
+    kube::core::Rule::new("self.topology != 'Stacked' || !has(self.members) || size(self.members) == 0")
+        .message("is only for topology External: stacked etcd has one member on each master, which its agent \
+                  probes locally; remove members or set topology: External")
+        .field_path(".members"),
+    kube::core::Rule::new("!has(self.members) || self.members.all(m, self.members.exists_one(n, n.name == m.name))")
+        .message("must have unique names")
+        .field_path(".members"),
+]))]
+pub struct EtcdSpec {
+    /// Stacked (default) or External.
+    #[serde(default)]
+    pub topology: EtcdTopology,
+
+    /// With topology External: every etcd member, 1–9. The tolerance in the status is etcd's:
+    /// n − (⌊n/2⌋ + 1) of these, whatever the number of masters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 9))]
+    pub members: Vec<EtcdMember>,
+}
+
+impl EtcdSpec {
+    /// The default: etcd stacked on the masters (nothing to list).
+    pub fn is_stacked(&self) -> bool {
+        self.topology == EtcdTopology::Stacked && self.members.is_empty()
+    }
+}
+
+/// One etcd member of an external etcd cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdMember {
+    /// The member's name (etcd's --name), shown in the status.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// Where the member answers /health without a client certificate: its metrics listener
+    /// (etcd --listen-metrics-urls, kubeadm's is http://127.0.0.1:2381 — listen on the host's address for
+    /// this), like http://198.51.100.31:2381/health. That listener gives no access to etcd's data, so the
+    /// agents need no etcd credential. 200 with "health": "true" is healthy.
+    #[serde(rename = "healthURL")]
+    #[schemars(length(max = 512), transform = rules::with([kube::core::Rule::new(
+        "isURL(self) && (self.startsWith('http://') || self.startsWith('https://'))")
+        .message("must be an http:// or https:// URL, like http://198.51.100.31:2381/health")]))]
+    pub health_url: String,
 }
 
 /// The masters of the cluster: either a list of node names or a label selector, not both.
@@ -411,7 +480,8 @@ pub struct HighAvailabilityClusterStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberSummary>,
 
-    /// How many masters may fail with the rest keeping etcd quorum: n − (⌊n/2⌋ + 1).
+    /// How many etcd members may fail with the rest keeping quorum: n − (⌊n/2⌋ + 1), n the masters with
+    /// stacked etcd, the members of spec.etcd.members with external etcd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault_tolerance: Option<i32>,
 
@@ -464,6 +534,28 @@ pub struct ControlPlaneView {
     /// etcd quorum, from the members' etcd health.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdQuorum>,
+    /// With spec.etcd.topology External: each etcd member, healthy when any agent that reports it reaches
+    /// it healthy (etcd's /health is false on a member without a leader, so one healthy answer means the
+    /// member is in quorum; an agent that cannot reach it has a network problem of its own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub etcd_members: Vec<EtcdMemberView>,
+}
+
+/// One external etcd member as the cluster status shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdMemberView {
+    /// The member's name, from spec.etcd.members.
+    pub name: String,
+    /// Healthy by some agent's probe; absent while no agent has probed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+    /// The masters whose agents reach it healthy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub healthy_from: Vec<String>,
+    /// What a failing probe saw (the first one, by node name), while nobody reaches it healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One master's control-plane components.
@@ -490,7 +582,7 @@ pub struct MasterHealth {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EtcdQuorum {
-    /// etcd members (one per master).
+    /// etcd members: one per master when stacked, spec.etcd.members when external.
     pub members: i32,
     /// Members reported healthy.
     pub healthy: i32,

@@ -14,15 +14,16 @@ mod member;
 mod rules;
 
 pub use cluster::{
-    Balance, ControlPlaneView, ElectionMode, ElectionSpec, EtcdQuorum, Failover, GarpSpec, HighAvailabilityCluster,
-    HighAvailabilityClusterSpec, HighAvailabilityClusterStatus, LocalHealthSpec, MasterHealth, Masters, MemberSummary,
-    ProxyHealthCheck, ProxySpec, StrangerPolicy, VrrpSpec,
+    Balance, ControlPlaneView, ElectionMode, ElectionSpec, EtcdMember, EtcdMemberView, EtcdQuorum, EtcdSpec,
+    EtcdTopology, Failover, GarpSpec, HighAvailabilityCluster, HighAvailabilityClusterSpec,
+    HighAvailabilityClusterStatus, LocalHealthSpec, MasterHealth, Masters, MemberSummary, ProxyHealthCheck, ProxySpec,
+    StrangerPolicy, VrrpSpec,
 };
 pub use interval::{Interval, IntervalError};
 pub use member::{
-    BackendStatus, CheckResult, ComponentHealth, ControlPlaneHealth, HealthCheck, HighAvailabilityMember,
-    HighAvailabilityMemberSpec, HighAvailabilityMemberStatus, HttpsCheck, LinkCheck, MemberProxy, MemberVrrp, Metrics,
-    Penalty, StrangerSeen, TcpCheck, Transition, VrrpState,
+    BackendStatus, CheckResult, ComponentHealth, ControlPlaneHealth, EtcdMemberHealth, HealthCheck,
+    HighAvailabilityMember, HighAvailabilityMemberSpec, HighAvailabilityMemberStatus, HttpsCheck, LinkCheck,
+    MemberProxy, MemberVrrp, Metrics, Penalty, StrangerSeen, TcpCheck, Transition, VrrpState,
 };
 
 /// The API group.

@@ -97,6 +97,11 @@ pub struct HighAvailabilityMemberSpec {
     #[schemars(transform = rules::with([rules::range("fencingBoost", 0, 253, "set by the operator")]))]
     pub fencing_boost: i32,
 
+    /// Where etcd runs, from the cluster's spec.etcd: with topology External the agent probes every member
+    /// listed (and no etcd of its own node); Stacked (default) probes its node's own member.
+    #[serde(default, skip_serializing_if = "crate::cluster::EtcdSpec::is_stacked")]
+    pub etcd: crate::cluster::EtcdSpec,
+
     /// Prometheus metrics endpoint.
     #[serde(default)]
     pub metrics: Metrics,
@@ -515,6 +520,22 @@ pub struct ControlPlaneHealth {
     /// kube-scheduler /healthz.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduler: Option<ComponentHealth>,
+    /// Each member of an external etcd (spec.etcd.topology External), as this node reaches it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub etcd_members: Vec<EtcdMemberHealth>,
+}
+
+/// One external etcd member's /health as an agent sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdMemberHealth {
+    /// The member's name, from spec.etcd.members.
+    pub name: String,
+    /// Whether it answered healthy.
+    pub healthy: bool,
+    /// What the probe saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One component's health.

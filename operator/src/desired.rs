@@ -257,6 +257,7 @@ fn member(
         proxy,
         election: s.election.clone(),
         fencing_boost,
+        etcd: s.etcd.clone(),
         metrics: Metrics::default(),
         state_dir: "/var/lib/kubeha".into(),
     };

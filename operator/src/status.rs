@@ -8,8 +8,9 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kubeha_crds::{
-    ControlPlaneView, EtcdQuorum, Failover, HighAvailabilityCluster, HighAvailabilityClusterStatus,
-    HighAvailabilityMember, MasterHealth, MemberSummary, StrangerPolicy, StrangerSeen, VrrpState, fault_tolerance,
+    ControlPlaneView, EtcdMemberView, EtcdQuorum, EtcdTopology, Failover, HighAvailabilityCluster,
+    HighAvailabilityClusterStatus, HighAvailabilityMember, MasterHealth, MemberSummary, StrangerPolicy, StrangerSeen,
+    VrrpState, fault_tolerance,
 };
 
 use crate::conflict::Conflict;
@@ -237,24 +238,33 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
         + not_cached.len()
         + i.problems.iter().filter(|p| matches!(p, Problem::NoAddress { .. })).count();
     let healthy = views.iter().filter(|v| v.healthy).count();
-    let control_plane = control_plane(&views, masters, &i.leaders);
-    // Quorum from etcd's own health once the agents probe it; from member health until then.
+    let external = (hac.spec.etcd.topology == EtcdTopology::External).then_some(&hac.spec.etcd.members[..]);
+    let control_plane = control_plane(&views, masters, &i.leaders, external);
+    // The etcd cluster's size: one member per master when stacked, the listed members when external.
+    let etcd_size = external.map_or(masters, <[_]>::len);
+    // Quorum from etcd's own health once the agents probe it; from member health until then (stacked only:
+    // an external etcd's health has nothing to do with the masters').
     let etcd_healthy = control_plane.etcd.as_ref().map(|e| usize::try_from(e.healthy).unwrap_or(0));
-    let (quorum_basis, basis) = match etcd_healthy {
-        Some(n) => (n, "etcd members"),
-        None => (healthy, "masters"),
+    let (quorum_basis, basis) = match (etcd_healthy, external) {
+        (Some(n), _) => (n, "etcd members"),
+        (None, Some(_)) => (0, "etcd members"),
+        (None, None) => (healthy, "masters"),
     };
     // Members that report but have not probed their etcd yet (an agent that has just started): their etcd is
-    // unknown, not down. A member that stopped reporting altogether still counts as down.
-    let not_probed: Vec<String> = match etcd_healthy {
-        Some(_) => views
-            .iter()
-            .filter(|v| {
-                v.fresh && v.m.status.as_ref().and_then(|s| s.control_plane.as_ref()).is_none_or(|cp| cp.etcd.is_none())
-            })
-            .map(node)
-            .collect(),
-        None => Vec::new(),
+    // unknown, not down. A member that stopped reporting altogether still counts as down. With an external
+    // etcd, unknown until some agent has probed it.
+    let probed = |v: &&View<'_>| {
+        let cp = v.m.status.as_ref().and_then(|s| s.control_plane.as_ref());
+        if external.is_some() {
+            cp.is_some_and(|cp| !cp.etcd_members.is_empty())
+        } else {
+            cp.is_some_and(|cp| cp.etcd.is_some())
+        }
+    };
+    let not_probed: Vec<String> = match (etcd_healthy, external) {
+        (Some(_), None) => views.iter().filter(|v| v.fresh && !probed(v)).map(node).collect(),
+        (None, Some(_)) => views.iter().filter(|v| v.fresh).map(node).collect(),
+        _ => Vec::new(),
     };
     let mut events = Vec::new();
     let mut waiting_for: Vec<String> = views.iter().filter(|v| v.pending).map(node).collect();
@@ -262,6 +272,7 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
     let blocked = held_back(i.conflicts, i.vip_mistake);
     let quorum = Quorum {
         masters,
+        external: external.map(<[_]>::len),
         basis: quorum_basis,
         counted: basis,
         not_probed: &not_probed,
@@ -353,7 +364,7 @@ pub fn aggregate(i: &Inputs<'_>) -> Outcome {
         active_node: active,
         members_ready: Some(format!("{healthy}/{masters}")),
         members,
-        fault_tolerance: Some(i32::try_from(fault_tolerance(masters)).unwrap_or(i32::MAX)),
+        fault_tolerance: Some(i32::try_from(fault_tolerance(etcd_size)).unwrap_or(i32::MAX)),
         control_plane: Some(control_plane),
         last_failover,
         failover_count,
@@ -440,6 +451,8 @@ fn degraded(hac: &HighAvailabilityCluster, views: &[View<'_>], problems: &[Probl
 struct Quorum<'a> {
     /// Masters selected (with a member or not yet cached, or without an address).
     masters: usize,
+    /// With an external etcd, its size (spec.etcd.members): quorum is that cluster's, not the masters'.
+    external: Option<usize>,
     /// How many count as healthy: etcd members once the agents probe etcd, members until then.
     basis: usize,
     /// What `basis` counts: "etcd members" or "masters".
@@ -454,7 +467,10 @@ struct Quorum<'a> {
 
 /// QuorumAtRisk: one more failure would lose the majority (or there is no margin at all).
 fn quorum_at_risk(q: &Quorum<'_>) -> Verdict {
-    let Quorum { masters, basis, counted, not_probed, waiting_for, blocked } = *q;
+    let Quorum { masters, external, basis, counted, not_probed, waiting_for, blocked } = *q;
+    if let Some(size) = external {
+        return external_quorum_at_risk(size, basis, not_probed, masters == 0 && blocked);
+    }
     let quorum = masters / 2 + 1;
     match masters {
         0 if blocked => verdict(None, NO_MEMBERS.0, NO_MEMBERS.1),
@@ -489,6 +505,36 @@ fn quorum_at_risk(q: &Quorum<'_>) -> Verdict {
             format!("{n} masters tolerate {} failures, no more than {} would", fault_tolerance(n), n - 1),
         ),
         n => verdict(Some(false), "Tolerates", format!("{} of {n} masters may fail", fault_tolerance(n))),
+    }
+}
+
+/// QuorumAtRisk of an external etcd of `size` members, `healthy` of them healthy by the agents' probes.
+fn external_quorum_at_risk(size: usize, healthy: usize, not_probed: &[String], blocked: bool) -> Verdict {
+    let quorum = size / 2 + 1;
+    match size {
+        _ if blocked => verdict(None, NO_MEMBERS.0, NO_MEMBERS.1),
+        _ if !not_probed.is_empty() && healthy == 0 => verdict(
+            None,
+            "EtcdHealthUnknown",
+            format!("no agent has probed the {size} etcd members yet ({} report)", not_probed.join(", ")),
+        ),
+        _ if healthy < quorum => verdict(
+            Some(true),
+            "QuorumLost",
+            format!("only {healthy} of {size} etcd members healthy; {quorum} are needed for quorum"),
+        ),
+        1 => verdict(Some(true), "SingleEtcdMember", "one etcd member tolerates no failure: run three or five"),
+        _ if healthy == quorum => verdict(
+            Some(true),
+            "OneFailureFromQuorumLoss",
+            format!("{healthy} of {size} etcd members healthy; {quorum} are needed for quorum"),
+        ),
+        n if n % 2 == 0 => verdict(
+            Some(false),
+            "EvenEtcdMemberCount",
+            format!("{n} etcd members tolerate {} failures, no more than {} would", fault_tolerance(n), n - 1),
+        ),
+        n => verdict(Some(false), "Tolerates", format!("{} of {n} etcd members may fail", fault_tolerance(n))),
     }
 }
 
@@ -595,8 +641,14 @@ fn ready(hac: &HighAvailabilityCluster, active: Option<&str>, others: &[(Conditi
 }
 
 /// Each master's components as its (fresh) member reports them, the controller leaders, and etcd quorum once
-/// any member reports etcd health (a member not reporting counts as an unhealthy etcd member).
-fn control_plane(views: &[View<'_>], masters: usize, leaders: &Leaders) -> ControlPlaneView {
+/// any member reports etcd health (stacked: a member not reporting counts as an unhealthy etcd member;
+/// `external`: a listed member is healthy when any agent reaches it healthy).
+fn control_plane(
+    views: &[View<'_>],
+    masters: usize,
+    leaders: &Leaders,
+    external: Option<&[kubeha_crds::EtcdMember]>,
+) -> ControlPlaneView {
     let reported = |v: &View<'_>| v.m.status.as_ref().and_then(|s| s.control_plane.clone()).filter(|_| v.fresh);
     let health = |c: &Option<kubeha_crds::ComponentHealth>| c.as_ref().map(|c| c.healthy);
     let list: Vec<MasterHealth> = views
@@ -612,21 +664,59 @@ fn control_plane(views: &[View<'_>], masters: usize, leaders: &Leaders) -> Contr
             }
         })
         .collect();
-    let etcd = list.iter().any(|m| m.etcd.is_some()).then(|| {
-        let healthy = list.iter().filter(|m| m.etcd == Some(true)).count();
-        let quorum = masters / 2 + 1;
-        let n = |x: usize| i32::try_from(x).unwrap_or(i32::MAX);
-        EtcdQuorum {
-            members: n(masters),
-            healthy: n(healthy),
-            fault_tolerance: if healthy >= quorum { n(healthy - quorum) } else { -1 },
+    let n = |x: usize| i32::try_from(x).unwrap_or(i32::MAX);
+    let quorum_of = |size: usize, healthy: usize| EtcdQuorum {
+        members: n(size),
+        healthy: n(healthy),
+        fault_tolerance: if healthy > size / 2 { n(healthy - (size / 2 + 1)) } else { -1 },
+    };
+    let (etcd, etcd_members) = match external {
+        None => {
+            let etcd = list
+                .iter()
+                .any(|m| m.etcd.is_some())
+                .then(|| quorum_of(masters, list.iter().filter(|m| m.etcd == Some(true)).count()));
+            (etcd, Vec::new())
         }
-    });
+        Some(members) => {
+            let reports: Vec<(String, Vec<kubeha_crds::EtcdMemberHealth>)> = views
+                .iter()
+                .filter_map(|v| Some((v.m.spec.node_name.clone(), reported(v)?.etcd_members)))
+                .filter(|(_, r)| !r.is_empty())
+                .collect();
+            let view: Vec<EtcdMemberView> = members
+                .iter()
+                .map(|e| {
+                    let seen: Vec<(&String, &kubeha_crds::EtcdMemberHealth)> = reports
+                        .iter()
+                        .filter_map(|(node, r)| Some((node, r.iter().find(|h| h.name == e.name)?)))
+                        .collect();
+                    let healthy_from: Vec<String> =
+                        seen.iter().filter(|(_, h)| h.healthy).map(|(node, _)| (*node).clone()).collect();
+                    let message = seen
+                        .iter()
+                        .find(|(_, h)| !h.healthy)
+                        .filter(|_| healthy_from.is_empty())
+                        .map(|(node, h)| format!("{node}: {}", h.message.as_deref().unwrap_or("unhealthy")));
+                    EtcdMemberView {
+                        name: e.name.clone(),
+                        healthy: (!seen.is_empty()).then_some(!healthy_from.is_empty()),
+                        healthy_from,
+                        message,
+                    }
+                })
+                .collect();
+            let etcd = (!reports.is_empty())
+                .then(|| quorum_of(members.len(), view.iter().filter(|m| m.healthy == Some(true)).count()));
+            (etcd, view)
+        }
+    };
     ControlPlaneView {
         masters: list,
         controller_manager_leader: leaders.controller_manager.clone(),
         scheduler_leader: leaders.scheduler.clone(),
         etcd,
+        etcd_members,
     }
 }
 
@@ -1040,6 +1130,7 @@ mod tests {
                 etcd: ok(etcd),
                 controller_manager: ok(true),
                 scheduler: None,
+                etcd_members: Vec::new(),
             });
         }
         let leaders = Leaders { controller_manager: Some("n2".into()), scheduler: Some("n3".into()) };
@@ -1059,6 +1150,70 @@ mod tests {
         let out = run(&h, &ms);
         assert_eq!(out.status.control_plane.as_ref().unwrap().etcd.as_ref().unwrap().fault_tolerance, -1);
         assert_eq!(cond(&out.status, "QuorumAtRisk"), ("True", "QuorumLost"));
+    }
+
+    /// Three masters whose agents report an external etcd's members: `seen[i]` is master i's view.
+    fn external(seen: [&[(&str, bool)]; 3], size: usize) -> Outcome {
+        let members: Vec<_> = (1..=size)
+            .map(|i| json!({"name": format!("e{i}"), "healthURL": format!("http://198.51.100.3{i}:2381/health")}))
+            .collect();
+        let (h, mut ms) = cluster(json!({"etcd": {"topology": "External", "members": members}}), 3);
+        report(&mut ms, 1, VrrpState::Master, true);
+        report(&mut ms, 2, VrrpState::Backup, false);
+        report(&mut ms, 3, VrrpState::Backup, false);
+        for (i, view) in seen.iter().enumerate() {
+            let etcd_members = view
+                .iter()
+                .map(|(name, healthy)| kubeha_crds::EtcdMemberHealth {
+                    name: (*name).into(),
+                    healthy: *healthy,
+                    message: (!healthy).then(|| "connection refused".into()),
+                })
+                .collect();
+            ms[i].status.as_mut().unwrap().control_plane =
+                Some(kubeha_crds::ControlPlaneHealth { etcd_members, ..Default::default() });
+        }
+        run(&h, &ms)
+    }
+
+    #[test]
+    fn an_external_etcd_is_counted_by_its_own_members_not_by_the_masters() {
+        let all = [("e1", true), ("e2", true), ("e3", true), ("e4", true), ("e5", true)];
+        let out = external([&all, &all, &all], 5);
+        let cp = out.status.control_plane.clone().unwrap();
+        assert_eq!(cp.etcd, Some(EtcdQuorum { members: 5, healthy: 5, fault_tolerance: 2 }));
+        assert_eq!(out.status.fault_tolerance, Some(2), "etcd's tolerance, not three masters' 1");
+        assert!(cp.masters.iter().all(|m| m.etcd.is_none()), "no master runs an etcd member");
+        assert_eq!(cp.etcd_members.len(), 5);
+        assert_eq!(cp.etcd_members[0].healthy_from, ["n1", "n2", "n3"]);
+        assert_eq!(cond(&out.status, "QuorumAtRisk"), ("False", "Tolerates"));
+
+        // e3 down for everyone, e2 reached by n3 only (n1 and n2 are cut off from it): e2 is in quorum.
+        let cut = [("e1", true), ("e2", false), ("e3", false), ("e4", true), ("e5", true)];
+        let n3 = [("e1", true), ("e2", true), ("e3", false), ("e4", true), ("e5", true)];
+        let out = external([&cut, &cut, &n3], 5);
+        let cp = out.status.control_plane.clone().unwrap();
+        assert_eq!(cp.etcd, Some(EtcdQuorum { members: 5, healthy: 4, fault_tolerance: 1 }));
+        assert_eq!(cp.etcd_members[1].healthy_from, ["n3"]);
+        assert_eq!(cp.etcd_members[2].healthy, Some(false));
+        assert_eq!(cp.etcd_members[2].message.as_deref(), Some("n1: connection refused"));
+        assert_eq!(cond(&out.status, "QuorumAtRisk"), ("False", "Tolerates"));
+
+        // Three of five down: quorum lost, whatever the masters' health.
+        let lost = [("e1", true), ("e2", true), ("e3", false), ("e4", false), ("e5", false)];
+        let out = external([&lost, &lost, &lost], 5);
+        assert_eq!(cond(&out.status, "QuorumAtRisk"), ("True", "QuorumLost"));
+        assert_eq!(out.status.control_plane.unwrap().etcd.unwrap().fault_tolerance, -1);
+    }
+
+    #[test]
+    fn an_external_etcd_nobody_probed_yet_is_unknown_and_one_member_is_a_risk() {
+        let out = external([&[], &[], &[]], 3);
+        assert_eq!(cond(&out.status, "QuorumAtRisk"), ("Unknown", "EtcdHealthUnknown"));
+        assert_eq!(out.status.control_plane.unwrap().etcd, None);
+        let out = external([&[("e1", true)], &[("e1", true)], &[("e1", true)]], 1);
+        assert_eq!(cond(&out.status, "QuorumAtRisk"), ("True", "SingleEtcdMember"));
+        assert_eq!(out.status.fault_tolerance, Some(0));
     }
 
     #[test]

@@ -97,6 +97,7 @@ pub async fn run(opts: Options, registry: MemberMetrics, shutdown: watch::Receiv
         registry,
         discovered: Vec::new(),
         health: watch::channel(ControlPlaneHealth::default()).1,
+        etcd: watch::channel(kubeha_crds::EtcdSpec::default()).0,
     };
     let saved = sup.store.load(&opts.node)?;
     if !saved.is_empty() {
@@ -105,17 +106,19 @@ pub async fn run(opts: Options, registry: MemberMetrics, shutdown: watch::Receiv
     for s in saved {
         sup.apply(s.name.clone(), s.cluster, s.generation, None, s.spec).await;
     }
+    sup.publish_etcd();
 
     let (wanted_tx, mut wanted_rx) = watch::channel::<Wanted>(None);
     let watcher = tokio::spawn(watch_members(opts.clone(), wanted_tx));
     let (health_tx, health_rx) = watch::channel(ControlPlaneHealth::default());
     let probes = tokio::spawn({
         let urls = opts.components.clone();
+        let etcd = sup.etcd.subscribe();
         // The control-plane view is part of the VIP part's status.
         let vip = opts.parts.vip;
         async move {
             if vip {
-                probe_components(urls, health_tx).await;
+                probe_components(urls, etcd, health_tx).await;
             }
         }
     });

@@ -69,6 +69,8 @@ pub(super) struct Supervisor {
     pub(super) registry: MemberMetrics,
     pub(super) discovered: Vec<SocketAddr>,
     pub(super) health: watch::Receiver<ControlPlaneHealth>,
+    /// Where etcd runs, as this node's members say: what the component probes look at.
+    pub(super) etcd: watch::Sender<kubeha_crds::EtcdSpec>,
 }
 
 impl Supervisor {
@@ -94,6 +96,23 @@ impl Supervisor {
         masters.sort();
         masters.dedup();
         self.opts.api.set_masters(&masters);
+        self.publish_etcd();
+    }
+
+    /// Tells the component probes where etcd runs: external when a member of this node says so (the first
+    /// by name, if two clusters on one node disagreed), stacked otherwise.
+    pub(super) fn publish_etcd(&self) {
+        let external = self
+            .members
+            .values()
+            .map(|m| m.shared.borrow().spec.etcd.clone())
+            .find(|e| e.topology == kubeha_crds::EtcdTopology::External)
+            .unwrap_or_default();
+        self.etcd.send_if_modified(|v| {
+            let changed = *v != external;
+            *v = external;
+            changed
+        });
     }
 
     /// Starts a member, or moves a running one to `spec`, and saves it as last-known-good when it changed.

@@ -10,9 +10,16 @@
 # packages' kubelet.service with kubeadm's drop-in would run it, from the files kubeadm writes, started and
 # restarted by `systemctl` (e2e/noderuntime/bin/systemctl writes the requests to /run/kubelet-unit; this
 # script is the systemd that carries them out), and crash-looping until kubeadm has configured it.
+#
+# With --bare the host is a machine without a kubelet (an external etcd host): the same private /run,
+# overlays and binds, and nothing started; the script then waits, holding the mount namespace, for the
+# services a person starts there (e2e/cluster node-shell, Cluster::start_node_service).
 set -euo pipefail
-kubeadm=false
-if [ "${1:-}" = --kubeadm ]; then kubeadm=true; shift; fi
+kubeadm=false bare=false
+case "${1:-}" in
+  --kubeadm) kubeadm=true; shift ;;
+  --bare) bare=true; shift ;;
+esac
 host=$1 address=$2 dir=$3 logs=$4 kubelet=$5 runtime=$6
 shift 6
 cgroot=kubeha-e2e/$host
@@ -52,6 +59,10 @@ done
 mkdir -p /etc/kubernetes/manifests /var/log/pods
 # The machine's own name resolves, as on any installed host (kubeadm's preflight looks it up).
 echo "${address%%,*} $host" >>/etc/hosts
+if $bare; then
+  : >"$dir/booted"
+  exec sleep infinity
+fi
 
 export PATH=$runtime:$PATH # containerd finds containerd-shim-runc-v2 on PATH
 "$runtime/containerd" --config "$dir/containerd.toml" >>"$logs/containerd.log" 2>&1 &

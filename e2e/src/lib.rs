@@ -23,7 +23,7 @@ pub use cluster::{
     kubeha_binary,
 };
 pub use error::{Error, Result};
-pub use net::{CLIENTS, Host, KUBERNETES_SERVICE, NODES, Node, POD_CIDR, SERVICE_CIDR, VIP_V4, VIP_V6};
+pub use net::{CLIENTS, ETCD_HOSTS, Host, KUBERNETES_SERVICE, NODES, Node, POD_CIDR, SERVICE_CIDR, VIP_V4, VIP_V6};
 pub use node::{kubeha_image, kubeha_image_ref};
 pub use pods::{CHART, ContainerProcess, Pod, TEST_WORLD_VALUES, yaml_documents};
 pub use vipwatch::{Timeline, VipWatch};

@@ -38,6 +38,7 @@ pub struct Host {
 enum HostKind {
     Master,
     Client,
+    Etcd,
 }
 
 /// A master node: `n1`, `n2`, `n3`.
@@ -48,6 +49,14 @@ pub const NODES: [Node; 3] = [Host::master(1), Host::master(2), Host::master(3)]
 /// Client hosts on the same bridge, at 198.51.100.21 and up: where pods that are not on a master run
 /// (the operator's two replicas) and where probes of the VIP come from.
 pub const CLIENTS: [Host; 2] = [Host::client(1), Host::client(2)];
+/// Hosts of an external etcd, at 198.51.100.31–33: booted only as empty machines in the kubeadm world, for
+/// the guide's external-etcd topology; idle otherwise.
+pub const ETCD_HOSTS: [Host; 3] = [Host::etcd(1), Host::etcd(2), Host::etcd(3)];
+
+/// Every host of the test world: masters, clients, etcd hosts.
+pub(crate) fn all_hosts() -> impl Iterator<Item = Host> {
+    NODES.into_iter().chain(CLIENTS).chain(ETCD_HOSTS)
+}
 /// The `kubernetes` Service (the first address of [`SERVICE_CIDR`]), which pods find in
 /// KUBERNETES_SERVICE_HOST. The clients reach the API servers behind it as kube-proxy would let them.
 pub const KUBERNETES_SERVICE: (Ipv4Addr, u16) = (Ipv4Addr::new(203, 0, 113, 129), 443);
@@ -61,10 +70,14 @@ impl Host {
         Self { kind: HostKind::Client, index }
     }
 
+    const fn etcd(index: u8) -> Self {
+        Self { kind: HostKind::Etcd, index }
+    }
+
     /// Looks a host up by its name (`n2`, `c1`); what `e2e/cluster` accepts on its command line.
     pub fn parse(name: &str) -> Result<Self> {
-        let known = || NODES.iter().chain(CLIENTS.iter());
-        known().find(|h| h.name() == name).copied().ok_or_else(|| {
+        let known = all_hosts;
+        known().find(|h| h.name() == name).ok_or_else(|| {
             let names: Vec<String> = known().map(|h| h.name()).collect();
             Error::Usage(format!("unknown host '{name}': the test world has {}", names.join(", ")))
         })
@@ -75,6 +88,7 @@ impl Host {
         match self.kind {
             HostKind::Master => format!("n{}", self.index),
             HostKind::Client => format!("c{}", self.index),
+            HostKind::Etcd => format!("e{}", self.index),
         }
     }
 
@@ -111,6 +125,8 @@ impl Host {
         match self.kind {
             HostKind::Master => self.index,
             HostKind::Client => NODES.len() as u8 + self.index,
+            // No pods: etcd hosts run no kubelet.
+            HostKind::Etcd => 0,
         }
     }
 
@@ -118,6 +134,7 @@ impl Host {
         match self.kind {
             HostKind::Master => 10 + self.index,
             HostKind::Client => 20 + self.index,
+            HostKind::Etcd => 30 + self.index,
         }
     }
 }
@@ -151,7 +168,7 @@ pub(crate) fn setup() -> Result<()> {
     ip(&["link", "set", BRIDGE, "up"])?;
     ip(&["route", "add", "blackhole", SERVICE_CIDR])?;
     ip(&["route", "add", "blackhole", POD_CIDR])?;
-    for host in NODES.iter().chain(CLIENTS.iter()) {
+    for host in &all_hosts().collect::<Vec<_>>() {
         let (ns, port) = (host.netns(), host.bridge_port());
         ip(&["netns", "add", &ns])?;
         ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
@@ -201,7 +218,7 @@ fn kube_proxy(host: &Host) -> Result<()> {
 /// Removes every namespace, link and route [`setup`] creates, whichever of them exist. Processes must be
 /// gone first: a namespace with processes in it outlives its name.
 pub(crate) fn teardown() {
-    for host in NODES.iter().chain(CLIENTS.iter()) {
+    for host in all_hosts() {
         // Deleting the namespace deletes its eth0 and with it the veth peer in the root namespace.
         let _ = ip(&["netns", "delete", &host.netns()]);
         let _ = ip(&["link", "delete", &host.bridge_port()]);
@@ -214,7 +231,7 @@ pub(crate) fn teardown() {
 /// Which of the test world's namespaces and links exist right now (for `status` and leak checks).
 pub(crate) fn leftovers() -> Vec<String> {
     let mut found = Vec::new();
-    for host in NODES.iter().chain(CLIENTS.iter()) {
+    for host in all_hosts() {
         if std::path::Path::new("/run/netns").join(host.netns()).exists() {
             found.push(format!("netns {}", host.netns()));
         }

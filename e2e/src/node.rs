@@ -230,6 +230,24 @@ authorization:
         Ok(())
     }
 
+    /// Boots a host without a kubelet (an external etcd host of the kubeadm world): its cgroup tree and
+    /// node.sh --bare, which holds the host's mount namespace for the services started there.
+    pub(crate) fn start_bare(&self, host: &Host) -> Result<()> {
+        let daemon = self.node_daemon(host);
+        if daemon.pid().is_some() {
+            return Ok(());
+        }
+        make_cgroups(host)?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("noderuntime/node.sh");
+        let logs = self.dir().join("logs").join(host.name());
+        let _ = fs::remove_file(self.node_dir(host).join("booted"));
+        let mut argv: Vec<String> = ["unshare", "--mount", "--propagation", "private"].map(String::from).to_vec();
+        argv.extend([script.display().to_string(), "--bare".into(), host.name(), host.ipv4().to_string()]);
+        argv.extend([self.node_dir(host).display().to_string(), logs.display().to_string()]);
+        argv.extend(["-".into(), "-".into()]);
+        daemon.spawn(host, &argv).map(drop)
+    }
+
     /// Boots a host's containerd and kubelet (if they are not running): its cgroup tree, then node.sh.
     pub(crate) fn start_runtime(&self, host: &Host) -> Result<()> {
         let daemon = self.node_daemon(host);

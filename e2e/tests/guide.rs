@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::wait_until;
 use kubeha_e2e::guide::{self, GUIDE};
-use kubeha_e2e::{CLIENTS, Cluster, ClusterLock, Host, NODES, VIP_V4, yaml_documents};
+use kubeha_e2e::{CLIENTS, Cluster, ClusterLock, ETCD_HOSTS, Host, NODES, VIP_V4, yaml_documents};
 
 /// What this machine needs of kubeadm, and nothing about kubeha or the VIP (the guide's "How this guide is
 /// tested" lists them): cgroup v1, documentation ranges only, and no registry for the add-ons' images.
@@ -33,6 +33,17 @@ impl Drop for World {
 }
 
 impl World {
+    /// The kubeadm world booted: every host an empty machine.
+    async fn up() -> Self {
+        let cluster = Cluster::open().unwrap();
+        let lock = cluster.lock().unwrap();
+        let world = World { cluster, _lock: lock };
+        let booting = Instant::now();
+        world.cluster.up_kubeadm_world().await.unwrap();
+        eprintln!("guide: the empty machines booted in {:.1} s", booting.elapsed().as_secs_f64());
+        world
+    }
+
     fn kubectl(&self, args: &[&str]) -> Option<String> {
         let out = self.cluster.kubectl().args(args).output().ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
@@ -63,6 +74,73 @@ impl World {
         })
         .await;
     }
+}
+
+/// Step 1 on every master, as the guide has it. The manifest carries no credential: no service account, and
+/// hostPath volumes outside /etc/kubernetes only (no kubeconfig, no certificate). The kubelets crash-loop
+/// unconfigured, so no static pod runs and nobody holds the VIP yet.
+async fn bootstrap_masters(world: &World) {
+    let cluster = &world.cluster;
+    let bootstrap = guide::block(GUIDE, "bootstrap").unwrap();
+    for node in NODES {
+        world.run(&node, "bootstrap", &bootstrap);
+        let path = cluster.node_path(&node, "/etc/kubernetes/manifests/kubeha-bootstrap.yaml").unwrap();
+        let pod = &yaml_documents(&fs::read_to_string(path).unwrap()).unwrap()[0];
+        assert!(pod["spec"]["serviceAccountName"].is_null(), "{pod}");
+        for volume in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+            let host_path = volume["hostPath"]["path"].as_str().unwrap_or_else(|| panic!("not a hostPath: {volume}"));
+            assert!(!host_path.starts_with("/etc/kubernetes"), "the bootstrap pod mounts {host_path}: {pod}");
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let vip = IpAddr::V4(VIP_V4);
+    assert!(cluster.holders(vip).is_empty(), "the VIP is held before kubeadm init: {:?}", cluster.holders(vip));
+}
+
+/// After init on n1 printed `printed`: n1 holds the VIP, its admin.conf becomes the test's, and n2 and n3
+/// join with the guide's command, one at a time. Returns the worker's join command init printed.
+async fn join_masters(world: &World, printed: &str) -> Vec<String> {
+    let cluster = &world.cluster;
+    let [n1, n2, n3] = NODES;
+    assert_eq!(cluster.holders(IpAddr::V4(VIP_V4)), vec![n1], "after init");
+    let joins = guide::printed_joins(printed);
+    assert_eq!(joins.len(), 2, "init printed a control-plane and a worker join:\n{printed}");
+    assert!(joins[0].contains(&"--control-plane".to_string()) && !joins[1].contains(&"--control-plane".to_string()));
+    cluster.adopt_admin_conf(&n1).unwrap();
+    let join = guide::block(GUIDE, "join-control-plane").unwrap();
+    for node in [n2, n3] {
+        world.run(&node, "kubeadm join --control-plane", &join_command(&join, &joins[0], &node));
+    }
+    let masters: Vec<String> = NODES.iter().map(|n| n.name()).collect();
+    world.run(&n1, "check nodes", &guide::block(GUIDE, "check-nodes").unwrap());
+    world.wait_ready_nodes(&masters).await;
+    joins[1].clone()
+}
+
+/// Steps 4 and 5 on n1 with `hac` as hac.yaml; returns once the cluster is Ready and every bootstrap agent
+/// has stepped aside.
+async fn install_and_declare(world: &World, hac: &str) {
+    let cluster = &world.cluster;
+    let n1 = NODES[0];
+    world.run(&n1, "helm install", &guide::block(GUIDE, "install").unwrap());
+    fs::write(cluster.node_home(&n1).unwrap().join("hac.yaml"), hac).unwrap();
+    world.run(&n1, "kubectl apply", &guide::block(GUIDE, "apply").unwrap());
+    wait_until("the HighAvailabilityCluster Ready", Duration::from_secs(180), || async {
+        let ready = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
+        world.kubectl(&["get", "hac", "control-plane", "-o", ready]).as_deref() == Some("True")
+    })
+    .await;
+    assert_eq!(cluster.holders(IpAddr::V4(VIP_V4)).len(), 1);
+    wait_until("every bootstrap agent stepped aside", Duration::from_secs(60), || async {
+        NODES.iter().all(|node| {
+            let pods = cluster.pods("kube-system", "app.kubernetes.io/component=bootstrap").unwrap_or_default();
+            pods.iter()
+                .find(|p| p.name == format!("kubeha-bootstrap-{node}"))
+                .and_then(|p| cluster.pod_log(p).ok())
+                .is_some_and(|log| log.contains("stepping aside for the cluster-mode agent"))
+        })
+    })
+    .await;
 }
 
 /// The guide's join block, its placeholders filled from the command init printed, and `--apiserver-advertise-address`
@@ -99,32 +177,13 @@ fn join_command(block: &str, printed: &[String], host: &Host) -> String {
 #[tokio::test]
 async fn the_guide_takes_three_empty_masters_to_a_ready_cluster() {
     kubeha_e2e::skip_unless_root!();
-    let cluster = Cluster::open().unwrap();
-    let lock = cluster.lock().unwrap();
-    let world = World { cluster, _lock: lock };
+    let start = Instant::now();
+    let world = World::up().await;
     let cluster = &world.cluster;
     let vip = IpAddr::V4(VIP_V4);
-    let [n1, n2, n3] = NODES;
-    let start = Instant::now();
-    cluster.up_kubeadm_world().await.unwrap();
-    eprintln!("guide: five empty machines booted in {:.1} s", start.elapsed().as_secs_f64());
+    let n1 = NODES[0];
 
-    // Step 1 on every master. The manifest carries no credential: no service account, and hostPath
-    // volumes outside /etc/kubernetes only (no kubeconfig, no certificate).
-    let bootstrap = guide::block(GUIDE, "bootstrap").unwrap();
-    for node in NODES {
-        world.run(&node, "bootstrap", &bootstrap);
-        let path = cluster.node_path(&node, "/etc/kubernetes/manifests/kubeha-bootstrap.yaml").unwrap();
-        let pod = &yaml_documents(&fs::read_to_string(path).unwrap()).unwrap()[0];
-        assert!(pod["spec"]["serviceAccountName"].is_null(), "{pod}");
-        for volume in pod["spec"]["volumes"].as_array().into_iter().flatten() {
-            let host_path = volume["hostPath"]["path"].as_str().unwrap_or_else(|| panic!("not a hostPath: {volume}"));
-            assert!(!host_path.starts_with("/etc/kubernetes"), "the bootstrap pod mounts {host_path}: {pod}");
-        }
-    }
-    // The kubelets crash-loop unconfigured: no static pod runs, nobody holds the VIP yet.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(cluster.holders(vip).is_empty(), "the VIP is held before kubeadm init: {:?}", cluster.holders(vip));
+    bootstrap_masters(&world).await;
 
     // Step 2: init on n1, with the flags only this machine needs. n1 holds the VIP by the time init is done
     // (init waited for its API server through it).
@@ -134,20 +193,7 @@ async fn the_guide_takes_three_empty_masters_to_a_ready_cluster() {
     let init = format!("{} {TEST_MACHINE_FLAGS} {INIT_FLAGS}", guide::shell_line(init_words));
     let printed = world.run(&n1, "kubeadm init", &init);
     let init_done = start.elapsed();
-    assert_eq!(cluster.holders(vip), vec![n1], "after init");
-    let joins = guide::printed_joins(&printed);
-    assert_eq!(joins.len(), 2, "init printed a control-plane and a worker join:\n{printed}");
-    assert!(joins[0].contains(&"--control-plane".to_string()) && !joins[1].contains(&"--control-plane".to_string()));
-    cluster.adopt_admin_conf(&n1).unwrap();
-
-    // The joins, one master at a time, each after its bootstrap (done above for all three).
-    let join = guide::block(GUIDE, "join-control-plane").unwrap();
-    for node in [n2, n3] {
-        world.run(&node, "kubeadm join --control-plane", &join_command(&join, &joins[0], &node));
-    }
-    let masters: Vec<String> = NODES.iter().map(|n| n.name()).collect();
-    world.run(&n1, "check nodes", &guide::block(GUIDE, "check-nodes").unwrap());
-    world.wait_ready_nodes(&masters).await;
+    let worker_join = join_masters(&world, &printed).await;
     wait_until("three etcd members and three bootstrap pods running", Duration::from_secs(90), || async {
         let running = |selector: &str| {
             let phases = world
@@ -175,28 +221,8 @@ async fn the_guide_takes_three_empty_masters_to_a_ready_cluster() {
         assert!(node == n1 || !supers.exists(), "{node} has a super-admin.conf");
     }
 
-    // Steps 4 and 5 on n1: helm, then the cluster that matches the bootstrap flags.
-    world.run(&n1, "helm install", &guide::block(GUIDE, "install").unwrap());
-    let hac = guide::block(GUIDE, "hac.yaml").unwrap();
-    fs::write(cluster.node_home(&n1).unwrap().join("hac.yaml"), &hac).unwrap();
-    world.run(&n1, "kubectl apply", &guide::block(GUIDE, "apply").unwrap());
-    wait_until("the HighAvailabilityCluster Ready", Duration::from_secs(180), || async {
-        let ready = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
-        world.kubectl(&["get", "hac", "control-plane", "-o", ready]).as_deref() == Some("True")
-    })
-    .await;
+    install_and_declare(&world, &guide::block(GUIDE, "hac.yaml").unwrap()).await;
     let ready_after = start.elapsed();
-    assert_eq!(cluster.holders(vip).len(), 1);
-    wait_until("every bootstrap agent stepped aside", Duration::from_secs(60), || async {
-        NODES.iter().all(|node| {
-            let pods = cluster.pods("kube-system", "app.kubernetes.io/component=bootstrap").unwrap_or_default();
-            pods.iter()
-                .find(|p| p.name == format!("kubeha-bootstrap-{node}"))
-                .and_then(|p| cluster.pod_log(p).ok())
-                .is_some_and(|log| log.contains("stepping aside for the cluster-mode agent"))
-        })
-    })
-    .await;
     eprintln!(
         "guide: empty masters to a Ready HighAvailabilityCluster in {:.0} s (kubeadm init done at {:.0} s)",
         ready_after.as_secs_f64(),
@@ -214,7 +240,131 @@ async fn the_guide_takes_three_empty_masters_to_a_ready_cluster() {
     eprintln!("guide: n1 powered off (the VIP was on {holder}); the VIP is on {}", names(cluster.holders(vip)));
     let c1 = CLIENTS[0];
     let worker = guide::block(GUIDE, "join-worker").unwrap();
-    world.run(&c1, "kubeadm join (worker, n1 off)", &join_command(&worker, &joins[1], &c1));
+    world.run(&c1, "kubeadm join (worker, n1 off)", &join_command(&worker, &worker_join, &c1));
     assert_eq!(world.server_in(&c1, "/etc/kubernetes/kubelet.conf"), "https://198.51.100.10:6443");
     world.wait_ready_nodes(&[c1.name()]).await;
+}
+
+/// The guide's etcd command for `host`: its name, and its own address in every URL but the shared
+/// `--initial-cluster`.
+fn etcd_command(block: &str, host: &Host) -> String {
+    let mut words = guide::commands(block).remove(0);
+    let own = host.ipv4().to_string();
+    let mut in_cluster = false;
+    for w in &mut words {
+        let shared = in_cluster || w.starts_with("--initial-cluster=");
+        in_cluster = w == "--initial-cluster";
+        if !shared {
+            *w = w.replace("198.51.100.31", &own);
+        }
+    }
+    guide::set_flag(&mut words, "--name", &host.name()).unwrap();
+    format!("exec {}", guide::shell_line(&words))
+}
+
+#[tokio::test]
+async fn the_guide_with_external_etcd_shows_etcds_own_members_and_tolerance() {
+    kubeha_e2e::skip_unless_root!();
+    let start = Instant::now();
+    let world = World::up().await;
+    let cluster = &world.cluster;
+    let [n1, ..] = NODES;
+    let [e1, e2, e3] = ETCD_HOSTS;
+
+    // The etcd hosts: certificates by kubeadm, the CA copied from e1, etcd run as the guide runs it.
+    let copy = |from: &Host, to: &Host, path: &str| {
+        let (src, dst) = (cluster.node_path(from, path).unwrap(), cluster.node_path(to, path).unwrap());
+        fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        fs::copy(&src, &dst).unwrap_or_else(|e| panic!("copying {path} from {from} to {to}: {e}"));
+    };
+    let config = guide::block(GUIDE, "etcd-kubeadm.yaml").unwrap();
+    for host in ETCD_HOSTS {
+        let own =
+            config.replace("198.51.100.31", &host.ipv4().to_string()).replace("name: e1", &format!("name: {host}"));
+        fs::write(cluster.node_home(&host).unwrap().join("etcd-kubeadm.yaml"), own).unwrap();
+    }
+    world.run(&e1, "etcd CA", &guide::block(GUIDE, "etcd-ca").unwrap());
+    for to in [e2, e3] {
+        copy(&e1, &to, "/etc/kubernetes/pki/etcd/ca.crt");
+        copy(&e1, &to, "/etc/kubernetes/pki/etcd/ca.key");
+    }
+    for host in ETCD_HOSTS {
+        world.run(&host, "etcd certificates", &guide::block(GUIDE, "etcd-certs").unwrap());
+    }
+    world.run(&e1, "the API servers' etcd client certificate", &guide::block(GUIDE, "etcd-client-cert").unwrap());
+    for path in ["etcd/ca.crt", "apiserver-etcd-client.crt", "apiserver-etcd-client.key"] {
+        copy(&e1, &n1, &format!("/etc/kubernetes/pki/{path}"));
+    }
+    let run = guide::block(GUIDE, "etcd-run").unwrap();
+    for host in ETCD_HOSTS {
+        cluster.start_node_service(&host, "etcd", &etcd_command(&run, &host)).unwrap();
+    }
+    wait_until("the three etcd members healthy on their metrics listeners", Duration::from_secs(60), || async {
+        ETCD_HOSTS.iter().all(|h| {
+            let check = format!("curl -sf http://{}:2381/health", h.ipv4());
+            cluster.on_node(&n1, &check).is_ok_and(|out| out.contains(r#""health":"true""#))
+        })
+    })
+    .await;
+    eprintln!("guide: external etcd healthy at {:.0} s", start.elapsed().as_secs_f64());
+
+    // The masters: bootstrap, init from the guide's configuration (plus the Service range this machine may
+    // use: kubeadm takes no --service-cidr beside --config), the joins, kubeha.
+    bootstrap_masters(&world).await;
+    let kubeadm_config = guide::block(GUIDE, "kubeadm-external.yaml").unwrap().replacen(
+        "kind: ClusterConfiguration\n",
+        "kind: ClusterConfiguration\nnetworking:\n  serviceSubnet: 203.0.113.128/25\n",
+        1,
+    );
+    fs::write(cluster.node_home(&n1).unwrap().join("kubeadm-external.yaml"), kubeadm_config).unwrap();
+    let init = guide::block(GUIDE, "init-external").unwrap();
+    let init = format!(
+        "{} {TEST_MACHINE_FLAGS} --skip-phases=addon/kube-proxy,addon/coredns",
+        guide::shell_line(&guide::commands(&init)[0])
+    );
+    let printed = world.run(&n1, "kubeadm init (external etcd)", &init);
+    join_masters(&world, &printed).await;
+    let on_masters = world.kubectl(&["-n", "kube-system", "get", "pods", "-l", "component=etcd", "-o", "name"]);
+    assert_eq!(on_masters.as_deref(), Some(""), "no etcd runs on the masters");
+    install_and_declare(&world, &guide::block(GUIDE, "hac-external.yaml").unwrap()).await;
+    eprintln!(
+        "guide: external etcd, empty masters to a Ready HighAvailabilityCluster in {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
+
+    // etcd's own members and tolerance in the status, not the masters'.
+    let status = |path: &str| world.kubectl(&["get", "hac", "control-plane", "-o", &format!("jsonpath={path}")]);
+    // Every agent reports on its own probe period (2 s): wait until all three have, then read the status.
+    let reached = |e: &Host| format!(r#"{e}=true:["n1","n2","n3"]"#);
+    let members = || status("{range .status.controlPlane.etcdMembers[*]}{.name}={.healthy}:{.healthyFrom} {end}");
+    wait_until("every master reaches all three etcd members", Duration::from_secs(30), || async {
+        members().is_some_and(|m| ETCD_HOSTS.iter().all(|e| m.contains(&reached(e))))
+    })
+    .await;
+    assert_eq!(
+        status("{.status.controlPlane.etcd.healthy}/{.status.controlPlane.etcd.members}").as_deref(),
+        Some("3/3")
+    );
+    assert_eq!(status("{.status.faultTolerance}").as_deref(), Some("1"), "etcd's tolerance");
+    wait_until("no master reports an etcd of its own", Duration::from_secs(10), || async {
+        status("{.status.controlPlane.masters[*].etcd}").as_deref() == Some("")
+    })
+    .await;
+
+    // One etcd member stops: one failure from quorum loss, by name, while the VIP stays served.
+    cluster.stop_service(&e3, "etcd", false);
+    wait_until("the status sees e3 down", Duration::from_secs(30), || async {
+        let risk = r#"{.status.conditions[?(@.type=="QuorumAtRisk")].reason}"#;
+        status(risk).as_deref() == Some("OneFailureFromQuorumLoss")
+            && status("{.status.controlPlane.etcd.healthy}").as_deref() == Some("2")
+    })
+    .await;
+    let e3_view = status(r#"{.status.controlPlane.etcdMembers[?(@.name=="e3")].message}"#).unwrap();
+    assert!(e3_view.contains("2381"), "e3's failing probe is shown: {e3_view}");
+    eprintln!(
+        "guide: e3 stopped; the cluster says: {}",
+        status(r#"{.status.conditions[?(@.type=="QuorumAtRisk")].message}"#).unwrap()
+    );
+    let ready = r#"{.status.conditions[?(@.type=="Ready")].status}"#;
+    assert_eq!(status(ready).as_deref(), Some("True"), "two of three etcd members keep the API served");
 }

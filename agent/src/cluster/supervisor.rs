@@ -108,11 +108,14 @@ impl Supervisor {
             .map(|m| m.shared.borrow().spec.etcd.clone())
             .find(|e| e.topology == kubeha_crds::EtcdTopology::External)
             .unwrap_or_default();
-        self.etcd.send_if_modified(|v| {
+        let (topology, members) = (external.topology, external.members.len());
+        if self.etcd.send_if_modified(|v| {
             let changed = *v != external;
             *v = external;
             changed
-        });
+        }) {
+            tracing::info!(?topology, members, "etcd to probe changed");
+        }
     }
 
     /// Starts a member, or moves a running one to `spec`, and saves it as last-known-good when it changed.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::error::{Error, IoContext as _, Result};
-use crate::net::{self, Host};
+use crate::net::{self, ETCD_HOSTS, Host};
 use crate::node;
 use crate::process;
 
@@ -56,7 +56,10 @@ impl Cluster {
         for host in node::hosts() {
             self.start_runtime(&host)?;
         }
-        for host in node::hosts() {
+        for host in ETCD_HOSTS {
+            self.start_bare(&host)?;
+        }
+        for host in node::hosts().chain(ETCD_HOSTS) {
             self.wait_booted(&host).await?;
         }
         Ok(())
@@ -81,6 +84,34 @@ impl Cluster {
     /// `KUBECONFIG=/etc/kubernetes/admin.conf` (kubeadm's advice to root). Returns what it printed on
     /// stdout; a failure carries stdout and stderr.
     pub fn on_node(&self, host: &Host, script: &str) -> Result<String> {
+        let out =
+            self.login(host, script)?.stdin(Stdio::null()).output().ctx(|| format!("running a script on {host}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            Err(Error::Usage(format!(
+                "on {host}, `{script}` failed ({}):\n{stdout}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+
+    /// Starts a shell script on `host` as the system service `name` would run there (etcd on an etcd host),
+    /// logged in as [`Cluster::on_node`] is; it outlives the caller and stops with the host
+    /// ([`Cluster::stop_service`] stops it earlier). Its output is in `logs/<host>/svc-<name>.log`.
+    pub fn start_node_service(&self, host: &Host, name: &str, script: &str) -> Result<()> {
+        let cmd = self.login(host, script)?;
+        let mut argv: Vec<String> = vec!["env".into()];
+        argv.extend(cmd.get_envs().filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v?.to_str()?))));
+        argv.push(cmd.get_program().to_string_lossy().into_owned());
+        argv.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+        self.start_service(host, name, &argv)
+    }
+
+    /// The command that runs `script` logged in on `host`: its namespaces, home, PATH and KUBECONFIG.
+    fn login(&self, host: &Host, script: &str) -> Result<Command> {
         let pid = self.node_pid(host).ok_or_else(|| Error::Usage(format!("node {host} is not running")))?;
         let home = self.node_home(host)?;
         let e2e = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -96,26 +127,14 @@ impl Cluster {
         .chain(["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(String::from))
         .collect::<Vec<_>>()
         .join(":");
-        let out = Command::new("nsenter")
-            .args(["-t", &pid.to_string(), "-m", "-n", "-u", &format!("--wd={}", home.display())])
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &pid.to_string(), "-m", "-n", "-u", &format!("--wd={}", home.display())])
             .args(["bash", "-euo", "pipefail", "-c", script])
             .env_clear()
             .env("PATH", path)
             .env("HOME", &home)
-            .env("KUBECONFIG", "/etc/kubernetes/admin.conf")
-            .stdin(Stdio::null())
-            .output()
-            .ctx(|| format!("running a script on {host}"))?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() {
-            Ok(stdout)
-        } else {
-            Err(Error::Usage(format!(
-                "on {host}, `{script}` failed ({}):\n{stdout}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            )))
-        }
+            .env("KUBECONFIG", "/etc/kubernetes/admin.conf");
+        Ok(cmd)
     }
 
     /// Takes the admin kubeconfig kubeadm wrote on `host` (and its CA) as this world's: from then on

@@ -12,7 +12,7 @@ use std::time::Duration;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, IoContext as _, Result};
-use crate::net::{self, CLIENTS, Host, NODES};
+use crate::net::{self, Host, NODES};
 use crate::node::{self, Runtime};
 use crate::pki::Pki;
 use crate::process;
@@ -277,12 +277,12 @@ impl Cluster {
     /// Stops every process in the test world's namespaces (SIGTERM, then SIGKILL) and removes its namespaces,
     /// bridge, links and route. Safe to call when nothing is up.
     pub fn down(&self) -> Result<()> {
-        for host in node::hosts() {
+        for host in net::all_hosts() {
             self.kill_runtime(&host)?;
         }
         node::remove_cgroup_root();
-        for host in NODES.iter().chain(CLIENTS.iter()) {
-            process::kill_all_in(host, false, Duration::from_secs(5))?;
+        for host in net::all_hosts() {
+            process::kill_all_in(&host, false, Duration::from_secs(5))?;
         }
         net::teardown();
         let _ = fs::remove_dir_all(self.dir.join("run"));

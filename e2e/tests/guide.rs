@@ -22,6 +22,9 @@ const INIT_FLAGS: &str = "--service-cidr 203.0.113.128/25 --skip-phases=addon/ku
 struct World {
     cluster: Cluster,
     _lock: ClusterLock,
+    /// When this test had the machine to itself and began booting it: the tests of this file wait for each
+    /// other's lock, which their timings must not count.
+    start: Instant,
 }
 
 impl Drop for World {
@@ -37,10 +40,9 @@ impl World {
     async fn up() -> Self {
         let cluster = Cluster::open().unwrap();
         let lock = cluster.lock().unwrap();
-        let world = World { cluster, _lock: lock };
-        let booting = Instant::now();
+        let world = World { cluster, _lock: lock, start: Instant::now() };
         world.cluster.up_kubeadm_world().await.unwrap();
-        eprintln!("guide: the empty machines booted in {:.1} s", booting.elapsed().as_secs_f64());
+        eprintln!("guide: the empty machines booted in {:.1} s", world.start.elapsed().as_secs_f64());
         world
     }
 
@@ -177,8 +179,8 @@ fn join_command(block: &str, printed: &[String], host: &Host) -> String {
 #[tokio::test]
 async fn the_guide_takes_three_empty_masters_to_a_ready_cluster() {
     kubeha_e2e::skip_unless_root!();
-    let start = Instant::now();
     let world = World::up().await;
+    let start = world.start;
     let cluster = &world.cluster;
     let vip = IpAddr::V4(VIP_V4);
     let n1 = NODES[0];
@@ -265,8 +267,8 @@ fn etcd_command(block: &str, host: &Host) -> String {
 #[tokio::test]
 async fn the_guide_with_external_etcd_shows_etcds_own_members_and_tolerance() {
     kubeha_e2e::skip_unless_root!();
-    let start = Instant::now();
     let world = World::up().await;
+    let start = world.start;
     let cluster = &world.cluster;
     let [n1, ..] = NODES;
     let [e1, e2, e3] = ETCD_HOSTS;

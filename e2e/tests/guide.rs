@@ -188,7 +188,7 @@ async fn the_guide_takes_three_empty_masters_to_a_ready_cluster() {
     bootstrap_masters(&world).await;
 
     // Step 2: init on n1, with the flags only this machine needs. n1 holds the VIP by the time init is done
-    // (init waited for its API server through it).
+    // (init's phases after the wait for its API server go through it: admin.conf names the VIP).
     let init = guide::block(GUIDE, "init").unwrap();
     let init_words = &guide::commands(&init)[0];
     assert_eq!(guide::flag_value(init_words, "--apiserver-advertise-address"), Some("198.51.100.11"), "{init}");

@@ -99,9 +99,13 @@ impl Supervisor {
         self.publish_etcd();
     }
 
-    /// Tells the component probes where etcd runs: external when a member of this node says so (the first
-    /// by name, if two clusters on one node disagreed), stacked otherwise.
+    /// Tells the component probes (the VIP part's) where etcd runs: external when a member of this node says
+    /// so (the first by name, if two clusters on one node disagreed), stacked otherwise.
     pub(super) fn publish_etcd(&self) {
+        // Only the VIP part probes the control plane; the proxy container has nothing to tell.
+        if !self.opts.parts.vip {
+            return;
+        }
         let external = self
             .members
             .values()

@@ -233,55 +233,51 @@ authorization:
     /// Boots a host without a kubelet (an external etcd host of the kubeadm world): its cgroup tree and
     /// node.sh --bare, which holds the host's mount namespace for the services started there.
     pub(crate) fn start_bare(&self, host: &Host) -> Result<()> {
-        let daemon = self.node_daemon(host);
-        if daemon.pid().is_some() {
+        if self.node_daemon(host).pid().is_some() {
             return Ok(());
         }
+        self.spawn_node_sh(host, Some("--bare"), host.ipv4().to_string(), vec!["-".into(), "-".into()])
+    }
+
+    /// Boots a host's containerd and kubelet (if they are not running): its cgroup tree, then node.sh.
+    pub(crate) fn start_runtime(&self, host: &Host) -> Result<()> {
+        if self.node_daemon(host).pid().is_some() {
+            return Ok(());
+        }
+        let runtime = self.runtime()?;
+        self.write_node_config(host, runtime)?;
+        let kubeadm = self.is_kubeadm_world();
+        let mut rest: Vec<String> = [
+            self.bins().join("kubelet"),
+            runtime.dir.clone(),
+            runtime.dir.join("pause.oci.tar"),
+            runtime.image.clone(),
+        ]
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+        if kubeadm {
+            rest.extend(self.plane_images()?.iter().map(|p| p.display().to_string()));
+        }
+        // Both families, as a dual-stack kubeadm node reports them: the IPv6 clusters find their members'
+        // addresses here.
+        let address = format!("{},{}", host.ipv4(), host.ipv6());
+        self.spawn_node_sh(host, kubeadm.then_some("--kubeadm"), address, rest)
+    }
+
+    /// Starts node.sh for `host` in a mount namespace of its own, in the host's cgroup tree: `mode` first
+    /// (`--kubeadm`, `--bare`), then the host, `address`, its node and log directories, and `rest`.
+    fn spawn_node_sh(&self, host: &Host, mode: Option<&str>, address: String, rest: Vec<String>) -> Result<()> {
         make_cgroups(host)?;
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("noderuntime/node.sh");
         let logs = self.dir().join("logs").join(host.name());
         let _ = fs::remove_file(self.node_dir(host).join("booted"));
         let mut argv: Vec<String> = ["unshare", "--mount", "--propagation", "private"].map(String::from).to_vec();
-        argv.extend([script.display().to_string(), "--bare".into(), host.name(), host.ipv4().to_string()]);
-        argv.extend([self.node_dir(host).display().to_string(), logs.display().to_string()]);
-        argv.extend(["-".into(), "-".into()]);
-        daemon.spawn(host, &argv).map(drop)
-    }
-
-    /// Boots a host's containerd and kubelet (if they are not running): its cgroup tree, then node.sh.
-    pub(crate) fn start_runtime(&self, host: &Host) -> Result<()> {
-        let daemon = self.node_daemon(host);
-        if daemon.pid().is_some() {
-            return Ok(());
-        }
-        let runtime = self.runtime()?;
-        self.write_node_config(host, runtime)?;
-        make_cgroups(host)?;
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("noderuntime/node.sh");
-        let logs = self.dir().join("logs").join(host.name());
-        let mut argv: Vec<String> = ["unshare", "--mount", "--propagation", "private"].map(String::from).to_vec();
         argv.push(script.display().to_string());
-        let kubeadm = self.is_kubeadm_world();
-        if kubeadm {
-            argv.push("--kubeadm".into());
-        }
-        argv.extend([
-            host.name(),
-            // Both families, as a dual-stack kubeadm node reports them: the IPv6 clusters find their
-            // members' addresses here.
-            format!("{},{}", host.ipv4(), host.ipv6()),
-            self.node_dir(host).display().to_string(),
-            logs.display().to_string(),
-            self.bins().join("kubelet").display().to_string(),
-            runtime.dir.display().to_string(),
-            runtime.dir.join("pause.oci.tar").display().to_string(),
-            runtime.image.display().to_string(),
-        ]);
-        if kubeadm {
-            argv.extend(self.plane_images()?.iter().map(|p| p.display().to_string()));
-            let _ = fs::remove_file(self.node_dir(host).join("booted"));
-        }
-        daemon.spawn(host, &argv).map(drop)
+        argv.extend(mode.map(String::from));
+        argv.extend([host.name(), address, self.node_dir(host).display().to_string(), logs.display().to_string()]);
+        argv.extend(rest);
+        self.node_daemon(host).spawn(host, &argv).map(drop)
     }
 
     /// The PID of the host's node.sh: the process whose mount namespace is the node's own.

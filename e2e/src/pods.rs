@@ -266,6 +266,14 @@ impl Cluster {
         self.logs_under(&dir)
     }
 
+    /// The log of `node`'s bootstrap agent (the static pod `kubeha-bootstrap-<node>` in kube-system), empty
+    /// while its mirror pod or its log is not there yet.
+    pub fn bootstrap_log(&self, node: &Host) -> String {
+        let pods = self.pods("kube-system", "app.kubernetes.io/component=bootstrap").unwrap_or_default();
+        let name = format!("kubeha-bootstrap-{node}");
+        pods.iter().find(|p| p.name == name).and_then(|p| self.pod_log(p).ok()).unwrap_or_default()
+    }
+
     /// The logs of the agent pods that ran on `node` (all of them, oldest first): a node's agent history
     /// across restarts and replacements, read from the node even while the API is down.
     pub fn agent_log(&self, node: &Host) -> String {

@@ -65,16 +65,19 @@ async fn the_daemonset_adopts_the_bootstrap_vip_without_a_failover() {
     .await;
     assert_eq!(cluster.holders(vip).len(), 1);
 
-    // Every bootstrap agent stepped aside; where one was master as it did, its node's DaemonSet agent resumed
-    // as master in place; and no node ever saw the master go silent (a failover would log MasterDown; taking
+    // Every bootstrap agent steps aside (Ready needs a quorum of members, not all three: a node's DaemonSet
+    // agent may still be starting); where one was master as it did, its node's DaemonSet agent resumed as
+    // master in place; and no node ever saw the master go silent (a failover would log MasterDown; taking
     // over from a live master of lower priority logs Preempted).
+    const ASIDE: &str = "stepping aside for the cluster-mode agent";
+    let every_aside = wait_until("every bootstrap agent stepped aside", Duration::from_secs(60), || async {
+        NODES.iter().all(|node| cluster.bootstrap_log(node).contains(ASIDE))
+    });
+    every_aside.await;
     let mut handed_over = 0;
     for node in NODES {
-        let bootstrap = cluster.pods("kube-system", "app.kubernetes.io/component=bootstrap").unwrap();
-        let bootstrap = bootstrap.iter().find(|p| p.name == format!("kubeha-bootstrap-{node}")).unwrap();
-        let stepped = cluster.pod_log(bootstrap).unwrap();
-        let aside = stepped.lines().find(|l| l.contains("stepping aside for the cluster-mode agent"));
-        assert!(aside.is_some(), "{node}'s bootstrap agent did not step aside:\n{stepped}");
+        let stepped = cluster.bootstrap_log(&node);
+        let aside = stepped.lines().find(|l| l.contains(ASIDE));
         let agent = pods.iter().find(|p| p.node == node.name() && p.name.starts_with("kubeha-agent")).unwrap();
         let log = cluster.pod_log(agent).unwrap();
         assert!(!log.contains("reason=MasterDown"), "{node}'s agent took the VIP by a failover:\n{log}");

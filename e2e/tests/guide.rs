@@ -134,13 +134,7 @@ async fn install_and_declare(world: &World, hac: &str) {
     .await;
     assert_eq!(cluster.holders(IpAddr::V4(VIP_V4)).len(), 1);
     wait_until("every bootstrap agent stepped aside", Duration::from_secs(60), || async {
-        NODES.iter().all(|node| {
-            let pods = cluster.pods("kube-system", "app.kubernetes.io/component=bootstrap").unwrap_or_default();
-            pods.iter()
-                .find(|p| p.name == format!("kubeha-bootstrap-{node}"))
-                .and_then(|p| cluster.pod_log(p).ok())
-                .is_some_and(|log| log.contains("stepping aside for the cluster-mode agent"))
-        })
+        NODES.iter().all(|node| cluster.bootstrap_log(node).contains("stepping aside for the cluster-mode agent"))
     })
     .await;
 }

@@ -14,7 +14,8 @@ pub struct Fencing {
     renew_deadline: Duration,
     started: Instant,
     last_renewal: Option<Instant>,
-    /// Each other member: the resourceVersion of its heartbeat Lease and when that last changed here.
+    /// Each other member: the resourceVersion of its heartbeat Lease and when that last changed here;
+    /// members never seen with a Lease are not here (see [`Fencing::observe`]).
     peers: HashMap<String, (Option<String>, Instant)>,
     /// The other members whose last status says they hold the VIP.
     holding: Vec<String>,
@@ -55,7 +56,11 @@ impl Fencing {
     }
 
     /// Records what the API shows of the other members: their heartbeat Leases' resourceVersions (`None`:
-    /// no Lease). Members no longer listed are forgotten.
+    /// no Lease). Members no longer listed are forgotten. A member not yet seen with a Lease is not judged:
+    /// its agent has not renewed once, so it is starting (agents start seconds apart), and if it never
+    /// renews its own deadline fences it. Judging it stale after the grace boosted only the members that
+    /// started first, and moved the VIP away from the highest priority and back once the late one renewed
+    /// (a full test run). Once seen with a Lease, a member whose Lease stops changing or vanishes is judged.
     pub fn observe(&mut self, now: Instant, peers: &[Peer]) {
         self.peers.retain(|name, _| peers.iter().any(|p| p.name == *name));
         self.holding = peers.iter().filter(|p| p.holds_vip).map(|p| p.name.clone()).collect();
@@ -66,9 +71,10 @@ impl Fencing {
                     *changed = now;
                 }
                 Some(_) => {}
-                None => {
+                None if version.is_some() => {
                     self.peers.insert(name.clone(), (version.clone(), now));
                 }
+                None => {}
             }
         }
     }
@@ -249,18 +255,34 @@ mod tests {
     }
 
     #[test]
-    fn a_member_without_a_lease_turns_stale_after_the_grace_and_removed_members_are_forgotten() {
+    fn a_member_not_yet_seen_with_a_lease_is_never_stale_and_removed_members_are_forgotten() {
+        // Agents start seconds apart (image pulls, scheduling): a member whose agent has not renewed yet is
+        // starting, not failing, and its own deadline fences it if it never renews. Judging it stale boosted
+        // the early starters only and moved the VIP away from the highest priority and back (a full test run).
         let s = Instant::now();
         let mut f = Fencing::new(Duration::from_secs(10), s);
-        f.observe(s, &[Peer { name: "c-n2".into(), lease_version: None, holds_vip: false }]);
-        for at in (0..=10).step_by(2) {
+        let n2 = |lease: Option<&str>, holds_vip| Peer {
+            name: "c-n2".into(),
+            lease_version: lease.map(Into::into),
+            holds_vip,
+        };
+        for at in (0..=30).step_by(2) {
+            f.observe(t(s, at), &[n2(None, true)]);
             f.renewed(t(s, at), Duration::from_secs(2));
         }
-        assert!(f.stale(t(s, 9)).is_empty());
-        assert_eq!(f.stale(t(s, 10)), vec!["c-n2".to_string()]);
-        assert!(!f.take_over(t(s, 10)), "a stale member without the VIP is not preempted");
-        f.observe(t(s, 11), &[]);
-        assert!(f.stale(t(s, 30)).is_empty());
+        assert!(f.stale(t(s, 30)).is_empty(), "n2 never renewed: starting, not stale");
+        assert!(!f.take_over(t(s, 30)));
+        // Once n2 has renewed, its Lease going silent or vanishing makes it stale like any member.
+        f.observe(t(s, 31), &[n2(Some("7"), true)]);
+        f.observe(t(s, 33), &[n2(None, true)]);
+        for at in (32..=44).step_by(2) {
+            f.renewed(t(s, at), Duration::from_secs(2));
+        }
+        assert!(f.stale(t(s, 42)).is_empty(), "within the deadline since its Lease vanished");
+        assert_eq!(f.stale(t(s, 44)), vec!["c-n2".to_string()]);
+        assert!(f.take_over(t(s, 44)), "a stale holder is preempted");
+        f.observe(t(s, 45), &[]);
+        assert!(f.stale(t(s, 60)).is_empty());
     }
 
     #[test]

@@ -216,7 +216,8 @@ pub struct VrrpSpec {
     /// Conflict condition with reason StrangerOnVRID, an Event, the members' status.strangers) and take no
     /// part in the election, so such a router cannot take the VIP away or make the masters drop it. Elect:
     /// reported the same, and they take part by RFC 9568 rules: set it while migrating from keepalived, where
-    /// both must agree on one master for a while, and set it back after.
+    /// both must agree on one master for a while, and set it back after. With Elect, VRRPv2 adverts that
+    /// carry keepalived's `auth_type PASS` are heard too (the password is not checked: it travels in clear).
     #[serde(default)]
     pub strangers: StrangerPolicy,
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kubeha_crds::HighAvailabilityMemberSpec;
 use kubeha_vrrp::router::{Action, Announce, Config, Input, Router, State, Tuning};
-use kubeha_vrrp::wire::{Advertisement, ChecksumForm, Endpoints, Version, decode};
+use kubeha_vrrp::wire::{Advertisement, ChecksumForm, Endpoints, V2Auth, Version, decode_with};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -561,7 +561,10 @@ impl<L: Link> Driver<L> {
             self.metrics.dropped("own");
             return None;
         }
-        match decode(&p.message, p.ttl, &Endpoints { src: p.src, dst: p.dst }) {
+        // While strangers are elected (a migration), keepalived's `auth_type PASS` adverts must be heard: kubeha
+        // never sends one, so only a stranger does (docs/adr/0013).
+        let auth = if self.strangers.elect() { V2Auth::IgnoreSimplePassword } else { V2Auth::None };
+        match decode_with(&p.message, p.ttl, &Endpoints { src: p.src, dst: p.dst }, auth) {
             Ok(r) if r.advertisement.vrid != self.router.config().vrid => {
                 self.metrics.dropped("other_vrid");
                 None

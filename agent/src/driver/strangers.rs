@@ -48,6 +48,11 @@ impl Strangers {
         Self { members, elect, seen: Vec::new() }
     }
 
+    /// Whether strangers take part in the election (`spec.vrrp.strangers: Elect`, a migration).
+    pub(super) fn elect(&self) -> bool {
+        self.elect
+    }
+
     /// New members or policy: a stranger that is now a member is no longer reported.
     pub(super) fn set(&mut self, members: Vec<IpAddr>, elect: bool) {
         self.seen.retain(|(s, _)| !members.contains(&s.from) || members.is_empty());

@@ -411,3 +411,68 @@ async fn a_stranger_on_the_vrid_is_reported_and_left_out_unless_elected() {
     n1.stop().await;
     n2.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_keepalived_with_a_password_is_heard_only_while_strangers_are_elected() {
+    use kubeha_vrrp::wire::{Advertisement, ChecksumForm, Endpoints, checksum};
+
+    let v2 =
+        |n: u8, priority: u8| Config { version: Version::V2, advert_interval_cs: 100, ..config(n, priority, true) };
+    let seg = Segment::default();
+    let metrics = VrrpMetrics::default();
+    let n1 = start_with(&seg, 1, v2(1, 150), &[], false, metrics.clone()).await;
+    let n2 = start(&seg, 2, v2(2, 100), &[], false).await;
+    let members = vec![addr(1), addr(2)];
+    let strangers = |elect: bool| {
+        for n in [&n1, &n2] {
+            n.control.commands.send(Command::Strangers { members: members.clone(), elect }).unwrap();
+        }
+    };
+    strangers(false);
+    after(5000).await;
+    assert_eq!((n1.state(), seg.holders()), (State::Master, vec![addr(1)]));
+
+    // kubeadm's HA guide: keepalived, VRRPv2, `auth_type PASS` (type 1, the password in clear in the
+    // authentication data), on the cluster's VRID and VIP.
+    let keepalived = IpAddr::from([198, 51, 100, 31]);
+    let pass = |priority: u8| {
+        let mut b =
+            Advertisement { version: Version::V2, vrid: 51, priority, interval_cs: 100, addresses: vec![VIP.into()] }
+                .encode(&Endpoints { src: keepalived, dst: IpAddr::from([224, 0, 0, 18]) }, ChecksumForm::Message)
+                .unwrap();
+        b[4] = 1;
+        b[12..16].copy_from_slice(b"pw42");
+        b[6..8].copy_from_slice(&[0, 0]);
+        let sum = checksum(&b, None);
+        b[6..8].copy_from_slice(&sum.to_be_bytes());
+        b
+    };
+    let count =
+        |reason: &str| metrics.invalid_packets.get_or_create(&crate::metrics::Reason { reason: reason.into() }).get();
+    for _ in 0..5 {
+        seg.inject(keepalived, &pass(254), 255);
+        after(1000).await;
+    }
+    assert_eq!((n1.state(), seg.holders()), (State::Master, vec![addr(1)]), "{}", seg.events());
+    assert_eq!(count("auth_type"), 5, "left out of the election, it is not even heard: dropped by reason");
+
+    // A migration elects strangers: the members hear it, and its priority wins.
+    strangers(true);
+    after(100).await; // the drivers take the command before the next advert
+    for _ in 0..5 {
+        seg.inject(keepalived, &pass(254), 255);
+        after(1000).await;
+    }
+    assert_eq!((n1.state(), n2.state(), seg.holders()), (State::Backup, State::Backup, vec![]), "{}", seg.events());
+    assert_eq!(count("auth_type"), 5);
+    let seen = n1.control.observed.borrow().strangers.clone();
+    assert_eq!((seen.len(), seen[0].from, seen[0].elected), (1, keepalived, true), "{seen:?}");
+    // keepalived stops: its priority-0 advert hands the VIP to the highest member within its skew time
+    // ((256 - 150) / 256 s), not after three missed adverts.
+    seg.inject(keepalived, &pass(0), 255);
+    after(500).await;
+    assert_eq!((n1.state(), seg.holders()), (State::Master, vec![addr(1)]), "{}", seg.events());
+    never_two(&seg);
+    n1.stop().await;
+    n2.stop().await;
+}

@@ -125,7 +125,8 @@ pub enum DecodeError {
     NoAddresses,
     /// Advertisement interval of zero: a backup could never wait for the master.
     ZeroInterval,
-    /// VRRPv2 authentication other than none: RFC 3768 removed authentication, and kubeha does not use it.
+    /// VRRPv2 authentication other than none (or, with [`V2Auth::IgnoreSimplePassword`], other than none
+    /// and simple password): RFC 3768 removed authentication, and kubeha does not use it.
     AuthType(u8),
     /// The source and destination addresses are of different families.
     MixedFamilies,
@@ -149,7 +150,10 @@ impl fmt::Display for DecodeError {
             DecodeError::NoAddresses => f.write_str("no virtual addresses"),
             DecodeError::ZeroInterval => f.write_str("advertisement interval 0"),
             DecodeError::AuthType(t) => {
-                write!(f, "VRRPv2 auth type {t}; only 0 (none) is accepted")
+                write!(
+                    f,
+                    "VRRPv2 auth type {t}; only 0 (none) is accepted, and 1 (simple password) from strangers elected for a migration"
+                )
             }
             DecodeError::MixedFamilies => f.write_str("source and destination of different address families"),
         }
@@ -264,7 +268,7 @@ impl<'a> Packet<'a> {
 
     /// Validates every field as RFC 9568 §7.1 / RFC 3768 §7.1 require of a receiver (TTL, version, type,
     /// checksum, address count, interval, v2 auth type). VRID and address-owner checks belong to the router.
-    pub fn parse(&self, ttl: u8, endpoints: &Endpoints) -> Result<Received, DecodeError> {
+    pub fn parse(&self, ttl: u8, endpoints: &Endpoints, auth: V2Auth) -> Result<Received, DecodeError> {
         if ttl != TTL {
             return Err(DecodeError::Ttl(ttl));
         }
@@ -280,7 +284,11 @@ impl<'a> Packet<'a> {
         if self.count() == 0 {
             return Err(DecodeError::NoAddresses);
         }
-        if version == Version::V2 && self.auth_type() != 0 {
+        let accepted = match auth {
+            V2Auth::None => 0..=0,
+            V2Auth::IgnoreSimplePassword => 0..=1,
+        };
+        if version == Version::V2 && !accepted.contains(&self.auth_type()) {
             return Err(DecodeError::AuthType(self.auth_type()));
         }
         let interval = self.raw_interval();
@@ -301,12 +309,29 @@ impl<'a> Packet<'a> {
 
 /// Decodes the VRRP message `bytes` that arrived with `ttl` between `endpoints`.
 pub fn decode(bytes: &[u8], ttl: u8, endpoints: &Endpoints) -> Result<Received, DecodeError> {
+    decode_with(bytes, ttl, endpoints, V2Auth::None)
+}
+
+/// What VRRPv2 authentication a receiver accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum V2Auth {
+    /// None only (type 0), as RFC 3768 has it.
+    None,
+    /// None, or the simple text password of RFC 2338 (type 1), whose password is not checked: keepalived's
+    /// `auth_type PASS`, which kubeadm's HA guide configures. A password sent in clear on the segment
+    /// authenticates nothing; accepting it lets the members hear such a keepalived while a migration
+    /// elects strangers (docs/adr/0013). Type 2 (IP AH) is refused still: its data is not in the message.
+    IgnoreSimplePassword,
+}
+
+/// [`decode`] with the VRRPv2 authentication `auth` accepts.
+pub fn decode_with(bytes: &[u8], ttl: u8, endpoints: &Endpoints, auth: V2Auth) -> Result<Received, DecodeError> {
     let v6 = match (endpoints.src, endpoints.dst) {
         (IpAddr::V4(_), IpAddr::V4(_)) => false,
         (IpAddr::V6(_), IpAddr::V6(_)) => true,
         _ => return Err(DecodeError::MixedFamilies),
     };
-    Packet::new_checked(bytes, v6)?.parse(ttl, endpoints)
+    Packet::new_checked(bytes, v6)?.parse(ttl, endpoints, auth)
 }
 
 /// Why an advertisement cannot be encoded.

@@ -3,7 +3,9 @@
 
 use std::net::IpAddr;
 
-use kubeha_vrrp::wire::{Advertisement, ChecksumForm, DecodeError, EncodeError, Endpoints, Version, decode};
+use kubeha_vrrp::wire::{
+    Advertisement, ChecksumForm, DecodeError, EncodeError, Endpoints, V2Auth, Version, decode, decode_with,
+};
 use proptest::prelude::*;
 
 // VRRPv3, VRID 51, priority 150, 100 cs, 198.51.100.10, from 198.51.100.11 to 224.0.0.18.
@@ -140,11 +142,35 @@ fn zero_interval() {
     assert_eq!(decode(&refix(b, &v4()), 255, &v4()), Err(DecodeError::ZeroInterval));
 }
 
+// keepalived's `auth_type PASS` with `auth_pass 42`: VRRPv2, VRID 51, priority 101, auth type 1, 1 s,
+// 198.51.100.10, the password in the authentication data.
+const V2_V4_PASS: [u8; 20] =
+    [0x21, 0x33, 0x65, 0x01, 0x01, 0x01, 0x1a, 0x5a, 0xc6, 0x33, 0x64, 0x0a, 0x34, 0x32, 0, 0, 0, 0, 0, 0];
+
 #[test]
 fn auth_type() {
     let mut b = V2_V4.to_vec();
     b[4] = 1;
     assert_eq!(decode(&refix(b, &v4()), 255, &v4()), Err(DecodeError::AuthType(1)));
+    assert_eq!(decode(&V2_V4_PASS, 255, &v4()), Err(DecodeError::AuthType(1)));
+    let mut ah = V2_V4.to_vec();
+    ah[4] = 2;
+    let ah = refix(ah, &v4());
+    assert_eq!(decode_with(&ah, 255, &v4(), V2Auth::IgnoreSimplePassword), Err(DecodeError::AuthType(2)));
+}
+
+#[test]
+fn a_simple_password_is_accepted_unchecked_only_when_asked() {
+    let r = decode_with(&V2_V4_PASS, 255, &v4(), V2Auth::IgnoreSimplePassword).unwrap();
+    assert_eq!(r.advertisement, adv(Version::V2, 51, 101, 100, &["198.51.100.10"]));
+    assert_eq!(decode_with(&V2_V4_PASS, 255, &v4(), V2Auth::None), Err(DecodeError::AuthType(1)));
+    // The checksum still covers the password.
+    let mut flipped = V2_V4_PASS;
+    flipped[13] ^= 1;
+    assert!(matches!(
+        decode_with(&flipped, 255, &v4(), V2Auth::IgnoreSimplePassword),
+        Err(DecodeError::Checksum { .. })
+    ));
 }
 
 #[test]

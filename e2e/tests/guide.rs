@@ -1,7 +1,9 @@
 //! docs/guide.md, executed: its marked command blocks (e2e/src/guide.rs), as they stand, on the test world's
 //! hosts booted as empty kubeadm machines — bootstrap, `kubeadm init`, `kubeadm join --control-plane`,
 //! `helm install`, the HighAvailabilityCluster — then what the guide promises along the way, and a worker
-//! joining through the VIP while the first master is powered off.
+//! joining through the VIP while the first master is powered off. The same with external etcd; and the
+//! move of a keepalived + HAProxy cluster (kubeadm's HA guide) to kubeha with its VIP and port kept, a
+//! client on the segment measuring what it saw at each step.
 
 mod common;
 
@@ -10,6 +12,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use common::wait_until;
+use kubeha_e2e::chaos::measure::{self, Figures, Window};
+use kubeha_e2e::chaos::record::{self, Clock, ProbeTarget, Shared};
 use kubeha_e2e::guide::{self, GUIDE};
 use kubeha_e2e::{CLIENTS, Cluster, ClusterLock, ETCD_HOSTS, Host, NODES, VIP_V4, yaml_documents};
 
@@ -17,6 +21,8 @@ use kubeha_e2e::{CLIENTS, Cluster, ClusterLock, ETCD_HOSTS, Host, NODES, VIP_V4,
 /// tested" lists them): cgroup v1, documentation ranges only, and no registry for the add-ons' images.
 const TEST_MACHINE_FLAGS: &str = "--ignore-preflight-errors=SystemVerification";
 const INIT_FLAGS: &str = "--service-cidr 203.0.113.128/25 --skip-phases=addon/kube-proxy,addon/coredns";
+/// The control-plane endpoint of the guide's steps: the VIP on kube-apiserver's port.
+const GUIDE_ENDPOINT: &str = "198.51.100.10:6443";
 
 /// The kubeadm world, down again when the test ends, pass or fail.
 struct World {
@@ -102,6 +108,12 @@ async fn bootstrap_masters(world: &World) {
 /// After init on n1 printed `printed`: n1 holds the VIP, its admin.conf becomes the test's, and n2 and n3
 /// join with the guide's command, one at a time. Returns the worker's join command init printed.
 async fn join_masters(world: &World, printed: &str) -> Vec<String> {
+    join_masters_at(world, printed, GUIDE_ENDPOINT).await
+}
+
+/// [`join_masters`] for a cluster whose control-plane endpoint is `endpoint` (the guide's join block names
+/// [`GUIDE_ENDPOINT`]).
+async fn join_masters_at(world: &World, printed: &str, endpoint: &str) -> Vec<String> {
     let cluster = &world.cluster;
     let [n1, n2, n3] = NODES;
     assert_eq!(cluster.holders(IpAddr::V4(VIP_V4)), vec![n1], "after init");
@@ -109,7 +121,7 @@ async fn join_masters(world: &World, printed: &str) -> Vec<String> {
     assert_eq!(joins.len(), 2, "init printed a control-plane and a worker join:\n{printed}");
     assert!(joins[0].contains(&"--control-plane".to_string()) && !joins[1].contains(&"--control-plane".to_string()));
     cluster.adopt_admin_conf(&n1).unwrap();
-    let join = guide::block(GUIDE, "join-control-plane").unwrap();
+    let join = guide::block(GUIDE, "join-control-plane").unwrap().replace(GUIDE_ENDPOINT, endpoint);
     for node in [n2, n3] {
         world.run(&node, "kubeadm join --control-plane", &join_command(&join, &joins[0], &node));
     }
@@ -363,4 +375,180 @@ async fn the_guide_with_external_etcd_shows_etcds_own_members_and_tolerance() {
     );
     let ready = r#"{.status.conditions[?(@.type=="Ready")].status}"#;
     assert_eq!(status(ready).as_deref(), Some("True"), "two of three etcd members keep the API served");
+}
+
+/// What a client saw in one stretch of the migration, for the test's output and the guide.
+fn outage_line(what: &str, f: &Figures) -> String {
+    let outages: Vec<String> = f.outages.iter().map(|o| format!("{o:.2}")).collect();
+    format!(
+        "{what}: {} of {} connects failed, outages [{}] s (longest {:.2} s), the slowest good connect {:.2} s; \
+         {} of {} kubectl requests failed; the watch restarted {} times, its longest silence {:.1} s; the VIP on no \
+         master {:.2} s, on two {:.2} s; then on {}",
+        f.connects.1,
+        f.connects.0,
+        outages.join(", "),
+        f.worst_outage(),
+        f.slowest_connect,
+        f.requests.1,
+        f.requests.0,
+        f.watch_restarts,
+        f.watch_silence,
+        f.on_none,
+        f.on_two,
+        f.holders_at_end.join(",")
+    )
+}
+
+/// Waits until the client's watch has printed an event after `t` and 3 s have passed, for 60 s at most: a
+/// step's stretch ends once the watch is heard again, so that a silent one is measured to its end.
+async fn watch_heard_after(log: &Shared, t: f64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && !record::lock(log).watch_events.iter().any(|e| *e > t + 3.0) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `text` written to `path` on `host`, through the node's own file system (its /etc is its own).
+fn write_on(world: &World, host: &Host, path: &str, text: &str) {
+    let dir = path.rsplit_once('/').map_or("/", |(d, _)| d);
+    world.run(host, &format!("write {path}"), &format!("mkdir -p {dir}\ncat >{path} <<'KH_EOF'\n{text}KH_EOF\n"));
+}
+
+#[tokio::test]
+async fn a_keepalived_and_haproxy_cluster_moves_to_kubeha_keeping_its_vip_and_port() {
+    kubeha_e2e::skip_unless_root!();
+    let world = World::up().await;
+    let cluster = &world.cluster;
+    let vip = IpAddr::V4(VIP_V4);
+    let [n1, n2, n3] = NODES;
+
+    // The cluster kubeadm's HA guide builds: keepalived and HAProxy as services on every master, the
+    // endpoint VIP:8443.
+    let keepalived = guide::block(GUIDE, "ka-keepalived.conf").unwrap();
+    let backup = keepalived.replace("state MASTER", "state BACKUP").replace("priority 101", "priority 100");
+    assert_ne!(backup, keepalived, "the guide's keepalived.conf is n1's: MASTER at 101");
+    let check = guide::block(GUIDE, "ka-check-apiserver.sh").unwrap();
+    let haproxy = guide::block(GUIDE, "ka-haproxy.cfg").unwrap();
+    for node in NODES {
+        write_on(&world, &node, "/etc/keepalived/keepalived.conf", if node == n1 { &keepalived } else { &backup });
+        write_on(&world, &node, "/etc/keepalived/check_apiserver.sh", &check);
+        world.run(&node, "chmod", "chmod 755 /etc/keepalived/check_apiserver.sh");
+        write_on(&world, &node, "/etc/haproxy/haproxy.cfg", &haproxy);
+        // As Debian's units run them.
+        cluster
+            .start_node_service(&node, "haproxy", "exec haproxy -Ws -f /etc/haproxy/haproxy.cfg -p /run/haproxy.pid")
+            .unwrap();
+        cluster
+            .start_node_service(&node, "keepalived", "exec keepalived --dont-fork --log-console --log-detail")
+            .unwrap();
+    }
+    wait_until("keepalived on n1 holds the VIP", Duration::from_secs(15), || async {
+        cluster.holders(vip) == vec![n1]
+    })
+    .await;
+    let init = guide::block(GUIDE, "ka-init").unwrap();
+    let init = format!("{} {TEST_MACHINE_FLAGS} {INIT_FLAGS}", guide::shell_line(&guide::commands(&init)[0]));
+    let printed = world.run(&n1, "kubeadm init (keepalived + HAProxy)", &init);
+    join_masters_at(&world, &printed, "198.51.100.10:8443").await;
+    for node in NODES {
+        assert_eq!(world.server_in(&node, "/etc/kubernetes/admin.conf"), "https://198.51.100.10:8443", "{node}");
+    }
+    world.run(&n1, "helm install", &guide::block(GUIDE, "install").unwrap());
+    wait_until("three agents ready", Duration::from_secs(120), || async {
+        let ready = "jsonpath={.status.numberReady}";
+        world.kubectl(&["-n", "kubeha-system", "get", "ds", "kubeha-agent", "-o", ready]).as_deref() == Some("3")
+    })
+    .await;
+    eprintln!(
+        "guide: keepalived + HAProxy cluster with kubeha installed at {:.0} s",
+        world.start.elapsed().as_secs_f64()
+    );
+
+    // A client on the segment, through the endpoint every kubeconfig names, from before the first step to
+    // after the last; and who holds the VIP, every 20 ms.
+    let kubeconfig = cluster.dir().join("admin-8443.conf");
+    fs::copy(cluster.node_path(&n1, "/etc/kubernetes/admin.conf").unwrap(), &kubeconfig).unwrap();
+    let clock = Clock::start();
+    let log = Shared::default();
+    let bound = Duration::from_secs(300);
+    let sampler = record::sample_holders(VIP_V4, clock, log.clone(), bound).unwrap();
+    let target = ProbeTarget {
+        connect: std::net::SocketAddr::new(vip, 8443),
+        kubectl: cluster.tools_dir().join("kubectl"),
+        kubeconfig,
+    };
+    let probe = record::probe(&CLIENTS[0], target, clock, log.clone(), bound).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // 2. The backups: keepalived and HAProxy off, a cluster of those two masters that defers to keepalived.
+    let begin = clock.now();
+    for node in [n2, n3] {
+        world.run(&node, "keepalived and HAProxy off (backup)", &guide::block(GUIDE, "migrate-backups").unwrap());
+        assert!(world.run(&node, "is-active", "systemctl is-active keepalived haproxy || true").contains("inactive"));
+    }
+    fs::write(
+        cluster.node_home(&n1).unwrap().join("hac-migrate.yaml"),
+        guide::block(GUIDE, "hac-migrate.yaml").unwrap(),
+    )
+    .unwrap();
+    world.run(&n1, "kubectl apply (migration)", &guide::block(GUIDE, "migrate-apply").unwrap());
+    let ham = |path: &str| {
+        world.kubectl(&["get", "ham", "-l", "kubeha.io/cluster=control-plane", "-o", &format!("jsonpath={path}")])
+    };
+    wait_until("n2 and n3 are backups that elect n1's keepalived", Duration::from_secs(60), || async {
+        ham("{.items[*].status.state}").as_deref() == Some("Backup Backup")
+            && ham("{.items[*].status.strangers[*].address}").as_deref() == Some("198.51.100.11 198.51.100.11")
+            && ham("{.items[*].status.strangers[*].elected}").as_deref() == Some("true true")
+    })
+    .await;
+    // Settled for a few adverts: still keepalived's VIP, on n1 alone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(cluster.holders(vip), vec![n1], "kubeha's members defer to keepalived");
+
+    // 3. The master: keepalived's priority-0 advert hands the VIP to kubeha's n2.
+    let handover = clock.now();
+    world.run(&n1, "keepalived and HAProxy off (master)", &guide::block(GUIDE, "migrate-master").unwrap());
+    wait_until("kubeha's n2 holds the VIP", Duration::from_secs(10), || async { cluster.holders(vip) == vec![n2] })
+        .await;
+    let took = clock.now() - handover;
+    wait_until("the cluster of n2 and n3 Ready", Duration::from_secs(60), || async {
+        let ready = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
+        world.kubectl(&["get", "hac", "control-plane", "-o", ready]).as_deref() == Some("True")
+    })
+    .await;
+    watch_heard_after(&log, clock.now()).await;
+
+    // 4. The cluster of step 5: every master, VRRPv3 at 100 ms, strangers left out.
+    let finish = clock.now();
+    fs::write(cluster.node_home(&n1).unwrap().join("hac.yaml"), guide::block(GUIDE, "hac.yaml").unwrap()).unwrap();
+    world.run(&n1, "kubectl apply (finish)", &guide::block(GUIDE, "migrate-finish").unwrap());
+    wait_until("three members, VRRPv3, Ready", Duration::from_secs(90), || async {
+        let ready = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
+        ham("{.items[*].spec.vrrp.version}").as_deref() == Some("3 3 3")
+            && world.kubectl(&["get", "hac", "control-plane", "-o", ready]).as_deref() == Some("True")
+            && cluster.holders(vip).len() == 1
+    })
+    .await;
+    watch_heard_after(&log, clock.now()).await;
+    let end = clock.now();
+    probe.stop();
+    sampler.stop();
+
+    let log = record::lock(&log).clone();
+    let stretch =
+        |start: f64, stop: f64| measure::figures(&log, &Window { start, fault: start, restore: None, end: stop });
+    let (backups, master, last) = (stretch(begin, handover), stretch(handover, finish), stretch(finish, end));
+    eprintln!("guide: migration, {}", outage_line("the backups handed over (step 2)", &backups));
+    eprintln!("guide: migration, {}", outage_line("the VIP handed over (step 3)", &master));
+    eprintln!("guide: migration, keepalived stopped on n1 → kubeha's n2 held the VIP {took:.2} s later");
+    eprintln!("guide: migration, {}", outage_line("VRRPv3 on every master (step 4)", &last));
+    assert_eq!(backups.connects.1, 0, "nothing moves while the backups hand over: {backups:?}");
+    for (step, f) in [("step 3", &master), ("step 4", &last)] {
+        assert!(!f.outage_open, "{step}: the client is served again: {f:?}");
+        assert_eq!(f.on_two, 0.0, "{step}: the VIP is never on two masters: {f:?}");
+    }
+    assert!(
+        took < 2.0,
+        "keepalived's priority-0 advert hands over within the skew time, not after 3 adverts: {took:.2} s"
+    );
 }

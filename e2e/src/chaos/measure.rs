@@ -30,6 +30,8 @@ pub struct Figures {
     pub outage_open: bool,
     /// TCP connects started in the window, and how many failed.
     pub connects: (usize, usize),
+    /// The longest a connect started in the window took and still succeeded (0 when none took 50 ms).
+    pub slowest_connect: f64,
     /// Seconds with the VIP on no master, and on two or more, from the fault to the end.
     pub on_none: f64,
     /// See `on_none`.
@@ -47,6 +49,9 @@ pub struct Figures {
     pub watch_resumed: bool,
     /// How often the watch had to be started again in the window.
     pub watch_restarts: usize,
+    /// The longest the watch printed nothing, from the fault (or its last event before) to the end: a
+    /// watch on a connection that died without a word stays silent until TCP notices.
+    pub watch_silence: f64,
     /// The first master other than the one holding the VIP at the fault to hold it alone, and how long
     /// after the fault.
     pub took_over: Option<(String, f64)>,
@@ -71,6 +76,12 @@ pub fn figures(log: &Log, w: &Window) -> Figures {
         log.connects.iter().copied().filter(|(t, _)| *t >= w.fault && *t <= w.end).collect();
     connects.sort_by(|a, b| a.0.total_cmp(&b.0));
     f.connects = (connects.len(), connects.iter().filter(|(_, ok)| !ok).count());
+    f.slowest_connect = log
+        .slow_connects
+        .iter()
+        .filter(|(t, _)| *t >= w.fault && *t <= w.end)
+        .map(|(_, took)| *took)
+        .fold(0.0, f64::max);
     let mut failing_since = None;
     let mut first_failure = None;
     for (t, ok) in connects {
@@ -139,6 +150,14 @@ pub fn figures(log: &Log, w: &Window) -> Figures {
     let over = w.restore.unwrap_or(w.fault);
     f.watch_resumed = log.watch_events.iter().any(|t| *t > over && *t <= w.end);
     f.watch_restarts = log.watch_starts.iter().filter(|t| **t > w.fault && **t <= w.end).count();
+    let mut events: Vec<f64> = log.watch_events.iter().copied().filter(|t| *t <= w.end).collect();
+    events.sort_by(f64::total_cmp);
+    let from = events.iter().copied().rfind(|t| *t <= w.fault).unwrap_or(w.fault);
+    let mut last = from;
+    for t in events.into_iter().filter(|t| *t > w.fault).chain([w.end]) {
+        f.watch_silence = f.watch_silence.max(t - last);
+        last = t;
+    }
     f
 }
 
@@ -152,6 +171,26 @@ mod tests {
     }
 
     #[test]
+    fn the_watch_is_silent_from_its_last_event_before_the_fault_to_its_next() {
+        let log = Log { watch_events: vec![0.2, 0.8, 2.0, 7.5, 9.0], ..Log::default() };
+        assert_eq!(figures(&log, &window()).watch_silence, 5.5);
+        let log = Log { watch_events: vec![0.8, 2.0], ..Log::default() };
+        assert_eq!(figures(&log, &window()).watch_silence, 8.0, "silent from 2.0 to the end");
+    }
+
+    #[test]
+    fn a_slow_connect_in_the_window_is_a_delay_not_an_outage() {
+        let log = Log {
+            connects: vec![(0.5, true), (2.0, true), (3.0, true)],
+            slow_connects: vec![(0.5, 0.9), (2.0, 0.4), (3.0, 0.1)],
+            ..Log::default()
+        };
+        let f = figures(&log, &window());
+        assert_eq!((f.connects, f.outages.len()), ((2, 0), 0));
+        assert_eq!(f.slowest_connect, 0.4, "the one before the fault is not counted");
+    }
+
+    #[test]
     fn an_outage_runs_from_the_first_failed_connect_to_the_next_good_one() {
         // Completion order differs from start order: results are sorted by start.
         let log = Log {
@@ -160,6 +199,7 @@ mod tests {
         };
         let f = figures(&log, &window());
         assert_eq!(f.connects, (5, 3));
+        assert_eq!(f.slowest_connect, 0.0);
         assert_eq!(f.outages.len(), 1);
         assert!((f.outages[0] - 0.49).abs() < 1e-9, "{:?}", f.outages);
         assert!(!f.outage_open);

@@ -41,6 +41,9 @@ impl Clock {
 pub struct Log {
     /// TCP connects to the proxy on the VIP: when it was started, and whether it connected within 1 s.
     pub connects: Vec<(f64, bool)>,
+    /// TCP connects that succeeded but took 50 ms or more: when each was started, and how long it took (a
+    /// SYN that waited for the VIP to arrive somewhere: a delay the client saw, not a failure).
+    pub slow_connects: Vec<(f64, f64)>,
     /// kubectl requests through the VIP: start, end, success.
     pub requests: Vec<(f64, f64, bool)>,
     /// Why a failed kubectl request failed (the last line it printed), by its start.
@@ -144,7 +147,12 @@ async fn run_probe(target: ProbeTarget, clock: Clock, log: Shared, stop: Arc<Ato
                         tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await,
                         Ok(Ok(_))
                     );
-                    lock(&log).connects.push((t, ok));
+                    let took = clock.now() - t;
+                    let mut log = lock(&log);
+                    log.connects.push((t, ok));
+                    if ok && took >= 0.05 {
+                        log.slow_connects.push((t, took));
+                    }
                 });
             }
             _ = request_tick.tick() => {

@@ -98,11 +98,14 @@ impl Cluster {
         }
     }
 
-    /// Starts a shell script on `host` as the system service `name` would run there (etcd on an etcd host),
-    /// logged in as [`Cluster::on_node`] is; it outlives the caller and stops with the host
-    /// ([`Cluster::stop_service`] stops it earlier). Its output is in `logs/<host>/svc-<name>.log`.
+    /// Starts a shell script on `host` as the system service `name` would run there (etcd on an etcd host,
+    /// keepalived and HAProxy on a master), logged in as [`Cluster::on_node`] is; it outlives the caller and
+    /// stops with the host ([`Cluster::stop_service`] stops it earlier, and so does `systemctl stop <name>`
+    /// on the node: its main PID is in the node's `/run/units/<name>.pid`, which the test world's systemctl
+    /// reads). Its output is in `logs/<host>/svc-<name>.log`.
     pub fn start_node_service(&self, host: &Host, name: &str, script: &str) -> Result<()> {
-        let cmd = self.login(host, script)?;
+        let script = format!("mkdir -p /run/units\necho $$ >/run/units/{name}.pid\n{script}");
+        let cmd = self.login(host, &script)?;
         let mut argv: Vec<String> = vec!["env".into()];
         argv.extend(cmd.get_envs().filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v?.to_str()?))));
         argv.push(cmd.get_program().to_string_lossy().into_owned());

@@ -18,6 +18,7 @@ pub mod leasemode;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
+pub mod sockdiag;
 pub mod socket;
 pub mod state;
 pub mod vip;

@@ -37,6 +37,8 @@ pub struct VrrpMetrics {
     /// Adverts for this VRID from routers that are not members (`source`), or that announce other addresses
     /// (`addresses`); an advert may count under both.
     pub stranger_adverts: Family<Reason, Counter>,
+    /// TCP connections to the VIP reset as this node gave it up (so that their clients reconnect at once).
+    pub connections_reset: Counter,
 }
 
 impl VrrpMetrics {
@@ -66,6 +68,11 @@ impl VrrpMetrics {
             "Adverts for this VRID from a router that is not a member (source) or that announces other addresses \
              (addresses)",
             m.stranger_adverts.clone(),
+        );
+        r.register(
+            "connections_reset",
+            "TCP connections to the VIP reset as this node gave it up, so that their clients reconnect at once",
+            m.connections_reset.clone(),
         );
         m
     }

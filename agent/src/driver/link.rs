@@ -179,8 +179,19 @@ impl VipHolder {
         }
     }
 
-    /// Removes the VIP; if that fails its short lifetime ends it.
+    /// Resets the connections to the VIP while it is still here (crate::sockdiag says why), then removes
+    /// it; if that fails its short lifetime ends it.
     pub(crate) async fn remove(&self) {
+        match crate::sockdiag::reset_tcp_to(self.address) {
+            Ok(0) => {}
+            Ok(n) => {
+                self.metrics.connections_reset.inc_by(n as u64);
+                tracing::info!(connections = n, "reset the connections to the VIP before giving it up");
+            }
+            Err(e) => tracing::warn!(error = %e,
+                "cannot reset the connections to the VIP (needs CAP_NET_ADMIN and a kernel with SOCK_DESTROY): \
+                 their clients notice the move only when they next send"),
+        }
         if let Err(e) = self.link.remove().await {
             self.metrics.vip_errors.inc();
             tracing::error!(error = %e, "removing the VIP failed; it expires by itself");

@@ -4,8 +4,7 @@
 //! and a locally built pause image are imported into each containerd; no registry is involved.
 //!
 //! Each node's processes live in a cgroup tree of its own, `/kubeha-e2e/<host>` in every v1 hierarchy:
-//! the daemons and their shims in `runtime/`, the pods in `pods/` (the kubelet's cgroupRoot), the host's
-//! services in `system/` (control-plane components, keepalived, HAProxy). A power loss
+//! the daemons and their shims in `runtime/`, the pods in `pods/` (the kubelet's cgroupRoot). A power loss
 //! is every process of that tree killed; `down` removes the tree. The node's mounts (its /run, overlays
 //! on /etc and /var/lib, container root file systems) live in the node's private mount namespace and
 //! vanish with its last process.
@@ -373,24 +372,11 @@ fn cgroup(hierarchy: &str, host: &Host, sub: &str) -> PathBuf {
     p
 }
 
-/// The parts of a host's cgroup tree: its node's daemons, its pods, and its system services.
-const PARTS: [&str; 3] = ["runtime", "pods", "system"];
-
-/// The `cgroup.procs` files of `/kubeha-e2e/<host>/system` in every hierarchy, created if missing: where the
-/// host's services run (its control-plane components in the hand-assembled world, keepalived, HAProxy), as
-/// system.slice holds them on a real node. At the machine's root cgroup instead, each of their threads
-/// weighed as much as the whole tree of every node's pods, and when every API server restarted at once the
-/// agents starved (a soak saw a backup take the VIP from a live master that way).
-pub(crate) fn system_cgroups(host: &Host) -> Result<Vec<PathBuf>> {
-    make_cgroups(host)?;
-    Ok(HIERARCHIES.iter().map(|h| cgroup(h, host, "system").join("cgroup.procs")).collect())
-}
-
-/// Creates `/kubeha-e2e/<host>/{runtime,pods,system}` in every hierarchy; a cpuset needs CPUs and memory
-/// nodes before it can hold a task, copied from its parent.
+/// Creates `/kubeha-e2e/<host>/{runtime,pods}` in every hierarchy; a cpuset needs CPUs and memory nodes
+/// before it can hold a task, copied from its parent.
 fn make_cgroups(host: &Host) -> Result<()> {
     for h in HIERARCHIES {
-        for sub in PARTS {
+        for sub in ["runtime", "pods"] {
             let dir = cgroup(h, host, sub);
             fs::create_dir_all(&dir).ctx(|| format!("creating cgroup {}", dir.display()))?;
         }
@@ -398,7 +384,7 @@ fn make_cgroups(host: &Host) -> Result<()> {
     let root = Path::new("/sys/fs/cgroup/cpuset");
     for rel in [CGROUP_ROOT.to_string(), format!("{CGROUP_ROOT}/{host}")]
         .into_iter()
-        .chain(PARTS.map(|s| format!("{CGROUP_ROOT}/{host}/{s}")))
+        .chain(["runtime", "pods"].map(|s| format!("{CGROUP_ROOT}/{host}/{s}")))
     {
         let dir = root.join(&rel);
         let parent = dir.parent().unwrap_or(root);

@@ -138,34 +138,6 @@ pub(crate) fn thread_in<T: Send + 'static>(
     }
 }
 
-/// Makes `cmd` join the cgroups whose `cgroup.procs` files are `procs` before it execs.
-fn join_cgroups(cmd: &mut Command, procs: &[PathBuf]) -> Result<()> {
-    let paths = procs
-        .iter()
-        .map(|p| {
-            CString::new(p.as_os_str().as_encoded_bytes())
-                .map_err(|_| Error::Usage(format!("{} holds a NUL byte", p.display())))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    if paths.is_empty() {
-        return Ok(());
-    }
-    // SAFETY: runs in the forked child before exec: open, write and close are async-signal-safe syscalls on
-    // C strings made before the fork; nothing allocates. Writing 0 to a v1 cgroup.procs moves the writer.
-    unsafe {
-        cmd.pre_exec(move || {
-            for path in &paths {
-                let fd = nix::fcntl::open(path.as_c_str(), nix::fcntl::OFlag::O_WRONLY, nix::sys::stat::Mode::empty())?;
-                let written = nix::unistd::write(&fd, b"0");
-                drop(fd);
-                written?;
-            }
-            Ok(())
-        });
-    }
-    Ok(())
-}
-
 /// A long-running process of the test world, recorded in a pidfile.
 #[derive(Debug, Clone)]
 pub(crate) struct Daemon {
@@ -178,12 +150,11 @@ impl Daemon {
     /// The caller does not wait for it: a reaper thread collects its exit status so that a test process that
     /// kills it is not left holding a zombie (a zombie still looks alive to a PID check).
     pub(crate) fn spawn(&self, host: &Host, argv: &[String]) -> Result<u32> {
-        self.spawn_in(host, argv, &[])
+        self.spawn_with(host, argv, &[])
     }
 
-    /// [`Daemon::spawn`] into the cgroups whose `cgroup.procs` files are `cgroups` (one per hierarchy),
-    /// joined before exec so that nothing it starts runs outside them.
-    pub(crate) fn spawn_in(&self, host: &Host, argv: &[String], cgroups: &[PathBuf]) -> Result<u32> {
+    /// [`Daemon::spawn`] with directories bound into a mount namespace of the process's own.
+    pub(crate) fn spawn_with(&self, host: &Host, argv: &[String], binds: &[Bind]) -> Result<u32> {
         if let Some(dir) = self.log.parent() {
             fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
         }
@@ -198,8 +169,7 @@ impl Daemon {
         let log2 = log.try_clone().ctx(|| format!("duplicating {}", self.log.display()))?;
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(log).stderr(log2);
-        enter(&mut cmd, host, true)?;
-        join_cgroups(&mut cmd, cgroups)?;
+        enter_with(&mut cmd, host, true, binds)?;
         let mut child = cmd.spawn().ctx(|| format!("starting {} on {host}", argv[0]))?;
         let pid = child.id();
         let start = start_time(pid).ok_or_else(|| Error::Usage(format!("{} on {host} exited at once", argv[0])))?;

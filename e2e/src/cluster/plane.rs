@@ -23,7 +23,7 @@ impl Cluster {
             supervised.append(&mut argv);
             argv = supervised;
         }
-        self.daemon(node, c).spawn_in(node, &argv, &crate::node::system_cgroups(node)?).map(drop)
+        self.daemon(node, c).spawn(node, &argv).map(drop)
     }
 
     pub(super) fn args(&self, node: &Node, c: Component) -> Vec<String> {

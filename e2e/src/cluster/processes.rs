@@ -48,7 +48,7 @@ impl Cluster {
     pub fn start_service(&self, host: &Host, name: &str, argv: &[String]) -> Result<()> {
         let daemon = self.service(host, name);
         if daemon.pid().is_none() {
-            daemon.spawn_in(host, argv, &crate::node::system_cgroups(host)?)?;
+            daemon.spawn(host, argv)?;
         }
         Ok(())
     }

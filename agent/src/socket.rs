@@ -124,59 +124,62 @@ impl VrrpSocket {
 
     /// Receives the next VRRP packet.
     pub async fn recv(&self) -> io::Result<Incoming> {
-        if self.v6 { self.recv_v6().await } else { self.recv_v4().await }
-    }
-
-    async fn recv_v6(&self) -> io::Result<Incoming> {
-        let mut buf = [0u8; 2048];
-        let mut cmsg = nix::cmsg_space!(libc::in6_pktinfo, libc::c_int);
         loop {
             let mut guard = self.fd.readable().await?;
-            let got = guard.try_io(|s| {
-                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-                let msg = recvmsg::<SockaddrIn6>(s.get_ref().as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
-                    .map_err(io::Error::from)?;
-                let (mut hop, mut dst) = (None, None);
-                for c in msg.cmsgs().map_err(io::Error::from)? {
-                    match c {
-                        ControlMessageOwned::Ipv6HopLimit(h) => hop = u8::try_from(h).ok(),
-                        ControlMessageOwned::Ipv6PacketInfo(info) => dst = Some(Ipv6Addr::from(info.ipi6_addr.s6_addr)),
-                        _ => {}
-                    }
-                }
-                let src = msg.address.map(|a| a.ip());
-                Ok((msg.bytes, hop, dst, src))
-            });
-            match got {
-                Ok(Ok((n, Some(ttl), Some(dst), Some(src)))) => {
-                    return Ok(Incoming {
-                        message: buf[..n].to_vec(),
-                        ttl,
-                        src: IpAddr::V6(src),
-                        dst: IpAddr::V6(dst),
-                    });
-                }
-                Ok(Ok(_)) => continue, // without hop limit or addresses it cannot be checked: drop it
+            match guard.try_io(|_| self.read_one()) {
+                Ok(Ok(Some(incoming))) => return Ok(incoming),
+                Ok(Ok(None)) => continue, // a packet that cannot be checked: dropped
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
             }
         }
     }
 
-    async fn recv_v4(&self) -> io::Result<Incoming> {
-        let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
+    /// A packet the kernel has queued already, without waiting: `None` when there is none. It reads the
+    /// socket whatever the runtime knows of its readiness, so it finds what arrived while the runtime was
+    /// not running (a node too busy to schedule the agent for a moment).
+    pub fn try_recv(&self) -> io::Result<Option<Incoming>> {
         loop {
-            let mut guard = self.fd.readable().await?;
-            let n = match guard.try_io(|s| s.get_ref().recv_from(&mut buf)) {
-                Ok(r) => r?.0,
-                Err(_would_block) => continue,
-            };
-            // SAFETY: recv_from initialised the first `n` bytes of `buf`.
-            let bytes: &[u8] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
-            if let Some(incoming) = parse_ipv4(bytes) {
-                return Ok(incoming);
+            match self.read_one() {
+                Ok(Some(incoming)) => return Ok(Some(incoming)),
+                Ok(None) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => Err(e)?,
             }
         }
+    }
+
+    /// One datagram from the non-blocking socket (WouldBlock when there is none); `None` for one that cannot
+    /// be checked (no hop limit or addresses, a malformed IPv4 header).
+    fn read_one(&self) -> io::Result<Option<Incoming>> {
+        if self.v6 { self.read_v6() } else { self.read_v4() }
+    }
+
+    fn read_v6(&self) -> io::Result<Option<Incoming>> {
+        let mut buf = [0u8; 2048];
+        let mut cmsg = nix::cmsg_space!(libc::in6_pktinfo, libc::c_int);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<SockaddrIn6>(self.fd.get_ref().as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
+            .map_err(io::Error::from)?;
+        let (mut hop, mut dst) = (None, None);
+        for c in msg.cmsgs().map_err(io::Error::from)? {
+            match c {
+                ControlMessageOwned::Ipv6HopLimit(h) => hop = u8::try_from(h).ok(),
+                ControlMessageOwned::Ipv6PacketInfo(info) => dst = Some(Ipv6Addr::from(info.ipi6_addr.s6_addr)),
+                _ => {}
+            }
+        }
+        let (n, src) = (msg.bytes, msg.address.map(|a| a.ip()));
+        let (Some(ttl), Some(dst), Some(src)) = (hop, dst, src) else { return Ok(None) };
+        Ok(Some(Incoming { message: buf[..n].to_vec(), ttl, src: IpAddr::V6(src), dst: IpAddr::V6(dst) }))
+    }
+
+    fn read_v4(&self) -> io::Result<Option<Incoming>> {
+        let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
+        let (n, _) = self.fd.get_ref().recv_from(&mut buf)?;
+        // SAFETY: recv_from initialised the first `n` bytes of `buf`.
+        let bytes: &[u8] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+        Ok(parse_ipv4(bytes))
     }
 }
 

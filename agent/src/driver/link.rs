@@ -24,6 +24,8 @@ pub trait Link: Send + Sync + 'static {
     fn send_to(&self, message: &[u8], dst: IpAddr) -> impl Future<Output = io::Result<()>> + Send;
     /// Receives the next VRRP packet.
     fn recv(&self) -> impl Future<Output = io::Result<Incoming>> + Send;
+    /// A packet received already, without waiting (`None`: none queued).
+    fn try_recv(&self) -> io::Result<Option<Incoming>>;
     /// Where adverts go: the multicast group, or each unicast peer.
     fn destinations(&self) -> Vec<IpAddr>;
     /// New unicast peers (a unicast link only).
@@ -61,6 +63,10 @@ impl Link for NetLink {
 
     async fn recv(&self) -> io::Result<Incoming> {
         self.socket.recv().await
+    }
+
+    fn try_recv(&self) -> io::Result<Option<Incoming>> {
+        self.socket.try_recv()
     }
 
     fn destinations(&self) -> Vec<IpAddr> {

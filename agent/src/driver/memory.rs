@@ -40,6 +40,8 @@ struct Inner {
     origin: Option<tokio::time::Instant>,
     /// The lifetime each node gives the VIP at its next add or refresh.
     lifetimes: Vec<(IpAddr, Duration)>,
+    /// Packets queued for a node without waking it (see [`Segment::inject_unnoticed`]).
+    unnoticed: Vec<(IpAddr, Incoming)>,
 }
 
 /// A test's handle on one node's health: the carrier of its interface and any other check.
@@ -138,6 +140,19 @@ impl Segment {
         }
     }
 
+    /// Queues a packet from `from` for `node` without waking its driver, as the kernel queues one while the
+    /// agent is not scheduled: the driver finds it when it runs next, whatever wakes it.
+    pub(crate) fn inject_unnoticed(&self, node: IpAddr, from: IpAddr, message: &[u8], ttl: u8) {
+        let incoming = Incoming { message: message.to_vec(), ttl, src: from, dst: IpAddr::from([224, 0, 0, 18]) };
+        self.lock().unnoticed.push((node, incoming));
+    }
+
+    fn take_unnoticed(&self, node: IpAddr) -> Option<Incoming> {
+        let mut inner = self.lock();
+        let at = inner.unnoticed.iter().position(|(n, _)| *n == node)?;
+        Some(inner.unnoticed.remove(at).1)
+    }
+
     /// Gives the VIP to a host that runs no driver (`Some(its MAC)`), or takes it away.
     pub(crate) fn set_stranger(&self, mac: Option<[u8; 6]>) {
         self.lock().stranger = mac;
@@ -205,10 +220,20 @@ impl Link for MemoryLink {
     }
 
     async fn recv(&self) -> io::Result<Incoming> {
+        if let Some(p) = self.segment.take_unnoticed(self.me) {
+            return Ok(p);
+        }
         match self.rx.lock().await.recv().await {
             Some(p) => Ok(p),
             None => std::future::pending().await,
         }
+    }
+
+    fn try_recv(&self) -> io::Result<Option<Incoming>> {
+        if let Some(p) = self.segment.take_unnoticed(self.me) {
+            return Ok(Some(p));
+        }
+        Ok(self.rx.try_lock().ok().and_then(|mut rx| rx.try_recv().ok()))
     }
 
     fn destinations(&self) -> Vec<IpAddr> {

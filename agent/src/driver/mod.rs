@@ -38,6 +38,8 @@ const HANDOVER_POLL: Duration = Duration::from_millis(20);
 const REPROBE: Duration = Duration::from_secs(1);
 /// How often strangers that fell silent are forgotten.
 const FORGET_TICK: Duration = Duration::from_secs(5);
+/// At most this many queued packets are read before a due timer fires.
+const DRAIN_BEFORE_TIMER: usize = 64;
 
 /// Why the driver cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -473,7 +475,7 @@ impl<L: Link> Driver<L> {
                 self.router.deadline().map_or_else(|| Instant::now() + Duration::from_secs(3600), |d| self.origin + d);
             tokio::select! {
                 () = &mut shutdown => break,
-                () = tokio::time::sleep_until(deadline) => self.input(Input::Timer).await,
+                () = tokio::time::sleep_until(deadline) => self.timer().await,
                 packet = self.link.recv() => match packet {
                     Ok(p) => self.packet(p).await,
                     Err(e) => tracing::warn!(error = %e, "receiving VRRP failed"),
@@ -495,6 +497,28 @@ impl<L: Link> Driver<L> {
             self.link.remove_vip().await;
         }
         Ended::Stopped
+    }
+
+    /// The router's timer is due. The packets queued meanwhile go first: they arrived before now, and a
+    /// driver that was not scheduled for a while (a busy node) would otherwise act on its timer before
+    /// reading the adverts that came in time — a backup declared its master down, took the VIP beside it and
+    /// read the master's queued advert 12–50 ms later (a chaos run: six times in 13 s while every API server
+    /// restarted). The timer fires only if it is still due after them; at most [`DRAIN_BEFORE_TIMER`]
+    /// packets, so that a flood cannot hold a master's adverts back.
+    async fn timer(&mut self) {
+        for _ in 0..DRAIN_BEFORE_TIMER {
+            match self.link.try_recv() {
+                Ok(Some(p)) => self.packet(p).await,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "receiving VRRP failed");
+                    break;
+                }
+            }
+        }
+        if self.router.deadline().is_some_and(|d| self.origin + d <= Instant::now()) {
+            self.input(Input::Timer).await;
+        }
     }
 
     /// Leaves the instance to the agent of this node that asked for it: a master advertises once more (the

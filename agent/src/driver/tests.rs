@@ -476,3 +476,34 @@ async fn a_keepalived_with_a_password_is_heard_only_while_strangers_are_elected(
     n1.stop().await;
     n2.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_backup_that_was_not_scheduled_reads_the_queued_advert_before_its_timer() {
+    use kubeha_vrrp::wire::{Advertisement, ChecksumForm, Endpoints};
+
+    // n2 follows a master (n1, priority 150) that this test plays. A busy node does not run the agent for a
+    // moment: the master's advert arrives in time, but by the time the driver runs, its down timer (3 × 100
+    // ms + skew) has passed too. The advert must win.
+    let seg = Segment::default();
+    let n2 = start(&seg, 2, config(2, 100, true), &[], false).await;
+    let master = addr(1);
+    let advert =
+        Advertisement { version: Version::V3, vrid: 51, priority: 150, interval_cs: 10, addresses: vec![VIP.into()] }
+            .encode(&Endpoints { src: master, dst: IpAddr::from([224, 0, 0, 18]) }, ChecksumForm::PseudoHeader)
+            .unwrap();
+    for _ in 0..5 {
+        seg.inject(master, &advert, 255);
+        after(100).await;
+    }
+    assert_eq!(n2.state(), State::Backup);
+    // From now on the driver learns of the master's adverts (every 300 ms, within its 361 ms down interval)
+    // only when its timer wakes it, as after a stall: each one is queued by then.
+    for _ in 0..20 {
+        seg.inject_unnoticed(addr(2), master, &advert, 255);
+        after(300).await;
+        assert_eq!((n2.state(), seg.holders()), (State::Backup, vec![]), "{}", seg.events());
+    }
+    // Not even for an instant (before the drain it added and removed the VIP at each timer).
+    assert!(!seg.events().contains("adds the VIP"), "{}", seg.events());
+    n2.stop().await;
+}

@@ -221,6 +221,23 @@ async fn the_guide_takes_three_empty_masters_to_a_ready_cluster() {
         running("component=etcd") == 3 && running("app.kubernetes.io/component=bootstrap") == 3
     })
     .await;
+
+    // Step 3 on the holder: its bootstrap pod stops, another master takes the VIP, the API answers through
+    // it; the pod comes back as a backup.
+    let holder = cluster.holders(vip);
+    assert_eq!(holder, vec![n1], "n1 holds the VIP after the joins");
+    let shown = world.run(&n1, "see the VIP move", &guide::block(GUIDE, "see-the-vip-move").unwrap());
+    let now = cluster.holders(vip);
+    assert!(matches!(now.as_slice(), [h] if *h != n1), "another master holds the VIP: {now:?}");
+    assert!(!shown.contains("198.51.100.10/"), "n1's eth0 no longer lists the VIP:\n{shown}");
+    assert!(["n1", "n2", "n3"].iter().all(|n| shown.contains(n)), "kubectl get nodes answered:\n{shown}");
+    world.run(&n1, "put the bootstrap pod back", &guide::block(GUIDE, "see-the-vip-move-back").unwrap());
+    wait_until("n1's bootstrap pod running again", Duration::from_secs(60), || async {
+        let phase = "jsonpath={.status.phase}";
+        world.kubectl(&["-n", "kube-system", "get", "pod", "kubeha-bootstrap-n1", "-o", phase]).as_deref()
+            == Some("Running")
+    })
+    .await;
     for node in NODES {
         assert_eq!(world.server_in(&node, "/etc/kubernetes/admin.conf"), "https://198.51.100.10:6443", "{node}");
         // kubeadm's ControlPlaneKubeletLocalMode: a master's kubelet talks to its own API server.

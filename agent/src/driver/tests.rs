@@ -97,6 +97,14 @@ async fn after(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
+/// A VRRPv3 advert for the test VIP on VRID 51 at 100 ms, from `from` at `priority`, as sent on the wire.
+fn v3_advert(from: IpAddr, priority: u8) -> Vec<u8> {
+    use kubeha_vrrp::wire::{Advertisement, ChecksumForm, Endpoints};
+    Advertisement { version: Version::V3, vrid: 51, priority, interval_cs: 10, addresses: vec![VIP.into()] }
+        .encode(&Endpoints { src: from, dst: IpAddr::from([224, 0, 0, 18]) }, ChecksumForm::PseudoHeader)
+        .unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_higher_priority_holds_the_vip_and_a_graceful_stop_hands_it_over_within_the_skew_time() {
     let (seg, n1, n2) = two(&[]).await;
@@ -216,8 +224,6 @@ async fn a_master_tuned_to_slower_adverts_gives_its_vip_the_longer_lifetime() {
 
 #[tokio::test(start_paused = true)]
 async fn a_strangers_bad_packets_change_nothing_and_are_counted_by_reason() {
-    use kubeha_vrrp::wire::{Advertisement, ChecksumForm, Endpoints};
-
     let seg = Segment::default();
     let metrics = VrrpMetrics::default();
     let n1 = start_with(&seg, 1, config(1, 150, true), &[], false, metrics.clone()).await;
@@ -227,15 +233,7 @@ async fn a_strangers_bad_packets_change_nothing_and_are_counted_by_reason() {
     // A stranger's advert that would win every election (priority 254), damaged in the ways a wire or a
     // careless sender damages it: none may take effect.
     let stranger = IpAddr::from([198, 51, 100, 99]);
-    let good = Advertisement {
-        version: Version::V3,
-        vrid: 51,
-        priority: 254,
-        interval_cs: 10,
-        addresses: vec![IpAddr::from(VIP)],
-    }
-    .encode(&Endpoints { src: stranger, dst: IpAddr::from([224, 0, 0, 18]) }, ChecksumForm::PseudoHeader)
-    .unwrap();
+    let good = v3_advert(stranger, 254);
     let mut flipped = good.clone();
     flipped[4] ^= 0x01;
     let mut v9 = good.clone();
@@ -354,7 +352,6 @@ async fn a_member_that_took_the_vip_during_a_probe_is_not_a_stranger_once_its_ad
 
 #[tokio::test(start_paused = true)]
 async fn a_stranger_on_the_vrid_is_reported_and_left_out_unless_elected() {
-    use kubeha_vrrp::wire::{Advertisement, ChecksumForm, Endpoints};
     let metrics = VrrpMetrics::default();
     let seg = Segment::default();
     let n1 = start_with(&seg, 1, config(1, 150, true), &[], false, metrics.clone()).await;
@@ -368,10 +365,7 @@ async fn a_stranger_on_the_vrid_is_reported_and_left_out_unless_elected() {
 
     // A keepalived on the same VRID with the same VIP, at a priority that would win any election.
     let stranger = IpAddr::from([198, 51, 100, 31]);
-    let advert =
-        Advertisement { version: Version::V3, vrid: 51, priority: 254, interval_cs: 10, addresses: vec![VIP.into()] }
-            .encode(&Endpoints { src: stranger, dst: IpAddr::from([224, 0, 0, 18]) }, ChecksumForm::PseudoHeader)
-            .unwrap();
+    let advert = v3_advert(stranger, 254);
     for _ in 0..20 {
         seg.inject(stranger, &advert, 255);
         after(100).await;
@@ -479,18 +473,13 @@ async fn a_keepalived_with_a_password_is_heard_only_while_strangers_are_elected(
 
 #[tokio::test(start_paused = true)]
 async fn a_backup_that_was_not_scheduled_reads_the_queued_advert_before_its_timer() {
-    use kubeha_vrrp::wire::{Advertisement, ChecksumForm, Endpoints};
-
     // n2 follows a master (n1, priority 150) that this test plays. A busy node does not run the agent for a
     // moment: the master's advert arrives in time, but by the time the driver runs, its down timer (3 × 100
     // ms + skew) has passed too. The advert must win.
     let seg = Segment::default();
     let n2 = start(&seg, 2, config(2, 100, true), &[], false).await;
     let master = addr(1);
-    let advert =
-        Advertisement { version: Version::V3, vrid: 51, priority: 150, interval_cs: 10, addresses: vec![VIP.into()] }
-            .encode(&Endpoints { src: master, dst: IpAddr::from([224, 0, 0, 18]) }, ChecksumForm::PseudoHeader)
-            .unwrap();
+    let advert = v3_advert(master, 150);
     for _ in 0..5 {
         seg.inject(master, &advert, 255);
         after(100).await;

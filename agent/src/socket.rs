@@ -144,7 +144,7 @@ impl VrrpSocket {
                 Ok(Some(incoming)) => return Ok(Some(incoming)),
                 Ok(None) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                Err(e) => Err(e)?,
+                Err(e) => return Err(e),
             }
         }
     }

@@ -57,6 +57,16 @@ impl World {
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// A JSONPath of the HighAvailabilityCluster `control-plane`; `None` while kubectl fails.
+    fn hac(&self, path: &str) -> Option<String> {
+        self.kubectl(&["get", "hac", "control-plane", "-o", &format!("jsonpath={path}")])
+    }
+
+    /// Whether the HighAvailabilityCluster says Ready.
+    fn hac_ready(&self) -> bool {
+        self.hac(r#"{.status.conditions[?(@.type=="Ready")].status}"#).as_deref() == Some("True")
+    }
+
     /// Runs a block on a host, failing the test with what it printed if it fails.
     fn run(&self, host: &Host, what: &str, script: &str) -> String {
         let started = Instant::now();
@@ -139,11 +149,7 @@ async fn install_and_declare(world: &World, hac: &str) {
     world.run(&n1, "helm install", &guide::block(GUIDE, "install").unwrap());
     fs::write(cluster.node_home(&n1).unwrap().join("hac.yaml"), hac).unwrap();
     world.run(&n1, "kubectl apply", &guide::block(GUIDE, "apply").unwrap());
-    wait_until("the HighAvailabilityCluster Ready", Duration::from_secs(180), || async {
-        let ready = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
-        world.kubectl(&["get", "hac", "control-plane", "-o", ready]).as_deref() == Some("True")
-    })
-    .await;
+    wait_until("the HighAvailabilityCluster Ready", Duration::from_secs(180), || async { world.hac_ready() }).await;
     assert_eq!(cluster.holders(IpAddr::V4(VIP_V4)).len(), 1);
     wait_until("every bootstrap agent stepped aside", Duration::from_secs(60), || async {
         NODES.iter().all(|node| cluster.bootstrap_log(node).contains("stepping aside for the cluster-mode agent"))
@@ -358,21 +364,20 @@ async fn the_guide_with_external_etcd_shows_etcds_own_members_and_tolerance() {
     );
 
     // etcd's own members and tolerance in the status, not the masters'.
-    let status = |path: &str| world.kubectl(&["get", "hac", "control-plane", "-o", &format!("jsonpath={path}")]);
     // Every agent reports on its own probe period (2 s): wait until all three have, then read the status.
     let reached = |e: &Host| format!(r#"{e}=true:["n1","n2","n3"]"#);
-    let members = || status("{range .status.controlPlane.etcdMembers[*]}{.name}={.healthy}:{.healthyFrom} {end}");
+    let members = || world.hac("{range .status.controlPlane.etcdMembers[*]}{.name}={.healthy}:{.healthyFrom} {end}");
     wait_until("every master reaches all three etcd members", Duration::from_secs(30), || async {
         members().is_some_and(|m| ETCD_HOSTS.iter().all(|e| m.contains(&reached(e))))
     })
     .await;
     assert_eq!(
-        status("{.status.controlPlane.etcd.healthy}/{.status.controlPlane.etcd.members}").as_deref(),
+        world.hac("{.status.controlPlane.etcd.healthy}/{.status.controlPlane.etcd.members}").as_deref(),
         Some("3/3")
     );
-    assert_eq!(status("{.status.faultTolerance}").as_deref(), Some("1"), "etcd's tolerance");
+    assert_eq!(world.hac("{.status.faultTolerance}").as_deref(), Some("1"), "etcd's tolerance");
     wait_until("no master reports an etcd of its own", Duration::from_secs(10), || async {
-        status("{.status.controlPlane.masters[*].etcd}").as_deref() == Some("")
+        world.hac("{.status.controlPlane.masters[*].etcd}").as_deref() == Some("")
     })
     .await;
 
@@ -380,18 +385,17 @@ async fn the_guide_with_external_etcd_shows_etcds_own_members_and_tolerance() {
     cluster.stop_service(&e3, "etcd", false);
     wait_until("the status sees e3 down", Duration::from_secs(30), || async {
         let risk = r#"{.status.conditions[?(@.type=="QuorumAtRisk")].reason}"#;
-        status(risk).as_deref() == Some("OneFailureFromQuorumLoss")
-            && status("{.status.controlPlane.etcd.healthy}").as_deref() == Some("2")
+        world.hac(risk).as_deref() == Some("OneFailureFromQuorumLoss")
+            && world.hac("{.status.controlPlane.etcd.healthy}").as_deref() == Some("2")
     })
     .await;
-    let e3_view = status(r#"{.status.controlPlane.etcdMembers[?(@.name=="e3")].message}"#).unwrap();
+    let e3_view = world.hac(r#"{.status.controlPlane.etcdMembers[?(@.name=="e3")].message}"#).unwrap();
     assert!(e3_view.contains("2381"), "e3's failing probe is shown: {e3_view}");
     eprintln!(
         "guide: e3 stopped; the cluster says: {}",
-        status(r#"{.status.conditions[?(@.type=="QuorumAtRisk")].message}"#).unwrap()
+        world.hac(r#"{.status.conditions[?(@.type=="QuorumAtRisk")].message}"#).unwrap()
     );
-    let ready = r#"{.status.conditions[?(@.type=="Ready")].status}"#;
-    assert_eq!(status(ready).as_deref(), Some("True"), "two of three etcd members keep the API served");
+    assert!(world.hac_ready(), "two of three etcd members keep the API served");
 }
 
 /// What a client saw in one stretch of the migration, for the test's output and the guide.
@@ -528,11 +532,7 @@ async fn a_keepalived_and_haproxy_cluster_moves_to_kubeha_keeping_its_vip_and_po
     wait_until("kubeha's n2 holds the VIP", Duration::from_secs(10), || async { cluster.holders(vip) == vec![n2] })
         .await;
     let took = clock.now() - handover;
-    wait_until("the cluster of n2 and n3 Ready", Duration::from_secs(60), || async {
-        let ready = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
-        world.kubectl(&["get", "hac", "control-plane", "-o", ready]).as_deref() == Some("True")
-    })
-    .await;
+    wait_until("the cluster of n2 and n3 Ready", Duration::from_secs(60), || async { world.hac_ready() }).await;
     watch_heard_after(&log, clock.now()).await;
 
     // 4. The cluster of step 5: every master, VRRPv3 at 100 ms, strangers left out.
@@ -540,9 +540,8 @@ async fn a_keepalived_and_haproxy_cluster_moves_to_kubeha_keeping_its_vip_and_po
     fs::write(cluster.node_home(&n1).unwrap().join("hac.yaml"), guide::block(GUIDE, "hac.yaml").unwrap()).unwrap();
     world.run(&n1, "kubectl apply (finish)", &guide::block(GUIDE, "migrate-finish").unwrap());
     wait_until("three members, VRRPv3, Ready", Duration::from_secs(90), || async {
-        let ready = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
         ham("{.items[*].spec.vrrp.version}").as_deref() == Some("3 3 3")
-            && world.kubectl(&["get", "hac", "control-plane", "-o", ready]).as_deref() == Some("True")
+            && world.hac_ready()
             && cluster.holders(vip).len() == 1
     })
     .await;
